@@ -1,0 +1,24 @@
+//! `bitnet-convert`: Hugging Face BitNet checkpoints to `.bitnet` files.
+//!
+//! The pipeline, in the order data flows:
+//! 1. [`hub::resolve`] finds the checkpoint: a folder, or a repo id in the local Hugging Face cache.
+//! 2. [`checkpoint::Checkpoint::open`] reads config.json, the tokenizer files and the safetensors headers
+//!    (single file or sharded), maps the weights, and checks every tensor the [`architecture`] map needs.
+//! 3. [`quantize`] turns each BitLinear weight into ternary values with the absmean rule the model was
+//!    trained with, in f32.
+//! 4. [`convert::convert`] streams tensor by tensor into a `bitnet_format::FileWriter`, which writes the
+//!    file atomically. Memory stays near one tensor: source pages are released as soon as they are used.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod architecture;
+pub mod checkpoint;
+pub mod convert;
+pub mod error;
+pub mod hub;
+pub mod quantize;
+
+pub use convert::{ConvertOptions, ConvertReport, LmHead, Progress, convert};
+pub use error::{ConvertError, Result};
+pub use hub::HubEnv;

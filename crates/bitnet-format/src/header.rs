@@ -1,0 +1,250 @@
+//! The JSON header of a `.bitnet` file (SPEC.md section 3): model config, tokenizer, generation defaults,
+//! provenance and the tensor directory.
+//!
+//! Readers ignore fields they do not know, so minor versions can add fields.
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout;
+
+/// The whole JSON header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// The model family; `"bitnet-b1.58"` is the only one in version 1.
+    pub architecture: String,
+    /// Model dimensions and hyper-parameters.
+    pub config: ModelConfig,
+    /// Tokenizer and chat metadata.
+    pub tokenizer: TokenizerInfo,
+    /// Sampling defaults from the checkpoint's `generation_config.json`.
+    #[serde(default)]
+    pub generation: GenerationDefaults,
+    /// Where the weights came from.
+    pub source: SourceInfo,
+    /// The tensor directory, in file order.
+    pub tensors: Vec<TensorEntry>,
+}
+
+/// The FFN activation of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// `relu(gate)^2 * up` (BitNet b1.58 2B4T).
+    Relu2,
+    /// `silu(gate) * up` (1bitLLM BitNet b1.58 models).
+    Silu,
+}
+
+impl Activation {
+    /// The name used in SPEC.md and in HF configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activation::Relu2 => "relu2",
+            Activation::Silu => "silu",
+        }
+    }
+}
+
+/// Model dimensions. Field names follow Hugging Face's where one exists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Rows of the embedding and of the LM head.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the FFN.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (GQA).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Context length the model was trained for.
+    pub max_position_embeddings: usize,
+    /// Epsilon of every RMSNorm.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// FFN activation.
+    pub hidden_act: Activation,
+    /// Whether the LM head is the embedding (no `output` tensor in an exact file).
+    pub tie_word_embeddings: bool,
+}
+
+/// Tokenizer, BOS policy, stop tokens and chat template.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    /// Name of the `bytes` tensor holding `tokenizer.json`, if the file carries one.
+    #[serde(default)]
+    pub tokenizer_json: Option<String>,
+    /// Beginning-of-sequence id.
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    /// Whether a prompt starts with BOS (added once, by the runner, if the tokenizer does not).
+    #[serde(default)]
+    pub add_bos_token: bool,
+    /// Every id that ends generation (end of text, end of turn).
+    #[serde(default)]
+    pub eos_token_ids: Vec<u32>,
+    /// Padding id, if the checkpoint names one.
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    /// The Jinja chat template, verbatim from the checkpoint.
+    #[serde(default)]
+    pub chat_template: Option<String>,
+}
+
+/// Sampling defaults, as the checkpoint's `generation_config.json` gives them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerationDefaults {
+    /// Whether the model's authors sample by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub do_sample: Option<bool>,
+    /// Default temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Default nucleus mass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Default top-k.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u64>,
+    /// Default repetition penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f64>,
+    /// Default number of new tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<u64>,
+}
+
+/// Provenance of the weights.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// `architectures[0]` of the source config, e.g. `BitNetForCausalLM`.
+    pub architecture: String,
+    /// `model_type` of the source config.
+    pub model_type: String,
+    /// Storage dtype of the source weights, e.g. `BF16`.
+    pub dtype: String,
+    /// Hub repo id, when converted from the Hugging Face cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Hub commit, when converted from the Hugging Face cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The program that wrote the file.
+    pub converter: String,
+}
+
+/// The kinds of tensor data SPEC.md defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorKind {
+    /// Little-endian IEEE binary32, row-major.
+    F32,
+    /// Little-endian bfloat16, row-major.
+    Bf16,
+    /// Ternary weights, 2-bit codes in 16-row tiles; one f32 scale in the directory.
+    TernaryR16,
+    /// int8 weights (`u8 = w + 128`) in 16-row tiles, then one f32 scale per padded row.
+    Int8R16,
+    /// Opaque bytes (the embedded `tokenizer.json`); shape `[len]`.
+    Bytes,
+}
+
+impl TensorKind {
+    /// The name in the header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TensorKind::F32 => "f32",
+            TensorKind::Bf16 => "bf16",
+            TensorKind::TernaryR16 => "ternary_r16",
+            TensorKind::Int8R16 => "int8_r16",
+            TensorKind::Bytes => "bytes",
+        }
+    }
+
+    /// Byte length of a tensor of this kind and shape, or a reason the shape is not allowed.
+    pub fn byte_len(self, shape: &[u64]) -> Result<u64, String> {
+        let elems = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let elems = elems.ok_or_else(|| "shape overflows u64".to_string())?;
+        let two_d = || -> Result<(usize, usize), String> {
+            match shape {
+                [r, c] => Ok((usize::try_from(*r).map_err(|e| e.to_string())?, usize::try_from(*c).map_err(|e| e.to_string())?)),
+                _ => Err(format!("a {} tensor must be 2-D, got shape {shape:?}", self.as_str())),
+            }
+        };
+        Ok(match self {
+            TensorKind::F32 => elems.checked_mul(4).ok_or("size overflows u64")?,
+            TensorKind::Bf16 => elems.checked_mul(2).ok_or("size overflows u64")?,
+            TensorKind::Bytes => {
+                if shape.len() != 1 {
+                    return Err(format!("a bytes tensor must be 1-D, got shape {shape:?}"));
+                }
+                elems
+            }
+            TensorKind::TernaryR16 => {
+                let (r, c) = two_d()?;
+                checked_tiled(r, c, 4)?
+            }
+            TensorKind::Int8R16 => {
+                let (r, c) = two_d()?;
+                let tiles = checked_tiled(r, c, 1)?;
+                let scales = (layout::pad16(r) as u64).checked_mul(4).ok_or("size overflows u64")?;
+                tiles.checked_add(scales).ok_or("size overflows u64")?
+            }
+        })
+    }
+}
+
+fn checked_tiled(rows: usize, cols: usize, div: u64) -> Result<u64, String> {
+    let r = (rows as u64).checked_add(15).ok_or("rows overflow")? / 16 * 16;
+    let c = (cols as u64).checked_add(15).ok_or("cols overflow")? / 16 * 16;
+    Ok(r.checked_mul(c).ok_or("size overflows u64")? / div)
+}
+
+/// One entry of the tensor directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    /// Canonical name (SPEC.md section 5), e.g. `blk.0.attn_q`.
+    pub name: String,
+    /// Data layout.
+    pub kind: TensorKind,
+    /// Logical shape: `[rows, cols]` for matrices (rows = outputs), `[n]` for vectors.
+    pub shape: Vec<u64>,
+    /// Absolute byte offset of the data in the file, a multiple of 64.
+    pub offset: u64,
+    /// Byte length of the data.
+    pub length: u64,
+    /// `ternary_r16` only: the IEEE binary32 bit pattern of the weight scale (the value of one +1 weight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_bits: Option<u32>,
+    /// Lower-case hex SHA-256 of the `length` data bytes.
+    pub sha256: String,
+    /// The source tensor it was made from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl TensorEntry {
+    /// The weight scale of a `ternary_r16` tensor.
+    pub fn scale(&self) -> Option<f32> {
+        self.scale_bits.map(f32::from_bits)
+    }
+
+    /// Number of logical elements.
+    pub fn num_elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// `[rows, cols]` of a 2-D tensor.
+    pub fn dims2(&self) -> Option<(usize, usize)> {
+        match self.shape.as_slice() {
+            [r, c] => Some((*r as usize, *c as usize)),
+            _ => None,
+        }
+    }
+}

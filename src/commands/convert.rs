@@ -1,0 +1,83 @@
+//! `bitnet convert`: a Hugging Face checkpoint to one .bitnet file.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bitnet_convert::{ConvertOptions, HubEnv, LmHead, Progress};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{human_bytes, human_count};
+use crate::Outcome;
+use crate::cli::{ConvertArgs, LmHeadArg};
+
+/// The temporary output, removed by the Ctrl-C handler if the process is interrupted.
+static TEMP_OUTPUT: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
+    if args.output.exists() && !args.force {
+        bail!("{}: already exists (pass --force to replace it)", args.output.display());
+    }
+    ctrlc::set_handler(|| {
+        if let Some(tmp) = TEMP_OUTPUT.lock().ok().and_then(|mut g| g.take()) {
+            let _ = std::fs::remove_file(tmp);
+        }
+        eprintln!("\ninterrupted: no output written");
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let opts = ConvertOptions {
+        lm_head: match args.lm_head {
+            LmHeadArg::Bf16 => LmHead::Exact,
+            LmHeadArg::Int8 => LmHead::Int8,
+        },
+    };
+    let bar = if args.quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
+            .expect("static template"),
+    );
+    let start = Instant::now();
+    let progress = |p: Progress<'_>| match p {
+        Progress::Begin { total } => bar.set_length(total),
+        Progress::Advance { bytes, tensor } => {
+            bar.set_message(tensor.to_string());
+            bar.inc(bytes);
+        }
+    };
+    let mut register = |tmp: &std::path::Path| {
+        if let Ok(mut g) = TEMP_OUTPUT.lock() {
+            *g = Some(tmp.to_path_buf());
+        }
+    };
+    let result = bitnet_convert::convert(&args.input, &args.output, &opts, &HubEnv::from_process(), &progress, &mut register);
+    if let Ok(mut g) = TEMP_OUTPUT.lock() {
+        *g = None;
+    }
+    bar.finish_and_clear();
+    let report = result.with_context(|| format!("converting {}", args.input))?;
+    if !args.quiet {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        let bpw = report.file_bytes as f64 * 8.0 / report.parameters as f64;
+        eprintln!(
+            "wrote {} ({}, {} tensors, {} parameters of which {} ternary, {:.2} bits per parameter overall) in {:.1} s",
+            report.output.display(),
+            human_bytes(report.file_bytes),
+            report.tensors,
+            human_count(report.parameters),
+            human_count(report.ternary_parameters),
+            bpw,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Outcome::Success)
+}
