@@ -88,12 +88,11 @@ mod tests {
 
     #[test]
     fn absmean_matches_the_training_formula_by_hand() {
-        // mean|w| = (0.5 + 0.1 + 1.5 + 0.3 + 0.0 + 2.0) / 6 = 0.7333..; s = 1.3636..
-        let w = [0.5f32, -0.1, 1.5, -0.3, 0.0, 2.0];
+        // mean|w| = 4.5 / 6 = 0.75, s = 4/3: 0.67 -> 1, -0.33 -> 0, 2 -> 1 (clamped from 2), 2.67 -> 1.
+        let w = [0.5f32, -0.25, 1.5, -0.25, 0.0, 2.0];
         let t = absmean_ternary(&w);
         assert_eq!(t.values, vec![1, 0, 1, 0, 0, 1]);
-        let mean = (0.5f32 + 0.1 + 1.5 + 0.3 + 0.0 + 2.0) / 6.0;
-        assert_eq!(t.weight_scale, 1.0 / (1.0 / mean));
+        assert_eq!(t.weight_scale, 1.0 / (1.0f32 / 0.75));
     }
 
     #[test]
