@@ -18,7 +18,10 @@ static TEMP_OUTPUT: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
     if args.output.exists() && !args.force {
-        bail!("{}: already exists (pass --force to replace it)", args.output.display());
+        bail!(
+            "{}: already exists (pass --force to replace it)",
+            args.output.display()
+        );
     }
     ctrlc::set_handler(|| {
         if let Some(tmp) = TEMP_OUTPUT.lock().ok().and_then(|mut g| g.take()) {
@@ -57,7 +60,14 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
             *g = Some(tmp.to_path_buf());
         }
     };
-    let result = bitnet_convert::convert(&args.input, &args.output, &opts, &HubEnv::from_process(), &progress, &mut register);
+    let result = bitnet_convert::convert(
+        &args.input,
+        &args.output,
+        &opts,
+        &HubEnv::from_process(),
+        &progress,
+        &mut register,
+    );
     if let Ok(mut g) = TEMP_OUTPUT.lock() {
         *g = None;
     }

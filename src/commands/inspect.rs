@@ -20,7 +20,12 @@ struct Totals {
 
 fn totals(file: &BitnetFile) -> Totals {
     let h = file.header();
-    let mut t = Totals { parameters: 0, ternary_parameters: 0, model_bytes: 0, ternary_bytes: 0 };
+    let mut t = Totals {
+        parameters: 0,
+        ternary_parameters: 0,
+        model_bytes: 0,
+        ternary_bytes: 0,
+    };
     for e in &h.tensors {
         if e.kind == TensorKind::Bytes {
             continue;
@@ -40,11 +45,16 @@ fn totals(file: &BitnetFile) -> Totals {
 }
 
 fn bits_per_weight(bytes: u64, elems: u64) -> f64 {
-    if elems == 0 { 0.0 } else { bytes as f64 * 8.0 / elems as f64 }
+    if elems == 0 {
+        0.0
+    } else {
+        bytes as f64 * 8.0 / elems as f64
+    }
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
-    let file = BitnetFile::open(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let file =
+        BitnetFile::open(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let mismatches = if args.check {
         let total: u64 = file.header().tensors.iter().map(|e| e.length).sum();
         let bar = if std::io::stderr().is_terminal() {
@@ -52,7 +62,10 @@ pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
         } else {
             ProgressBar::hidden()
         };
-        bar.set_style(ProgressStyle::with_template("checking {wide_bar} {bytes}/{total_bytes}").expect("static template"));
+        bar.set_style(
+            ProgressStyle::with_template("checking {wide_bar} {bytes}/{total_bytes}")
+                .expect("static template"),
+        );
         let bad = file.verify_checksums(|done| bar.set_position(done));
         bar.finish_and_clear();
         Some(bad)
@@ -73,7 +86,11 @@ pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
     }
 }
 
-fn to_json(file: &BitnetFile, args: &InspectArgs, mismatches: Option<&[bitnet_format::ChecksumMismatch]>) -> Value {
+fn to_json(
+    file: &BitnetFile,
+    args: &InspectArgs,
+    mismatches: Option<&[bitnet_format::ChecksumMismatch]>,
+) -> Value {
     let h = file.header();
     let p = file.preamble();
     let t = totals(file);
@@ -148,7 +165,14 @@ fn print_text(
     let p = file.preamble();
     let c = &h.config;
     let t = totals(file);
-    writeln!(out, "file          {} ({}, format v{}.{})", args.file.display(), human_bytes(file.len()), p.major, p.minor)?;
+    writeln!(
+        out,
+        "file          {} ({}, format v{}.{})",
+        args.file.display(),
+        human_bytes(file.len()),
+        p.major,
+        p.minor
+    )?;
     let mut src = format!("{} from {}", h.architecture, h.source.architecture);
     if !h.source.model_type.is_empty() {
         src += &format!(" (model_type {})", h.source.model_type);
@@ -160,11 +184,22 @@ fn print_text(
     if let Some(r) = &h.source.revision {
         src += &format!("@{r}");
     }
-    writeln!(out, "architecture  {src}; written by {}", h.source.converter)?;
+    writeln!(
+        out,
+        "architecture  {src}; written by {}",
+        h.source.converter
+    )?;
     writeln!(
         out,
         "config        vocab {}, hidden {}, ffn {}, layers {}, heads {} (kv {}, head_dim {}), context {}",
-        c.vocab_size, c.hidden_size, c.intermediate_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.max_position_embeddings
+        c.vocab_size,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_layers,
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim,
+        c.max_position_embeddings
     )?;
     writeln!(
         out,
@@ -184,7 +219,10 @@ fn print_text(
         None => "no tokenizer".to_string(),
     };
     let bos = match tk.bos_token_id {
-        Some(b) => format!("bos {b}{}", if tk.add_bos_token { " (prepended)" } else { "" }),
+        Some(b) => format!(
+            "bos {b}{}",
+            if tk.add_bos_token { " (prepended)" } else { "" }
+        ),
         None => "no bos".into(),
     };
     writeln!(
@@ -199,13 +237,41 @@ fn print_text(
     let g = serde_json::to_string(&h.generation).unwrap_or_default();
     writeln!(out, "generation    {g}")?;
     writeln!(out)?;
-    let wname = h.tensors.iter().map(|e| e.name.len()).max().unwrap_or(4).max(4);
-    writeln!(out, "{:<wname$}  {:<11}  {:>14}  {:>12}  {:>6}  {:>12}  scale", "name", "kind", "shape", "bytes", "bits/w", "offset")?;
+    let wname = h
+        .tensors
+        .iter()
+        .map(|e| e.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(
+        out,
+        "{:<wname$}  {:<11}  {:>14}  {:>12}  {:>6}  {:>12}  scale",
+        "name", "kind", "shape", "bytes", "bits/w", "offset"
+    )?;
     for e in &h.tensors {
-        let shape = e.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
-        let bpw = if e.kind == TensorKind::Bytes { "-".to_string() } else { format!("{:.3}", bits_per_weight(e.length, e.num_elements())) };
+        let shape = e
+            .shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        let bpw = if e.kind == TensorKind::Bytes {
+            "-".to_string()
+        } else {
+            format!("{:.3}", bits_per_weight(e.length, e.num_elements()))
+        };
         let scale = e.scale().map(|s| format!("{s:.6e}")).unwrap_or_default();
-        writeln!(out, "{:<wname$}  {:<11}  {:>14}  {:>12}  {:>6}  {:>12}  {scale}", e.name, e.kind.as_str(), shape, e.length, bpw, e.offset)?;
+        writeln!(
+            out,
+            "{:<wname$}  {:<11}  {:>14}  {:>12}  {:>6}  {:>12}  {scale}",
+            e.name,
+            e.kind.as_str(),
+            shape,
+            e.length,
+            bpw,
+            e.offset
+        )?;
     }
     writeln!(out)?;
     writeln!(
@@ -223,7 +289,11 @@ fn print_text(
             writeln!(out, "checksums     all {} tensors match", h.tensors.len())?;
         } else {
             for m in bad {
-                writeln!(out, "checksum MISMATCH  {}: expected {}, got {}", m.name, m.expected, m.actual)?;
+                writeln!(
+                    out,
+                    "checksum MISMATCH  {}: expected {}, got {}",
+                    m.name, m.expected, m.actual
+                )?;
             }
         }
     }

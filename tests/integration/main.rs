@@ -1,1 +1,7 @@
+//! End-to-end tests: the real `bitnet` binary on the fixtures of `fixtures/` (checkpoints made by
+//! Hugging Face transformers) and on broken copies of them.
 
+mod bad_input;
+mod convert;
+mod hub_cache;
+mod util;

@@ -93,8 +93,14 @@ pub struct Architecture {
 }
 
 const SOURCES: &[(&str, &str)] = &[
-    ("bitnet.json", include_str!("../../../formats/architectures/bitnet.json")),
-    ("bitnet-1bitllm.json", include_str!("../../../formats/architectures/bitnet-1bitllm.json")),
+    (
+        "bitnet.json",
+        include_str!("../../../formats/architectures/bitnet.json"),
+    ),
+    (
+        "bitnet-1bitllm.json",
+        include_str!("../../../formats/architectures/bitnet-1bitllm.json"),
+    ),
 ];
 
 /// Every supported architecture.
@@ -102,21 +108,30 @@ pub fn all() -> Vec<Architecture> {
     SOURCES
         .iter()
         .map(|(file, text)| {
-            serde_json::from_str(text).unwrap_or_else(|e| panic!("formats/architectures/{file} is invalid: {e}"))
+            serde_json::from_str(text)
+                .unwrap_or_else(|e| panic!("formats/architectures/{file} is invalid: {e}"))
         })
         .collect()
 }
 
 /// The architecture that an HF `architectures[0]` value selects.
 pub fn find(hf_architecture: &str) -> Option<Architecture> {
-    all().into_iter().find(|a| a.hf_architectures.iter().any(|x| x == hf_architecture))
+    all()
+        .into_iter()
+        .find(|a| a.hf_architectures.iter().any(|x| x == hf_architecture))
 }
 
 /// "A (model_type b), C (model_type d)" for error messages.
 pub fn supported_list() -> String {
     all()
         .iter()
-        .map(|a| format!("{} (model_type {})", a.hf_architectures.join(", "), a.hf_model_types.join("/")))
+        .map(|a| {
+            format!(
+                "{} (model_type {})",
+                a.hf_architectures.join(", "),
+                a.hf_model_types.join("/")
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -128,8 +143,18 @@ mod tests {
     #[test]
     fn maps_parse_and_name_every_bitlinear() {
         for arch in all() {
-            let ternary: Vec<_> = arch.tensors.iter().filter(|t| t.role == Role::Ternary).map(|t| t.name.as_str()).collect();
-            assert_eq!(ternary.len(), 7, "{}: q, k, v, o, gate, up, down", arch.name);
+            let ternary: Vec<_> = arch
+                .tensors
+                .iter()
+                .filter(|t| t.role == Role::Ternary)
+                .map(|t| t.name.as_str())
+                .collect();
+            assert_eq!(
+                ternary.len(),
+                7,
+                "{}: q, k, v, o, gate, up, down",
+                arch.name
+            );
             assert!(arch.tensors.iter().any(|t| t.role == Role::Embedding));
         }
         assert_eq!(find("BitNetForCausalLM").unwrap().name, "bitnet");

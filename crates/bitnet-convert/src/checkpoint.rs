@@ -27,11 +27,17 @@ impl Shard {
         // SAFETY: a read-only private map of a checkpoint file; checkpoints are not modified while a
         // conversion reads them (a concurrent truncation would raise SIGBUS, as with any mmap reader).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ConvertError::io(&path, e))?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| ConvertError::Safetensors {
-            path: path.clone(),
-            reason: describe_safetensors_error(&e, map.len()),
-        })?;
-        Ok(Shard { path, map, header_len, metadata })
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&map).map_err(|e| ConvertError::Safetensors {
+                path: path.clone(),
+                reason: describe_safetensors_error(&e, map.len()),
+            })?;
+        Ok(Shard {
+            path,
+            map,
+            header_len,
+            metadata,
+        })
     }
 
     /// Releases the resident pages of a byte range of the map (they stay in the page cache).
@@ -46,7 +52,10 @@ impl Shard {
         if hi > lo {
             // SAFETY: DONTNEED on a read-only, file-backed private map only drops resident pages; later
             // reads fault them back in from the file, so no data the program can observe changes.
-            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+            };
         }
     }
 }
@@ -54,9 +63,13 @@ impl Shard {
 fn describe_safetensors_error(e: &safetensors::SafeTensorError, len: usize) -> String {
     use safetensors::SafeTensorError as E;
     match e {
-        E::MetadataIncompleteBuffer => format!("its header describes more data than the file's {len} bytes (truncated?)"),
+        E::MetadataIncompleteBuffer => {
+            format!("its header describes more data than the file's {len} bytes (truncated?)")
+        }
         E::HeaderTooSmall => format!("only {len} bytes, too short for a header"),
-        E::InvalidHeaderLength => "the header length runs past the end of the file (truncated or not safetensors)".into(),
+        E::InvalidHeaderLength => {
+            "the header length runs past the end of the file (truncated or not safetensors)".into()
+        }
         other => other.to_string(),
     }
 }
@@ -102,11 +115,18 @@ pub struct Checkpoint {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
-    serde_json::from_slice(&text).map_err(|source| ConvertError::Json { path: path.to_path_buf(), source })
+    serde_json::from_slice(&text).map_err(|source| ConvertError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn read_json_opt(path: &Path) -> Result<Option<Value>> {
-    if path.is_file() { read_json(path).map(Some) } else { Ok(None) }
+    if path.is_file() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 struct ConfigReader<'a> {
@@ -117,12 +137,22 @@ struct ConfigReader<'a> {
 impl ConfigReader<'_> {
     fn usize_req(&self, field: &str) -> Result<usize> {
         match self.v.get(field) {
-            None | Some(Value::Null) => Err(ConvertError::field(self.path, field, "is missing (expected a positive integer)")),
+            None | Some(Value::Null) => Err(ConvertError::field(
+                self.path,
+                field,
+                "is missing (expected a positive integer)",
+            )),
             Some(x) => x
                 .as_u64()
                 .filter(|&n| n > 0)
                 .map(|n| n as usize)
-                .ok_or_else(|| ConvertError::field(self.path, field, format!("expected a positive integer, got {x}"))),
+                .ok_or_else(|| {
+                    ConvertError::field(
+                        self.path,
+                        field,
+                        format!("expected a positive integer, got {x}"),
+                    )
+                }),
         }
     }
     fn usize_opt(&self, field: &str) -> Result<Option<usize>> {
@@ -138,14 +168,24 @@ impl ConfigReader<'_> {
                 .as_f64()
                 .filter(|f| f.is_finite() && *f > 0.0)
                 .map(Some)
-                .ok_or_else(|| ConvertError::field(self.path, field, format!("expected a positive number, got {x}"))),
+                .ok_or_else(|| {
+                    ConvertError::field(
+                        self.path,
+                        field,
+                        format!("expected a positive number, got {x}"),
+                    )
+                }),
         }
     }
     fn bool_opt(&self, field: &str) -> Result<Option<bool>> {
         match self.v.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(x) => Err(ConvertError::field(self.path, field, format!("expected true or false, got {x}"))),
+            Some(x) => Err(ConvertError::field(
+                self.path,
+                field,
+                format!("expected true or false, got {x}"),
+            )),
         }
     }
 }
@@ -154,7 +194,11 @@ impl ConfigReader<'_> {
 fn ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|n| n as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -163,7 +207,10 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
 fn token_text(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -172,7 +219,10 @@ impl Checkpoint {
     /// Opens the checkpoint in `dir`: parses every JSON file and the safetensors headers, maps the weights.
     pub fn open(dir: &Path) -> Result<Checkpoint> {
         if !dir.is_dir() {
-            return Err(ConvertError::NotFound(format!("{}: no such model folder", dir.display())));
+            return Err(ConvertError::NotFound(format!(
+                "{}: no such model folder",
+                dir.display()
+            )));
         }
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
@@ -186,12 +236,20 @@ impl Checkpoint {
             Some(Value::Array(a)) if !a.is_empty() => a[0].as_str().unwrap_or_default().to_string(),
             _ => String::new(),
         };
-        let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let model_type = cfg
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
         let arch = architecture::find(&hf_architecture)
             .or_else(|| {
                 // A config without `architectures` is still recognisable by a model_type unique to one map.
                 (hf_architecture.is_empty())
-                    .then(|| architecture::all().into_iter().find(|a| a.hf_model_types.first() == Some(&model_type)))
+                    .then(|| {
+                        architecture::all()
+                            .into_iter()
+                            .find(|a| a.hf_model_types.first() == Some(&model_type))
+                    })
                     .flatten()
             })
             .ok_or_else(|| ConvertError::UnsupportedArchitecture {
@@ -203,7 +261,10 @@ impl Checkpoint {
             return Err(ConvertError::field(
                 &config_path,
                 "model_type",
-                format!("`{model_type}` does not go with {hf_architecture}; expected {}", arch.hf_model_types.join(" or ")),
+                format!(
+                    "`{model_type}` does not go with {hf_architecture}; expected {}",
+                    arch.hf_model_types.join(" or ")
+                ),
             ));
         }
         let mut warnings = Vec::new();
@@ -231,7 +292,11 @@ impl Checkpoint {
 
     /// The storage dtype of the weights (of the first BitLinear).
     pub fn weights_dtype(&self) -> Dtype {
-        self.planned().iter().find(|p| p.role == Role::Ternary).map(|p| self.tensors[&p.hf].dtype).unwrap_or(Dtype::BF16)
+        self.planned()
+            .iter()
+            .find(|p| p.role == Role::Ternary)
+            .map(|p| self.tensors[&p.hf].dtype)
+            .unwrap_or(Dtype::BF16)
     }
 
     /// The tensors to convert, in file order, with their roles and expected shapes.
@@ -245,7 +310,8 @@ impl Checkpoint {
             Dim::Vocab => c.vocab_size,
         };
         let mut out = Vec::new();
-        let (per_layer, global): (Vec<_>, Vec<_>) = self.arch.tensors.iter().partition(|t| t.hf.contains("{i}"));
+        let (per_layer, global): (Vec<_>, Vec<_>) =
+            self.arch.tensors.iter().partition(|t| t.hf.contains("{i}"));
         for i in 0..c.num_layers {
             for t in &per_layer {
                 out.push(PlannedTensor {
@@ -260,7 +326,12 @@ impl Checkpoint {
             if t.when == When::Untied && c.tie_word_embeddings {
                 continue;
             }
-            out.push(PlannedTensor { hf: t.hf.clone(), name: t.name.clone(), role: t.role, shape: t.shape.iter().map(|&d| dim(d)).collect() });
+            out.push(PlannedTensor {
+                hf: t.hf.clone(),
+                name: t.name.clone(),
+                role: t.role,
+                shape: t.shape.iter().map(|&d| dim(d)).collect(),
+            });
         }
         out
     }
@@ -273,7 +344,11 @@ impl Checkpoint {
                     Role::LmHead => "config.json says tie_word_embeddings is false, so the LM head must be stored".to_string(),
                     _ => format!("{} of {}", p.name, self.arch.name),
                 };
-                return Err(ConvertError::MissingTensor { checkpoint: self.dir.clone(), tensor: p.hf.clone(), needed_for });
+                return Err(ConvertError::MissingTensor {
+                    checkpoint: self.dir.clone(),
+                    tensor: p.hf.clone(),
+                    needed_for,
+                });
             };
             let path = &self.shards[t.shard].path;
             if t.shape != p.shape {
@@ -292,15 +367,22 @@ impl Checkpoint {
                 return Err(ConvertError::BadTensor {
                     path: path.clone(),
                     tensor: p.hf.clone(),
-                    reason: format!("dtype {:?} is not supported; expected BF16, F16 or F32{hint}", t.dtype),
+                    reason: format!(
+                        "dtype {:?} is not supported; expected BF16, F16 or F32{hint}",
+                        t.dtype
+                    ),
                 });
             }
         }
-        let known: std::collections::HashSet<&str> = planned.iter().map(|p| p.hf.as_str()).collect();
+        let known: std::collections::HashSet<&str> =
+            planned.iter().map(|p| p.hf.as_str()).collect();
         let mut extra: Vec<&String> = self
             .tensors
             .keys()
-            .filter(|k| !known.contains(k.as_str()) && !(self.config.tie_word_embeddings && k.as_str() == "lm_head.weight"))
+            .filter(|k| {
+                !(known.contains(k.as_str())
+                    || (self.config.tie_word_embeddings && k.as_str() == "lm_head.weight"))
+            })
             .collect();
         extra.sort();
         if !extra.is_empty() {
@@ -371,23 +453,40 @@ fn parse_config(path: &Path, cfg: &Value, arch: &Architecture) -> Result<ModelCo
             return Err(ConvertError::field(
                 path,
                 "num_attention_heads",
-                format!("{num_heads} does not divide hidden_size {hidden_size} and there is no head_dim"),
+                format!(
+                    "{num_heads} does not divide hidden_size {hidden_size} and there is no head_dim"
+                ),
             ));
         }
     };
     if head_dim % 2 != 0 {
-        return Err(ConvertError::field(path, "head_dim", format!("{head_dim} must be even for rotary embeddings")));
+        return Err(ConvertError::field(
+            path,
+            "head_dim",
+            format!("{head_dim} must be even for rotary embeddings"),
+        ));
     }
-    let act = cfg.get("hidden_act").and_then(|v| v.as_str()).unwrap_or(&arch.defaults.hidden_act);
+    let act = cfg
+        .get("hidden_act")
+        .and_then(|v| v.as_str())
+        .unwrap_or(&arch.defaults.hidden_act);
     let hidden_act = match act {
         "relu2" => Activation::Relu2,
         "silu" | "swish" => Activation::Silu,
         other => {
-            return Err(ConvertError::field(path, "hidden_act", format!("`{other}` is not supported; expected relu2 or silu")));
+            return Err(ConvertError::field(
+                path,
+                "hidden_act",
+                format!("`{other}` is not supported; expected relu2 or silu"),
+            ));
         }
     };
     if r.bool_opt("attention_bias")?.unwrap_or(false) || r.bool_opt("mlp_bias")?.unwrap_or(false) {
-        return Err(ConvertError::field(path, "attention_bias", "biases are not supported (BitNet b1.58 has none)"));
+        return Err(ConvertError::field(
+            path,
+            "attention_bias",
+            "biases are not supported (BitNet b1.58 has none)",
+        ));
     }
     // transformers 5 moved rope_theta into rope_parameters; older configs keep it at the top level.
     let rope_params = cfg.get("rope_parameters").filter(|v| v.is_object());
@@ -401,9 +500,17 @@ fn parse_config(path: &Path, cfg: &Value, arch: &Architecture) -> Result<ModelCo
     };
     for scaling in [cfg.get("rope_scaling"), rope_params] {
         if let Some(s) = scaling.filter(|v| !v.is_null()) {
-            let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+            let kind = s
+                .get("rope_type")
+                .or_else(|| s.get("type"))
+                .and_then(|t| t.as_str())
+                .unwrap_or("default");
             if kind != "default" {
-                return Err(ConvertError::field(path, "rope_scaling", format!("rope type `{kind}` is not supported; only the default RoPE")));
+                return Err(ConvertError::field(
+                    path,
+                    "rope_scaling",
+                    format!("rope type `{kind}` is not supported; only the default RoPE"),
+                ));
             }
         }
     }
@@ -415,19 +522,31 @@ fn parse_config(path: &Path, cfg: &Value, arch: &Architecture) -> Result<ModelCo
         num_heads,
         num_kv_heads,
         head_dim,
-        max_position_embeddings: r.usize_opt("max_position_embeddings")?.unwrap_or(arch.defaults.max_position_embeddings),
-        rms_norm_eps: r.f64_opt("rms_norm_eps")?.unwrap_or(arch.defaults.rms_norm_eps),
+        max_position_embeddings: r
+            .usize_opt("max_position_embeddings")?
+            .unwrap_or(arch.defaults.max_position_embeddings),
+        rms_norm_eps: r
+            .f64_opt("rms_norm_eps")?
+            .unwrap_or(arch.defaults.rms_norm_eps),
         rope_theta,
         hidden_act,
-        tie_word_embeddings: r.bool_opt("tie_word_embeddings")?.unwrap_or(arch.defaults.tie_word_embeddings),
+        tie_word_embeddings: r
+            .bool_opt("tie_word_embeddings")?
+            .unwrap_or(arch.defaults.tie_word_embeddings),
     })
 }
 
 /// Finds the id of an added token in tokenizer.json.
 fn added_token_id(tokenizer: &Value, content: &str) -> Option<u32> {
-    tokenizer.get("added_tokens")?.as_array()?.iter().find_map(|t| {
-        (t.get("content")?.as_str()? == content).then(|| t.get("id")?.as_u64().map(|n| n as u32)).flatten()
-    })
+    tokenizer
+        .get("added_tokens")?
+        .as_array()?
+        .iter()
+        .find_map(|t| {
+            (t.get("content")?.as_str()? == content)
+                .then(|| t.get("id")?.as_u64().map(|n| n as u32))
+                .flatten()
+        })
 }
 
 type TokenizerParts = (TokenizerInfo, Option<Vec<u8>>, GenerationDefaults);
@@ -444,9 +563,14 @@ fn read_tokenizer(dir: &Path, cfg: &Value, warnings: &mut Vec<String>) -> Result
         None
     };
     let tok_value: Option<Value> = match &tokenizer_json {
-        Some(bytes) => Some(
-            serde_json::from_slice(bytes).map_err(|source| ConvertError::Json { path: tok_path.clone(), source })?,
-        ),
+        Some(bytes) => {
+            Some(
+                serde_json::from_slice(bytes).map_err(|source| ConvertError::Json {
+                    path: tok_path.clone(),
+                    source,
+                })?,
+            )
+        }
         None => None,
     };
     let tc_path = dir.join("tokenizer_config.json");
@@ -475,7 +599,9 @@ fn read_tokenizer(dir: &Path, cfg: &Value, warnings: &mut Vec<String>) -> Result
             tc_path.display()
         ));
     }
-    let lookup = |text: Option<String>| -> Option<u32> { text.and_then(|t| tok_value.as_ref().and_then(|v| added_token_id(v, &t))) };
+    let lookup = |text: Option<String>| -> Option<u32> {
+        text.and_then(|t| tok_value.as_ref().and_then(|v| added_token_id(v, &t)))
+    };
     let bos_token_id = ids(cfg.get("bos_token_id"))
         .first()
         .copied()
@@ -487,7 +613,9 @@ fn read_tokenizer(dir: &Path, cfg: &Value, warnings: &mut Vec<String>) -> Result
             eos.push(id);
         }
     };
-    ids(gen_cfg.get("eos_token_id")).into_iter().for_each(&mut push);
+    ids(gen_cfg.get("eos_token_id"))
+        .into_iter()
+        .for_each(&mut push);
     ids(cfg.get("eos_token_id")).into_iter().for_each(&mut push);
     if let Some(id) = lookup(token_text(tc.get("eos_token"))) {
         push(id);
@@ -502,9 +630,14 @@ fn read_tokenizer(dir: &Path, cfg: &Value, warnings: &mut Vec<String>) -> Result
         .first()
         .copied()
         .or_else(|| ids(gen_cfg.get("pad_token_id")).first().copied());
-    let add_bos_token = tc.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(bos_token_id.is_some());
+    let add_bos_token = tc
+        .get("add_bos_token")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(bos_token_id.is_some());
     let tokenizer = TokenizerInfo {
-        tokenizer_json: tokenizer_json.as_ref().map(|_| "tokenizer.json".to_string()),
+        tokenizer_json: tokenizer_json
+            .as_ref()
+            .map(|_| "tokenizer.json".to_string()),
         bos_token_id,
         add_bos_token,
         eos_token_ids: eos,
@@ -528,20 +661,38 @@ fn open_weights(dir: &Path) -> Result<(Vec<Shard>, HashMap<String, SourceTensor>
     let files: Vec<String> = if index_path.is_file() {
         let index = read_json(&index_path)?;
         let Some(map) = index.get("weight_map").and_then(|m| m.as_object()) else {
-            return Err(ConvertError::field(&index_path, "weight_map", "is missing (expected an object of tensor -> shard file)"));
+            return Err(ConvertError::field(
+                &index_path,
+                "weight_map",
+                "is missing (expected an object of tensor -> shard file)",
+            ));
         };
         let mut by_file: BTreeMap<String, String> = BTreeMap::new();
         for (tensor, file) in map {
             let Some(file) = file.as_str() else {
-                return Err(ConvertError::field(&index_path, &format!("weight_map.{tensor}"), "expected a file name"));
+                return Err(ConvertError::field(
+                    &index_path,
+                    &format!("weight_map.{tensor}"),
+                    "expected a file name",
+                ));
             };
             if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-                return Err(ConvertError::field(&index_path, &format!("weight_map.{tensor}"), format!("`{file}` is not a plain file name")));
+                return Err(ConvertError::field(
+                    &index_path,
+                    &format!("weight_map.{tensor}"),
+                    format!("`{file}` is not a plain file name"),
+                ));
             }
             if !dir.join(file).is_file() {
-                return Err(ConvertError::MissingShard { index: index_path.clone(), tensor: tensor.clone(), shard: file.to_string() });
+                return Err(ConvertError::MissingShard {
+                    index: index_path.clone(),
+                    tensor: tensor.clone(),
+                    shard: file.to_string(),
+                });
             }
-            by_file.entry(file.to_string()).or_insert_with(|| tensor.clone());
+            by_file
+                .entry(file.to_string())
+                .or_insert_with(|| tensor.clone());
         }
         by_file.into_keys().collect()
     } else if dir.join("model.safetensors").is_file() {

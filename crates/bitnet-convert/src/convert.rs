@@ -67,7 +67,10 @@ pub struct ConvertReport {
 enum Job {
     Plain(PlannedTensor),
     /// An int8 copy of the LM head made from `source` (the embedding when tied).
-    Int8Head { source: String, shape: Vec<usize> },
+    Int8Head {
+        source: String,
+        shape: Vec<usize>,
+    },
     Tokenizer,
 }
 
@@ -85,7 +88,13 @@ pub fn convert(
 ) -> Result<ConvertReport> {
     let resolved = hub::resolve(input, env)?;
     let ck = Checkpoint::open(&resolved.dir)?;
-    let exact_float = |dtype: Dtype| if dtype == Dtype::BF16 { TensorKind::Bf16 } else { TensorKind::F32 };
+    let exact_float = |dtype: Dtype| {
+        if dtype == Dtype::BF16 {
+            TensorKind::Bf16
+        } else {
+            TensorKind::F32
+        }
+    };
 
     let mut jobs = Vec::new();
     let mut specs = Vec::new();
@@ -106,7 +115,10 @@ pub fn convert(
             Role::Embedding => exact_float(src.dtype),
             Role::LmHead if opts.lm_head == LmHead::Int8 => {
                 specs.push(spec(&p.name, TensorKind::Int8R16, &p.shape, &p.hf));
-                jobs.push(Job::Int8Head { source: p.hf.clone(), shape: p.shape.clone() });
+                jobs.push(Job::Int8Head {
+                    source: p.hf.clone(),
+                    shape: p.shape.clone(),
+                });
                 continue;
             }
             Role::LmHead => exact_float(src.dtype),
@@ -115,10 +127,17 @@ pub fn convert(
         jobs.push(Job::Plain(p));
     }
     if ck.config.tie_word_embeddings && opts.lm_head == LmHead::Int8 {
-        let p = ck.planned().into_iter().find(|p| p.role == Role::Embedding).expect("every map has an embedding");
+        let p = ck
+            .planned()
+            .into_iter()
+            .find(|p| p.role == Role::Embedding)
+            .expect("every map has an embedding");
         total += ck.data(ck.tensor(&p.hf).expect("checked at open")).len() as u64;
         specs.push(spec("output", TensorKind::Int8R16, &p.shape, &p.hf));
-        jobs.push(Job::Int8Head { source: p.hf, shape: p.shape });
+        jobs.push(Job::Int8Head {
+            source: p.hf,
+            shape: p.shape,
+        });
     }
     if let Some(tok) = &ck.tokenizer_json {
         specs.push(TensorSpec {
@@ -152,7 +171,9 @@ pub fn convert(
     for job in jobs {
         match job {
             Job::Plain(p) => write_plain(&ck, &mut writer, &p, progress)?,
-            Job::Int8Head { source, shape } => write_int8_head(&ck, &mut writer, &source, &shape, progress)?,
+            Job::Int8Head { source, shape } => {
+                write_int8_head(&ck, &mut writer, &source, &shape, progress)?
+            }
             Job::Tokenizer => {
                 let tok = ck.tokenizer_json.as_deref().unwrap_or_default();
                 writer.write_tensor("tokenizer.json", tok, None)?;
@@ -203,15 +224,28 @@ fn write_plain(
             let t = quantize::absmean_ternary(&w);
             drop(w);
             let mut packed = vec![0u8; layout::ternary_len(rows, cols)];
-            packed.par_chunks_mut(layout::ternary_tile_len(cols)).enumerate().for_each(|(tile, out)| {
-                layout::pack_ternary_tile(&t.values, rows, cols, tile, out);
-            });
+            packed
+                .par_chunks_mut(layout::ternary_tile_len(cols))
+                .enumerate()
+                .for_each(|(tile, out)| {
+                    layout::pack_ternary_tile(&t.values, rows, cols, tile, out);
+                });
             writer.write_tensor(&p.name, &packed, Some(t.weight_scale))?;
-            progress(Progress::Advance { bytes: data.len() as u64, tensor: &p.name });
+            progress(Progress::Advance {
+                bytes: data.len() as u64,
+                tensor: &p.name,
+            });
         }
         Role::Norm => {
-            writer.write_tensor(&p.name, &f32_bytes(&quantize::to_f32(data, src.dtype)), None)?;
-            progress(Progress::Advance { bytes: data.len() as u64, tensor: &p.name });
+            writer.write_tensor(
+                &p.name,
+                &f32_bytes(&quantize::to_f32(data, src.dtype)),
+                None,
+            )?;
+            progress(Progress::Advance {
+                bytes: data.len() as u64,
+                tensor: &p.name,
+            });
         }
         Role::Embedding | Role::LmHead => {
             // Stream in row blocks so an embedding-sized tensor never sits in memory whole.
@@ -224,7 +258,10 @@ fn write_plain(
                     writer.write(&f32_bytes(&quantize::to_f32(block, src.dtype)))?;
                 }
                 shard.release(block);
-                progress(Progress::Advance { bytes: block.len() as u64, tensor: &p.name });
+                progress(Progress::Advance {
+                    bytes: block.len() as u64,
+                    tensor: &p.name,
+                });
             }
             writer.end_tensor(None)?;
         }
@@ -252,13 +289,19 @@ fn write_int8_head(
         let block_rows = w.len() / cols;
         let (q, d) = quantize::int8_rows(&w, block_rows, cols);
         let mut packed = vec![0u8; layout::pad16(block_rows) / layout::TILE_ROWS * tile_len];
-        packed.par_chunks_mut(tile_len).enumerate().for_each(|(tile, out)| {
-            layout::pack_int8_tile(&q, block_rows, cols, tile, out);
-        });
+        packed
+            .par_chunks_mut(tile_len)
+            .enumerate()
+            .for_each(|(tile, out)| {
+                layout::pack_int8_tile(&q, block_rows, cols, tile, out);
+            });
         writer.write(&packed)?;
         scales.extend_from_slice(&d);
         shard.release(block);
-        progress(Progress::Advance { bytes: block.len() as u64, tensor: "output" });
+        progress(Progress::Advance {
+            bytes: block.len() as u64,
+            tensor: "output",
+        });
     }
     scales.resize(layout::pad16(rows), 0.0);
     writer.write(&f32_bytes(&scales))?;

@@ -93,10 +93,17 @@ pub type Result<T> = std::result::Result<T, ConvertError>;
 
 impl ConvertError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ConvertError::Io { path: path.into(), source }
+        ConvertError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn field(path: impl Into<PathBuf>, field: &str, reason: impl Into<String>) -> Self {
-        ConvertError::Field { path: path.into(), field: field.to_string(), reason: reason.into() }
+        ConvertError::Field {
+            path: path.into(),
+            field: field.to_string(),
+            reason: reason.into(),
+        }
     }
 }

@@ -39,7 +39,11 @@ pub struct HubEnv {
 impl HubEnv {
     /// Reads the variables from the process environment.
     pub fn from_process() -> HubEnv {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let offline = std::env::var("HF_HUB_OFFLINE")
             .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
             .unwrap_or(false);
@@ -63,7 +67,9 @@ impl HubEnv {
         if let Some(x) = &self.xdg_cache_home {
             return Some(x.join("huggingface").join("hub"));
         }
-        self.home.as_ref().map(|h| h.join(".cache").join("huggingface").join("hub"))
+        self.home
+            .as_ref()
+            .map(|h| h.join(".cache").join("huggingface").join("hub"))
     }
 }
 
@@ -77,7 +83,8 @@ pub fn looks_like_repo_id(s: &str) -> bool {
     let ok = |p: &str| {
         !p.is_empty()
             && !p.starts_with('.')
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     ok(org) && ok(name)
 }
@@ -92,7 +99,11 @@ pub fn resolve(input: &str, env: &HubEnv) -> Result<ResolvedModel> {
                 "{input}: is a file; give the model folder that holds config.json and the *.safetensors weights"
             )));
         }
-        return Ok(ResolvedModel { dir: path.to_path_buf(), repo: None, revision: None });
+        return Ok(ResolvedModel {
+            dir: path.to_path_buf(),
+            repo: None,
+            revision: None,
+        });
     }
     if !looks_like_repo_id(input) {
         return Err(ConvertError::NotFound(format!(
@@ -105,7 +116,11 @@ pub fn resolve(input: &str, env: &HubEnv) -> Result<ResolvedModel> {
     };
     let fetch_hint = format!(
         "fetch it first, e.g. `huggingface-cli download {repo}`{}, or pass the model folder",
-        if env.offline { " (HF_HUB_OFFLINE is set, so nothing is downloaded)" } else { "" }
+        if env.offline {
+            " (HF_HUB_OFFLINE is set, so nothing is downloaded)"
+        } else {
+            ""
+        }
     );
     let Some(cache) = env.cache_dir() else {
         return Err(ConvertError::NotFound(format!(
@@ -140,7 +155,11 @@ pub fn resolve(input: &str, env: &HubEnv) -> Result<ResolvedModel> {
             dir.display()
         )));
     }
-    Ok(ResolvedModel { dir, repo: Some(repo.to_string()), revision: Some(commit) })
+    Ok(ResolvedModel {
+        dir,
+        repo: Some(repo.to_string()),
+        revision: Some(commit),
+    })
 }
 
 fn is_commit_hash(s: &str) -> bool {
@@ -153,10 +172,19 @@ mod tests {
 
     #[test]
     fn cache_dir_follows_huggingface_hub_precedence() {
-        let mut env = HubEnv { home: Some("/home/u".into()), ..Default::default() };
-        assert_eq!(env.cache_dir().unwrap(), PathBuf::from("/home/u/.cache/huggingface/hub"));
+        let mut env = HubEnv {
+            home: Some("/home/u".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            env.cache_dir().unwrap(),
+            PathBuf::from("/home/u/.cache/huggingface/hub")
+        );
         env.xdg_cache_home = Some("/xdg".into());
-        assert_eq!(env.cache_dir().unwrap(), PathBuf::from("/xdg/huggingface/hub"));
+        assert_eq!(
+            env.cache_dir().unwrap(),
+            PathBuf::from("/xdg/huggingface/hub")
+        );
         env.hf_home = Some("/hf".into());
         assert_eq!(env.cache_dir().unwrap(), PathBuf::from("/hf/hub"));
         env.hf_hub_cache = Some("/cache".into());
@@ -180,14 +208,24 @@ mod tests {
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
         std::fs::write(repo.join("refs/main"), format!("{commit}\n")).unwrap();
-        let env = HubEnv { hf_hub_cache: Some(tmp.path().into()), ..Default::default() };
+        let env = HubEnv {
+            hf_hub_cache: Some(tmp.path().into()),
+            ..Default::default()
+        };
         let r = resolve("org/model", &env).unwrap();
         assert_eq!(r.dir, repo.join("snapshots").join(commit));
         assert_eq!(r.revision.as_deref(), Some(commit));
-        assert_eq!(resolve(&format!("org/model@{commit}"), &env).unwrap().dir, r.dir);
+        assert_eq!(
+            resolve(&format!("org/model@{commit}"), &env).unwrap().dir,
+            r.dir
+        );
         let err = resolve("org/model@v2", &env).unwrap_err().to_string();
         assert!(err.contains("revision `v2`"), "{err}");
         let err = resolve("org/other", &env).unwrap_err().to_string();
-        assert!(err.contains("not in the local Hugging Face cache") && err.contains("huggingface-cli download org/other"), "{err}");
+        assert!(
+            err.contains("not in the local Hugging Face cache")
+                && err.contains("huggingface-cli download org/other"),
+            "{err}"
+        );
     }
 }

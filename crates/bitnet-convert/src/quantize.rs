@@ -20,17 +20,19 @@ pub fn to_f32(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
         other => panic!("to_f32: unsupported dtype {other:?}"),
     };
     let mut out = vec![0f32; bytes.len() / width];
-    out.par_chunks_mut(PAR_CHUNK).zip(bytes.par_chunks(PAR_CHUNK * width)).for_each(|(o, b)| match dtype {
-        Dtype::BF16 => o.iter_mut().zip(b.chunks_exact(2)).for_each(|(o, b)| {
-            *o = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-        }),
-        Dtype::F16 => o.iter_mut().zip(b.chunks_exact(2)).for_each(|(o, b)| {
-            *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-        }),
-        _ => o.iter_mut().zip(b.chunks_exact(4)).for_each(|(o, b)| {
-            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }),
-    });
+    out.par_chunks_mut(PAR_CHUNK)
+        .zip(bytes.par_chunks(PAR_CHUNK * width))
+        .for_each(|(o, b)| match dtype {
+            Dtype::BF16 => o.iter_mut().zip(b.chunks_exact(2)).for_each(|(o, b)| {
+                *o = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }),
+            Dtype::F16 => o.iter_mut().zip(b.chunks_exact(2)).for_each(|(o, b)| {
+                *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }),
+            _ => o.iter_mut().zip(b.chunks_exact(4)).for_each(|(o, b)| {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }),
+        });
     out
 }
 
@@ -48,7 +50,10 @@ pub struct Ternary {
 /// The sum is accumulated in f64 over fixed chunks and added in order, so it is deterministic and
 /// correctly rounded to f32 in all but pathological cases.
 pub fn mean_abs(w: &[f32]) -> f32 {
-    let partial: Vec<f64> = w.par_chunks(PAR_CHUNK).map(|c| c.iter().map(|x| x.abs() as f64).sum()).collect();
+    let partial: Vec<f64> = w
+        .par_chunks(PAR_CHUNK)
+        .map(|c| c.iter().map(|x| x.abs() as f64).sum())
+        .collect();
     let sum = partial.iter().sum::<f64>() as f32;
     sum / w.len() as f32
 }
@@ -57,12 +62,18 @@ pub fn mean_abs(w: &[f32]) -> f32 {
 pub fn absmean_ternary(w: &[f32]) -> Ternary {
     let s = 1.0f32 / mean_abs(w).max(1e-5);
     let mut values = vec![0i8; w.len()];
-    values.par_chunks_mut(PAR_CHUNK).zip(w.par_chunks(PAR_CHUNK)).for_each(|(q, w)| {
-        for (q, &x) in q.iter_mut().zip(w) {
-            *q = (x * s).round_ties_even().clamp(-1.0, 1.0) as i8;
-        }
-    });
-    Ternary { values, weight_scale: 1.0f32 / s }
+    values
+        .par_chunks_mut(PAR_CHUNK)
+        .zip(w.par_chunks(PAR_CHUNK))
+        .for_each(|(q, w)| {
+            for (q, &x) in q.iter_mut().zip(w) {
+                *q = (x * s).round_ties_even().clamp(-1.0, 1.0) as i8;
+            }
+        });
+    Ternary {
+        values,
+        weight_scale: 1.0f32 / s,
+    }
 }
 
 /// Per-row absmax int8 quantization of a row-major `[rows, cols]` matrix: values and one scale per row.
@@ -70,15 +81,19 @@ pub fn int8_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
     assert_eq!(w.len(), rows * cols);
     let mut values = vec![0i8; w.len()];
     let mut scales = vec![0f32; rows];
-    values.par_chunks_mut(cols).zip(scales.par_iter_mut()).zip(w.par_chunks(cols)).for_each(|((q, d), row)| {
-        let amax = row.iter().fold(0f32, |m, x| m.max(x.abs()));
-        *d = amax / 127.0;
-        if amax > 0.0 {
-            for (q, &x) in q.iter_mut().zip(row) {
-                *q = (x / *d).round_ties_even().clamp(-127.0, 127.0) as i8;
+    values
+        .par_chunks_mut(cols)
+        .zip(scales.par_iter_mut())
+        .zip(w.par_chunks(cols))
+        .for_each(|((q, d), row)| {
+            let amax = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+            *d = amax / 127.0;
+            if amax > 0.0 {
+                for (q, &x) in q.iter_mut().zip(row) {
+                    *q = (x / *d).round_ties_even().clamp(-127.0, 127.0) as i8;
+                }
             }
-        }
-    });
+        });
     (values, scales)
 }
 

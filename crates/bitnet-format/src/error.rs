@@ -23,7 +23,9 @@ pub enum FormatError {
         expected: Vec<u8>,
     },
     /// A major version this reader does not understand.
-    #[error("unsupported .bitnet version {major}.{minor}: this build reads major version {supported}")]
+    #[error(
+        "unsupported .bitnet version {major}.{minor}: this build reads major version {supported}"
+    )]
     UnsupportedVersion {
         /// Major version in the file.
         major: u16,
@@ -51,7 +53,9 @@ pub enum FormatError {
         reason: String,
     },
     /// The header bytes do not hash to the checksum in the preamble.
-    #[error("header checksum mismatch: the header is corrupt (expected sha256 {expected}, got {actual})")]
+    #[error(
+        "header checksum mismatch: the header is corrupt (expected sha256 {expected}, got {actual})"
+    )]
     HeaderChecksum {
         /// Checksum stored in the preamble.
         expected: String,
@@ -79,14 +83,23 @@ pub type Result<T> = std::result::Result<T, FormatError>;
 
 impl FormatError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        FormatError::Io { path: path.into(), source }
+        FormatError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn tensor(name: &str, reason: impl Into<String>) -> Self {
-        FormatError::Tensor { name: name.to_string(), reason: reason.into() }
+        FormatError::Tensor {
+            name: name.to_string(),
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn field(field: &str, reason: impl Into<String>) -> Self {
-        FormatError::InvalidField { field: field.to_string(), reason: reason.into() }
+        FormatError::InvalidField {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
     }
 }

@@ -173,8 +173,14 @@ impl TensorKind {
         let elems = elems.ok_or_else(|| "shape overflows u64".to_string())?;
         let two_d = || -> Result<(usize, usize), String> {
             match shape {
-                [r, c] => Ok((usize::try_from(*r).map_err(|e| e.to_string())?, usize::try_from(*c).map_err(|e| e.to_string())?)),
-                _ => Err(format!("a {} tensor must be 2-D, got shape {shape:?}", self.as_str())),
+                [r, c] => Ok((
+                    usize::try_from(*r).map_err(|e| e.to_string())?,
+                    usize::try_from(*c).map_err(|e| e.to_string())?,
+                )),
+                _ => Err(format!(
+                    "a {} tensor must be 2-D, got shape {shape:?}",
+                    self.as_str()
+                )),
             }
         };
         Ok(match self {
@@ -193,7 +199,9 @@ impl TensorKind {
             TensorKind::Int8R16 => {
                 let (r, c) = two_d()?;
                 let tiles = checked_tiled(r, c, 1)?;
-                let scales = (layout::pad16(r) as u64).checked_mul(4).ok_or("size overflows u64")?;
+                let scales = (layout::pad16(r) as u64)
+                    .checked_mul(4)
+                    .ok_or("size overflows u64")?;
                 tiles.checked_add(scales).ok_or("size overflows u64")?
             }
         })

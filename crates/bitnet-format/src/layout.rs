@@ -69,7 +69,11 @@ pub fn pack_ternary_tile(values: &[i8], rows: usize, cols: usize, tile: usize, o
                 let mut byte = 0u8;
                 for q in 0..4 {
                     let col = g * TERNARY_CHUNK_COLS + 4 * q + t;
-                    let w = if row < rows && col < cols { values[row * cols + col] } else { 0 };
+                    let w = if row < rows && col < cols {
+                        values[row * cols + col]
+                    } else {
+                        0
+                    };
                     byte |= code(w) << (2 * q);
                 }
                 chunk[4 * r + t] = byte;
@@ -132,7 +136,11 @@ pub fn pack_int8_tile(values: &[i8], rows: usize, cols: usize, tile: usize, out:
             let row = tile * TILE_ROWS + r;
             for t in 0..INT8_CHUNK_COLS {
                 let col = g * INT8_CHUNK_COLS + t;
-                let w = if row < rows && col < cols { values[row * cols + col] } else { 0 };
+                let w = if row < rows && col < cols {
+                    values[row * cols + col]
+                } else {
+                    0
+                };
                 chunk[4 * r + t] = (w as i16 + 128) as u8;
             }
         }
@@ -191,7 +199,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) % 3) as i8 - 1
             })
             .collect()
@@ -225,7 +235,9 @@ mod tests {
     #[test]
     fn int8_round_trips_on_ragged_shapes() {
         for (rows, cols) in [(1, 1), (17, 5), (33, 48)] {
-            let v: Vec<i8> = (0..rows * cols).map(|i| ((i * 37) % 255) as i16 as i8).collect();
+            let v: Vec<i8> = (0..rows * cols)
+                .map(|i| ((i * 37) % 255) as i16 as i8)
+                .collect();
             let s: Vec<f32> = (0..rows).map(|i| i as f32 * 0.5 + 0.25).collect();
             let packed = pack_int8(&v, &s, rows, cols);
             let (v2, s2) = unpack_int8(&packed, rows, cols).unwrap();

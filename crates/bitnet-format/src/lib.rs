@@ -23,7 +23,8 @@ pub mod writer;
 
 pub use error::{FormatError, Result};
 pub use header::{
-    Activation, GenerationDefaults, Header, ModelConfig, SourceInfo, TensorEntry, TensorKind, TokenizerInfo,
+    Activation, GenerationDefaults, Header, ModelConfig, SourceInfo, TensorEntry, TensorKind,
+    TokenizerInfo,
 };
 pub use reader::{BitnetFile, ChecksumMismatch, Preamble, hex};
 pub use writer::{FileWriter, TensorSpec};

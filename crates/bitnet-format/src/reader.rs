@@ -50,7 +50,11 @@ impl Preamble {
         };
         let (major, minor) = (u16_at(8), u16_at(10));
         if major != VERSION_MAJOR {
-            return Err(FormatError::UnsupportedVersion { major, minor, supported: VERSION_MAJOR });
+            return Err(FormatError::UnsupportedVersion {
+                major,
+                minor,
+                supported: VERSION_MAJOR,
+            });
         }
         let header_len = u64_at(16);
         let data_offset = u64_at(24);
@@ -67,7 +71,13 @@ impl Preamble {
                 ),
             ));
         }
-        Ok(Preamble { major, minor, header_len, data_offset, header_sha256 })
+        Ok(Preamble {
+            major,
+            minor,
+            header_len,
+            data_offset,
+            header_sha256,
+        })
     }
 }
 
@@ -99,7 +109,10 @@ pub struct BitnetFile {
 
 impl std::fmt::Debug for BitnetFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BitnetFile").field("path", &self.path).field("preamble", &self.preamble).finish()
+        f.debug_struct("BitnetFile")
+            .field("path", &self.path)
+            .field("preamble", &self.preamble)
+            .finish()
     }
 }
 
@@ -121,7 +134,10 @@ impl BitnetFile {
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
         let meta = file.metadata().map_err(|e| FormatError::io(path, e))?;
         if !meta.is_file() {
-            return Err(FormatError::io(path, std::io::Error::other("not a regular file")));
+            return Err(FormatError::io(
+                path,
+                std::io::Error::other("not a regular file"),
+            ));
         }
         let storage = if meta.len() == 0 {
             Storage::Owned(Vec::new())
@@ -164,7 +180,13 @@ impl BitnetFile {
         }
         let header: Header = serde_json::from_slice(header_bytes)?;
         let index = validate_directory(&header, preamble.data_offset, file_len)?;
-        Ok(BitnetFile { storage, path: None, preamble, header, index })
+        Ok(BitnetFile {
+            storage,
+            path: None,
+            preamble,
+            header,
+            index,
+        })
     }
 
     /// The path the file was opened from, if any.
@@ -199,7 +221,9 @@ impl BitnetFile {
 
     /// A tensor's entry and data bytes.
     pub fn tensor(&self, name: &str) -> Result<(&TensorEntry, &[u8])> {
-        let entry = self.entry(name).ok_or_else(|| FormatError::MissingTensor(name.to_string()))?;
+        let entry = self
+            .entry(name)
+            .ok_or_else(|| FormatError::MissingTensor(name.to_string()))?;
         Ok((entry, self.data(entry)))
     }
 
@@ -228,21 +252,35 @@ impl BitnetFile {
             }
             let actual = hex(&hasher.finalize());
             if actual != entry.sha256 {
-                bad.push(ChecksumMismatch { name: entry.name.clone(), expected: entry.sha256.clone(), actual });
+                bad.push(ChecksumMismatch {
+                    name: entry.name.clone(),
+                    expected: entry.sha256.clone(),
+                    actual,
+                });
             }
         }
         bad
     }
 }
 
-fn validate_directory(header: &Header, data_offset: u64, file_len: u64) -> Result<HashMap<String, usize>> {
+fn validate_directory(
+    header: &Header,
+    data_offset: u64,
+    file_len: u64,
+) -> Result<HashMap<String, usize>> {
     let mut index = HashMap::with_capacity(header.tensors.len());
     let mut spans = Vec::with_capacity(header.tensors.len());
     for (i, t) in header.tensors.iter().enumerate() {
         if index.insert(t.name.clone(), i).is_some() {
-            return Err(FormatError::tensor(&t.name, "appears twice in the directory"));
+            return Err(FormatError::tensor(
+                &t.name,
+                "appears twice in the directory",
+            ));
         }
-        let expected = t.kind.byte_len(&t.shape).map_err(|r| FormatError::tensor(&t.name, r))?;
+        let expected = t
+            .kind
+            .byte_len(&t.shape)
+            .map_err(|r| FormatError::tensor(&t.name, r))?;
         if t.length != expected {
             return Err(FormatError::tensor(
                 &t.name,
@@ -257,26 +295,52 @@ fn validate_directory(header: &Header, data_offset: u64, file_len: u64) -> Resul
         if t.offset % DATA_ALIGN != 0 || t.offset < data_offset {
             return Err(FormatError::tensor(
                 &t.name,
-                format!("offset {} must be a multiple of {DATA_ALIGN} in the data section (from {data_offset})", t.offset),
+                format!(
+                    "offset {} must be a multiple of {DATA_ALIGN} in the data section (from {data_offset})",
+                    t.offset
+                ),
             ));
         }
-        let end = t.offset.checked_add(t.length).ok_or_else(|| FormatError::tensor(&t.name, "offset + length overflows"))?;
+        let end = t
+            .offset
+            .checked_add(t.length)
+            .ok_or_else(|| FormatError::tensor(&t.name, "offset + length overflows"))?;
         if end > file_len {
-            return Err(FormatError::Truncated { what: format!("tensor `{}`", t.name), needed: end, actual: file_len });
+            return Err(FormatError::Truncated {
+                what: format!("tensor `{}`", t.name),
+                needed: end,
+                actual: file_len,
+            });
         }
         let scale_needed = t.kind == TensorKind::TernaryR16;
         match (scale_needed, t.scale_bits) {
-            (true, None) => return Err(FormatError::tensor(&t.name, "a ternary_r16 tensor needs `scale_bits`")),
+            (true, None) => {
+                return Err(FormatError::tensor(
+                    &t.name,
+                    "a ternary_r16 tensor needs `scale_bits`",
+                ));
+            }
             (true, Some(bits)) if !f32::from_bits(bits).is_finite() => {
                 return Err(FormatError::tensor(&t.name, "scale is not a finite number"));
             }
             (false, Some(_)) => {
-                return Err(FormatError::tensor(&t.name, format!("a {} tensor has no `scale_bits`", t.kind.as_str())));
+                return Err(FormatError::tensor(
+                    &t.name,
+                    format!("a {} tensor has no `scale_bits`", t.kind.as_str()),
+                ));
             }
             _ => {}
         }
-        if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(FormatError::tensor(&t.name, "sha256 must be 64 lower-case hex digits"));
+        if t.sha256.len() != 64
+            || !t
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(FormatError::tensor(
+                &t.name,
+                "sha256 must be 64 lower-case hex digits",
+            ));
         }
         spans.push((t.offset, end, i));
     }
@@ -290,8 +354,18 @@ fn validate_directory(header: &Header, data_offset: u64, file_len: u64) -> Resul
     if let Some(name) = &header.tokenizer.tokenizer_json {
         match index.get(name) {
             Some(&i) if header.tensors[i].kind == TensorKind::Bytes => {}
-            Some(_) => return Err(FormatError::field("tokenizer.tokenizer_json", format!("`{name}` is not a bytes tensor"))),
-            None => return Err(FormatError::field("tokenizer.tokenizer_json", format!("names `{name}`, which is not in the directory"))),
+            Some(_) => {
+                return Err(FormatError::field(
+                    "tokenizer.tokenizer_json",
+                    format!("`{name}` is not a bytes tensor"),
+                ));
+            }
+            None => {
+                return Err(FormatError::field(
+                    "tokenizer.tokenizer_json",
+                    format!("names `{name}`, which is not in the directory"),
+                ));
+            }
         }
     }
     Ok(index)
@@ -300,8 +374,10 @@ fn validate_directory(header: &Header, data_offset: u64, file_len: u64) -> Resul
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

@@ -57,7 +57,11 @@ impl FileWriter {
     /// Plans the layout of `specs` and creates the temporary file beside `dest`.
     ///
     /// `header.tensors` is replaced by the directory built from `specs`, in that order.
-    pub fn create(dest: impl AsRef<Path>, mut header: Header, specs: Vec<TensorSpec>) -> Result<FileWriter> {
+    pub fn create(
+        dest: impl AsRef<Path>,
+        mut header: Header,
+        specs: Vec<TensorSpec>,
+    ) -> Result<FileWriter> {
         let dest = dest.as_ref().to_path_buf();
         let mut entries = Vec::with_capacity(specs.len());
         let mut seen = std::collections::HashSet::new();
@@ -65,7 +69,10 @@ impl FileWriter {
             if !seen.insert(s.name.clone()) {
                 return Err(FormatError::tensor(&s.name, "planned twice"));
             }
-            let length = s.kind.byte_len(&s.shape).map_err(|r| FormatError::tensor(&s.name, r))?;
+            let length = s
+                .kind
+                .byte_len(&s.shape)
+                .map_err(|r| FormatError::tensor(&s.name, r))?;
             entries.push(TensorEntry {
                 name: s.name,
                 kind: s.kind,
@@ -83,7 +90,11 @@ impl FileWriter {
         let data_offset = align_up(PREAMBLE_LEN as u64 + reserved_header, PAGE_ALIGN);
         let mut pos = data_offset;
         for e in &mut header.tensors {
-            let align = if e.length >= 1 << 20 { PAGE_ALIGN } else { DATA_ALIGN };
+            let align = if e.length >= 1 << 20 {
+                PAGE_ALIGN
+            } else {
+                DATA_ALIGN
+            };
             e.offset = align_up(pos, align);
             pos = e.offset + e.length;
         }
@@ -93,7 +104,10 @@ impl FileWriter {
             _ => PathBuf::from("."),
         };
         if dest.is_dir() {
-            return Err(FormatError::io(&dest, std::io::Error::other("is a directory; give a file name")));
+            return Err(FormatError::io(
+                &dest,
+                std::io::Error::other("is a directory; give a file name"),
+            ));
         }
         let file_name = dest
             .file_name()
@@ -107,7 +121,8 @@ impl FileWriter {
             .open(&tmp)
             .map_err(|e| FormatError::io(&tmp, e))?;
         let mut out = BufWriter::with_capacity(8 << 20, file);
-        out.seek(SeekFrom::Start(data_offset)).map_err(|e| FormatError::io(&tmp, e))?;
+        out.seek(SeekFrom::Start(data_offset))
+            .map_err(|e| FormatError::io(&tmp, e))?;
         Ok(FileWriter {
             out: Some(out),
             tmp,
@@ -138,7 +153,9 @@ impl FileWriter {
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
         let tmp = self.tmp.clone();
-        self.out().write_all(bytes).map_err(|e| FormatError::io(&tmp, e))?;
+        self.out()
+            .write_all(bytes)
+            .map_err(|e| FormatError::io(&tmp, e))?;
         self.pos += bytes.len() as u64;
         Ok(())
     }
@@ -147,17 +164,33 @@ impl FileWriter {
     pub fn begin_tensor(&mut self, name: &str) -> Result<()> {
         if let Some(cur) = &self.current {
             let open = &self.header.tensors[cur.index].name;
-            return Err(FormatError::tensor(name, format!("began while `{open}` is still open")));
+            return Err(FormatError::tensor(
+                name,
+                format!("began while `{open}` is still open"),
+            ));
         }
         let Some(entry) = self.header.tensors.get(self.next) else {
-            return Err(FormatError::tensor(name, "is not in the plan (all planned tensors are written)"));
+            return Err(FormatError::tensor(
+                name,
+                "is not in the plan (all planned tensors are written)",
+            ));
         };
         if entry.name != name {
-            return Err(FormatError::tensor(name, format!("written out of order: the plan expects `{}` next", entry.name)));
+            return Err(FormatError::tensor(
+                name,
+                format!(
+                    "written out of order: the plan expects `{}` next",
+                    entry.name
+                ),
+            ));
         }
         let pad = entry.offset - self.pos;
         self.write_raw(&vec![0u8; pad as usize])?;
-        self.current = Some(Current { index: self.next, hasher: Sha256::new(), written: 0 });
+        self.current = Some(Current {
+            index: self.next,
+            hasher: Sha256::new(),
+            written: 0,
+        });
         self.next += 1;
         Ok(())
     }
@@ -169,7 +202,10 @@ impl FileWriter {
         };
         let entry = &self.header.tensors[cur.index];
         if cur.written + bytes.len() as u64 > entry.length {
-            return Err(FormatError::tensor(&entry.name, format!("more than its {} bytes written", entry.length)));
+            return Err(FormatError::tensor(
+                &entry.name,
+                format!("more than its {} bytes written", entry.length),
+            ));
         }
         cur.hasher.update(bytes);
         cur.written += bytes.len() as u64;
@@ -183,11 +219,18 @@ impl FileWriter {
         };
         let entry = &mut self.header.tensors[cur.index];
         if cur.written != entry.length {
-            return Err(FormatError::tensor(&entry.name, format!("{} of {} bytes written", cur.written, entry.length)));
+            return Err(FormatError::tensor(
+                &entry.name,
+                format!("{} of {} bytes written", cur.written, entry.length),
+            ));
         }
         match (entry.kind, scale) {
-            (TensorKind::TernaryR16, Some(s)) if s.is_finite() => entry.scale_bits = Some(s.to_bits()),
-            (TensorKind::TernaryR16, _) => return Err(FormatError::tensor(&entry.name, "needs a finite scale")),
+            (TensorKind::TernaryR16, Some(s)) if s.is_finite() => {
+                entry.scale_bits = Some(s.to_bits())
+            }
+            (TensorKind::TernaryR16, _) => {
+                return Err(FormatError::tensor(&entry.name, "needs a finite scale"));
+            }
             (_, None) => {}
             (_, Some(_)) => return Err(FormatError::tensor(&entry.name, "takes no scale")),
         }
@@ -205,12 +248,20 @@ impl FileWriter {
     /// Writes the header and preamble, syncs, and renames the file into place. Returns the file length.
     pub fn finish(mut self) -> Result<u64> {
         if self.current.is_some() || self.next != self.header.tensors.len() {
-            let missing = self.header.tensors.get(self.next).map(|e| e.name.clone()).unwrap_or_default();
+            let missing = self
+                .header
+                .tensors
+                .get(self.next)
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
             return Err(FormatError::tensor(&missing, "was planned but not written"));
         }
         let header = serde_json::to_vec(&self.header)?;
         if header.len() as u64 > self.reserved_header {
-            return Err(FormatError::field("header", "grew past its reserved size (writer bug)"));
+            return Err(FormatError::field(
+                "header",
+                "grew past its reserved size (writer bug)",
+            ));
         }
         let mut preamble = [0u8; PREAMBLE_LEN];
         preamble[..8].copy_from_slice(&MAGIC);

@@ -7,7 +7,9 @@ use bitnet_format::{BitnetFile, FormatError, TensorKind, layout};
 use serde_json::Value;
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../formats/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../formats/golden")
+        .join(name)
 }
 
 fn load(name: &str) -> Value {
@@ -15,11 +17,17 @@ fn load(name: &str) -> Value {
 }
 
 fn from_hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn shape(c: &Value) -> (usize, usize) {
-    (c["shape"][0].as_u64().unwrap() as usize, c["shape"][1].as_u64().unwrap() as usize)
+    (
+        c["shape"][0].as_u64().unwrap() as usize,
+        c["shape"][1].as_u64().unwrap() as usize,
+    )
 }
 
 #[test]
@@ -29,10 +37,25 @@ fn ternary_r16_matches_the_golden_bytes() {
     assert!(cases.len() >= 4);
     for c in cases {
         let (r, k) = shape(c);
-        let values: Vec<i8> = c["values"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i8).collect();
+        let values: Vec<i8> = c["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap() as i8)
+            .collect();
         let expected = from_hex(c["packed_hex"].as_str().unwrap());
-        assert_eq!(layout::pack_ternary(&values, r, k), expected, "case {}", c["name"]);
-        assert_eq!(layout::unpack_ternary(&expected, r, k).unwrap(), values, "case {}", c["name"]);
+        assert_eq!(
+            layout::pack_ternary(&values, r, k),
+            expected,
+            "case {}",
+            c["name"]
+        );
+        assert_eq!(
+            layout::unpack_ternary(&expected, r, k).unwrap(),
+            values,
+            "case {}",
+            c["name"]
+        );
     }
 }
 
@@ -41,12 +64,31 @@ fn int8_r16_matches_the_golden_bytes() {
     let cases = load("int8_r16.json");
     for c in cases["cases"].as_array().unwrap() {
         let (r, k) = shape(c);
-        let values: Vec<i8> = c["values"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i8).collect();
-        let scales: Vec<f32> =
-            c["scale_bits"].as_array().unwrap().iter().map(|v| f32::from_bits(v.as_u64().unwrap() as u32)).collect();
+        let values: Vec<i8> = c["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap() as i8)
+            .collect();
+        let scales: Vec<f32> = c["scale_bits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| f32::from_bits(v.as_u64().unwrap() as u32))
+            .collect();
         let expected = from_hex(c["packed_hex"].as_str().unwrap());
-        assert_eq!(layout::pack_int8(&values, &scales, r, k), expected, "case {}", c["name"]);
-        assert_eq!(layout::unpack_int8(&expected, r, k).unwrap(), (values, scales), "case {}", c["name"]);
+        assert_eq!(
+            layout::pack_int8(&values, &scales, r, k),
+            expected,
+            "case {}",
+            c["name"]
+        );
+        assert_eq!(
+            layout::unpack_int8(&expected, r, k).unwrap(),
+            (values, scales),
+            "case {}",
+            c["name"]
+        );
     }
 }
 
@@ -56,7 +98,10 @@ fn reads_a_file_written_from_the_spec_alone() {
     let expected = load("minimal.expected.json");
     let file = BitnetFile::from_bytes(bytes).unwrap();
     assert_eq!(file.len(), expected["file_len"].as_u64().unwrap());
-    assert_eq!(file.preamble().data_offset, expected["data_offset"].as_u64().unwrap());
+    assert_eq!(
+        file.preamble().data_offset,
+        expected["data_offset"].as_u64().unwrap()
+    );
     assert!(file.verify_checksums(|_| {}).is_empty());
     let tensors = expected["tensors"].as_object().unwrap();
     assert_eq!(tensors.len(), file.header().tensors.len());
@@ -66,25 +111,56 @@ fn reads_a_file_written_from_the_spec_alone() {
             TensorKind::TernaryR16 => {
                 let (r, k) = entry.dims2().unwrap();
                 let got = layout::unpack_ternary(data, r, k).unwrap();
-                let want_v: Vec<i8> = want["ternary"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i8).collect();
+                let want_v: Vec<i8> = want["ternary"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_i64().unwrap() as i8)
+                    .collect();
                 assert_eq!(got, want_v, "{name}");
-                assert_eq!(entry.scale_bits.unwrap() as u64, want["scale_bits"].as_u64().unwrap(), "{name}");
+                assert_eq!(
+                    entry.scale_bits.unwrap() as u64,
+                    want["scale_bits"].as_u64().unwrap(),
+                    "{name}"
+                );
             }
             TensorKind::F32 => {
-                let got: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-                let want_v: Vec<f32> = want["f32"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+                let got: Vec<f32> = data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                let want_v: Vec<f32> = want["f32"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect();
                 assert_eq!(got, want_v, "{name}");
             }
             TensorKind::Bf16 => {
-                let got: Vec<u64> = data.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u64).collect();
-                let want_v: Vec<u64> = want["bf16_bits"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+                let got: Vec<u64> = data
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64)
+                    .collect();
+                let want_v: Vec<u64> = want["bf16_bits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect();
                 assert_eq!(got, want_v, "{name}");
             }
             TensorKind::Bytes => assert_eq!(data, want["utf8"].as_str().unwrap().as_bytes()),
             TensorKind::Int8R16 => unreachable!("the minimal file has no int8 tensor"),
         }
     }
-    assert_eq!(file.tokenizer_json().unwrap(), tensors["tokenizer.json"]["utf8"].as_str().unwrap().as_bytes());
+    assert_eq!(
+        file.tokenizer_json().unwrap(),
+        tensors["tokenizer.json"]["utf8"]
+            .as_str()
+            .unwrap()
+            .as_bytes()
+    );
 }
 
 fn minimal() -> Vec<u8> {
@@ -96,7 +172,17 @@ fn rejects_an_unknown_major_version() {
     let mut b = minimal();
     b[8] = 2;
     let err = BitnetFile::from_bytes(b).unwrap_err();
-    assert!(matches!(err, FormatError::UnsupportedVersion { major: 2, supported: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            FormatError::UnsupportedVersion {
+                major: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("version 2.0"), "{err}");
 }
 
@@ -111,24 +197,40 @@ fn accepts_a_newer_minor_version() {
 fn rejects_foreign_truncated_and_corrupt_files() {
     let err = BitnetFile::from_bytes(b"GGUF\x03\x00\x00\x00 and more bytes".to_vec()).unwrap_err();
     assert!(matches!(err, FormatError::BadMagic { .. }), "{err}");
-    assert!(matches!(BitnetFile::from_bytes(Vec::new()).unwrap_err(), FormatError::BadMagic { .. }));
+    assert!(matches!(
+        BitnetFile::from_bytes(Vec::new()).unwrap_err(),
+        FormatError::BadMagic { .. }
+    ));
 
     let b = minimal();
     for cut in [10, 63, 64, 200, 8192, b.len() - 1] {
         let err = BitnetFile::from_bytes(b[..cut].to_vec()).unwrap_err();
-        assert!(matches!(err, FormatError::Truncated { .. }), "cut at {cut}: {err}");
+        assert!(
+            matches!(err, FormatError::Truncated { .. }),
+            "cut at {cut}: {err}"
+        );
     }
     let mut c = b.clone();
     c[100] ^= 0x20; // a header byte
-    assert!(matches!(BitnetFile::from_bytes(c).unwrap_err(), FormatError::HeaderChecksum { .. }));
+    assert!(matches!(
+        BitnetFile::from_bytes(c).unwrap_err(),
+        FormatError::HeaderChecksum { .. }
+    ));
 
     let mut d = b.clone();
     d[24] = 3; // data_offset no longer a multiple of 64
-    assert!(matches!(BitnetFile::from_bytes(d).unwrap_err(), FormatError::InvalidField { .. }));
+    assert!(matches!(
+        BitnetFile::from_bytes(d).unwrap_err(),
+        FormatError::InvalidField { .. }
+    ));
 
     // A corrupt tensor byte passes structural validation and is caught by the checksum.
     let mut e = b;
-    let off = BitnetFile::from_bytes(e.clone()).unwrap().entry("blk.0.attn_q").unwrap().offset as usize;
+    let off = BitnetFile::from_bytes(e.clone())
+        .unwrap()
+        .entry("blk.0.attn_q")
+        .unwrap()
+        .offset as usize;
     e[off] ^= 1;
     let bad = BitnetFile::from_bytes(e).unwrap().verify_checksums(|_| {});
     assert_eq!(bad.len(), 1);
@@ -156,17 +258,52 @@ fn with_header(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
 fn rejects_directory_entries_that_break_the_rules() {
     let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>)> = vec![
         ("length", Box::new(|h| h["tensors"][1]["length"] = 5.into())),
-        ("multiple of 64", Box::new(|h| h["tensors"][1]["offset"] = (h["tensors"][1]["offset"].as_u64().unwrap() + 4).into())),
-        ("scale_bits", Box::new(|h| h["tensors"][1].as_object_mut().unwrap().remove("scale_bits").map(|_| ()).unwrap())),
-        ("overlaps", Box::new(|h| h["tensors"][2]["offset"] = h["tensors"][1]["offset"].clone())),
-        ("truncated", Box::new(|h| h["tensors"][1]["offset"] = 1_000_000.into())),
-        ("twice", Box::new(|h| h["tensors"][2]["name"] = h["tensors"][1]["name"].clone())),
-        ("sha256", Box::new(|h| h["tensors"][0]["sha256"] = "xyz".into())),
-        ("unknown variant", Box::new(|h| h["tensors"][0]["kind"] = "q4_k".into())),
-        ("tokenizer_json", Box::new(|h| h["tokenizer"]["tokenizer_json"] = "nope".into())),
+        (
+            "multiple of 64",
+            Box::new(|h| {
+                h["tensors"][1]["offset"] = (h["tensors"][1]["offset"].as_u64().unwrap() + 4).into()
+            }),
+        ),
+        (
+            "scale_bits",
+            Box::new(|h| {
+                h["tensors"][1]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("scale_bits")
+                    .map(|_| ())
+                    .unwrap()
+            }),
+        ),
+        (
+            "overlaps",
+            Box::new(|h| h["tensors"][2]["offset"] = h["tensors"][1]["offset"].clone()),
+        ),
+        (
+            "truncated",
+            Box::new(|h| h["tensors"][1]["offset"] = 1_000_000.into()),
+        ),
+        (
+            "twice",
+            Box::new(|h| h["tensors"][2]["name"] = h["tensors"][1]["name"].clone()),
+        ),
+        (
+            "sha256",
+            Box::new(|h| h["tensors"][0]["sha256"] = "xyz".into()),
+        ),
+        (
+            "unknown variant",
+            Box::new(|h| h["tensors"][0]["kind"] = "q4_k".into()),
+        ),
+        (
+            "tokenizer_json",
+            Box::new(|h| h["tokenizer"]["tokenizer_json"] = "nope".into()),
+        ),
     ];
     for (needle, edit) in cases {
-        let err = BitnetFile::from_bytes(with_header(edit)).unwrap_err().to_string();
+        let err = BitnetFile::from_bytes(with_header(edit))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(needle), "expected `{needle}` in: {err}");
     }
 }
