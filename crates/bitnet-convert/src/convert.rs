@@ -218,19 +218,10 @@ fn write_plain(
     let shard = ck.shard(src);
     match p.role {
         Role::Ternary => {
-            let (rows, cols) = (p.shape[0], p.shape[1]);
-            let w = quantize::to_f32(data, src.dtype);
+            let (packed, scale) =
+                quantize::absmean_ternary_packed(data, src.dtype, p.shape[0], p.shape[1]);
             shard.release(data);
-            let t = quantize::absmean_ternary(&w);
-            drop(w);
-            let mut packed = vec![0u8; layout::ternary_len(rows, cols)];
-            packed
-                .par_chunks_mut(layout::ternary_tile_len(cols))
-                .enumerate()
-                .for_each(|(tile, out)| {
-                    layout::pack_ternary_tile(&t.values, rows, cols, tile, out);
-                });
-            writer.write_tensor(&p.name, &packed, Some(t.weight_scale))?;
+            writer.write_tensor(&p.name, &packed, Some(scale))?;
             progress(Progress::Advance {
                 bytes: data.len() as u64,
                 tensor: &p.name,

@@ -4,6 +4,7 @@
 //!   `s = 1 / max(mean|W|, 1e-5)`, `q = clamp(round_ties_even(W * s), -1, 1)`; a +1 weight is worth `1 / s`.
 //! * The optional int8 LM head, per row: `d = max|w| / 127`, `q = clamp(round_ties_even(w / d), -127, 127)`.
 
+use bitnet_format::layout;
 use rayon::prelude::*;
 use safetensors::tensor::Dtype;
 
@@ -45,35 +46,128 @@ pub struct Ternary {
     pub weight_scale: f32,
 }
 
+/// Round half to even, for `|x| <= 2^22`.
+///
+/// Equal to `f32::round_ties_even` there, but inlined: without SSE4.1 in the baseline target,
+/// `round_ties_even` is a call to libm's `rintf`, which dominated conversion time. Adding and subtracting
+/// 1.5 * 2^23 leaves no fraction bits, so the FPU's default rounding (half to even) does the work.
+#[inline(always)]
+fn round_half_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
+}
+
+/// `clamp(round_half_even(x), -1, 1)`, the ternary code of a scaled weight (NaN gives 0).
+#[inline(always)]
+fn ternary(x: f32) -> i8 {
+    round_half_even_small(x.clamp(-2.0, 2.0)).clamp(-1.0, 1.0) as i8
+}
+
+/// Bytes per element of a float dtype.
+fn width(dtype: Dtype) -> usize {
+    match dtype {
+        Dtype::BF16 | Dtype::F16 => 2,
+        Dtype::F32 => 4,
+        other => panic!("unsupported dtype {other:?}"),
+    }
+}
+
+/// Decodes `bytes` (a whole number of elements) into `out`.
+fn decode_into(bytes: &[u8], dtype: Dtype, out: &mut Vec<f32>) {
+    out.clear();
+    match dtype {
+        // bf16 is the upper half of an f32: a shift is the exact conversion.
+        Dtype::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
+        ),
+        Dtype::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+        ),
+        _ => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+    }
+}
+
 /// `mean(|w|)` in f32 the way PyTorch's CPU `mean` gets it (a sum, then one division by the count).
 ///
 /// The sum is accumulated in f64 over fixed chunks and added in order, so it is deterministic and
 /// correctly rounded to f32 in all but pathological cases.
 pub fn mean_abs(w: &[f32]) -> f32 {
-    let partial: Vec<f64> = w
-        .par_chunks(PAR_CHUNK)
-        .map(|c| c.iter().map(|x| x.abs() as f64).sum())
+    let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+    mean_abs_encoded(&bytes, Dtype::F32)
+}
+
+/// [`mean_abs`] straight from encoded source bytes.
+pub fn mean_abs_encoded(bytes: &[u8], dtype: Dtype) -> f32 {
+    let w = width(dtype);
+    let partial: Vec<f64> = bytes
+        .par_chunks(PAR_CHUNK * w)
+        .map_init(Vec::new, |buf, c| {
+            decode_into(c, dtype, buf);
+            // Eight independent lanes (a fixed order, so still deterministic) instead of one serial chain.
+            let mut lanes = [0f64; 8];
+            let mut it = buf.chunks_exact(8);
+            for c in &mut it {
+                for (l, x) in lanes.iter_mut().zip(c) {
+                    *l += x.abs() as f64;
+                }
+            }
+            let tail: f64 = it.remainder().iter().map(|x| x.abs() as f64).sum();
+            lanes.iter().sum::<f64>() + tail
+        })
         .collect();
     let sum = partial.iter().sum::<f64>() as f32;
-    sum / w.len() as f32
+    sum / (bytes.len() / w) as f32
 }
 
 /// Absmean ternary quantization of one BitLinear weight (per tensor).
 pub fn absmean_ternary(w: &[f32]) -> Ternary {
     let s = 1.0f32 / mean_abs(w).max(1e-5);
-    let mut values = vec![0i8; w.len()];
-    values
-        .par_chunks_mut(PAR_CHUNK)
-        .zip(w.par_chunks(PAR_CHUNK))
-        .for_each(|(q, w)| {
-            for (q, &x) in q.iter_mut().zip(w) {
-                *q = (x * s).round_ties_even().clamp(-1.0, 1.0) as i8;
-            }
-        });
+    let values = w.iter().map(|&x| ternary(x * s)).collect();
     Ternary {
         values,
         weight_scale: 1.0f32 / s,
     }
+}
+
+/// Absmean ternary quantization straight from a `[rows, cols]` source tensor's encoded bytes into the
+/// `ternary_r16` layout, tile by tile in parallel: returns the packed bytes and the weight scale.
+///
+/// Equal to [`absmean_ternary`] followed by `layout::pack_ternary`, without either intermediate.
+pub fn absmean_ternary_packed(
+    bytes: &[u8],
+    dtype: Dtype,
+    rows: usize,
+    cols: usize,
+) -> (Vec<u8>, f32) {
+    let w = width(dtype);
+    assert_eq!(
+        bytes.len(),
+        rows * cols * w,
+        "source bytes must hold rows * cols elements"
+    );
+    let s = 1.0f32 / mean_abs_encoded(bytes, dtype).max(1e-5);
+    let tile_len = layout::ternary_tile_len(cols);
+    let mut packed = vec![0u8; layout::ternary_len(rows, cols)];
+    packed.par_chunks_mut(tile_len).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(f, q), (tile, out)| {
+            let r0 = tile * layout::TILE_ROWS;
+            let r1 = (r0 + layout::TILE_ROWS).min(rows);
+            decode_into(&bytes[r0 * cols * w..r1 * cols * w], dtype, f);
+            q.clear();
+            q.extend(f.iter().map(|&x| ternary(x * s)));
+            layout::pack_ternary_tile(q, r1 - r0, cols, 0, out);
+        },
+    );
+    (packed, 1.0f32 / s)
 }
 
 /// Per-row absmax int8 quantization of a row-major `[rows, cols]` matrix: values and one scale per row.
@@ -90,7 +184,8 @@ pub fn int8_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
             *d = amax / 127.0;
             if amax > 0.0 {
                 for (q, &x) in q.iter_mut().zip(row) {
-                    *q = (x / *d).round_ties_even().clamp(-127.0, 127.0) as i8;
+                    *q = round_half_even_small((x / *d).clamp(-128.0, 128.0)).clamp(-127.0, 127.0)
+                        as i8;
                 }
             }
         });
@@ -126,6 +221,45 @@ mod tests {
         let t = absmean_ternary(&[1e-7, -1e-7, 0.0, 2e-5]);
         assert_eq!(t.values, vec![0, 0, 0, 1]);
         assert_eq!(t.weight_scale, 1.0 / (1.0f32 / 1e-5));
+    }
+
+    #[test]
+    fn fast_rounding_equals_round_ties_even() {
+        let mut x = -3.0f32;
+        while x <= 3.0 {
+            assert_eq!(round_half_even_small(x), x.round_ties_even(), "{x}");
+            x += 0.03125; // every quarter and half lands exactly, ties included
+        }
+        let mut s = 12345u32;
+        for _ in 0..100_000 {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            let x = (s as f32 / u32::MAX as f32 - 0.5) * 300.0;
+            assert_eq!(round_half_even_small(x), x.round_ties_even(), "{x}");
+            assert_eq!(
+                ternary(x),
+                x.round_ties_even().clamp(-1.0, 1.0) as i8,
+                "{x}"
+            );
+        }
+        assert_eq!(ternary(f32::NAN), 0);
+        assert_eq!(ternary(f32::INFINITY), 1);
+        assert_eq!(ternary(f32::NEG_INFINITY), -1);
+    }
+
+    #[test]
+    fn packed_path_equals_quantize_then_pack() {
+        let (rows, cols) = (37, 45);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-4)
+            .collect();
+        let bytes: Vec<u8> = w
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect();
+        let t = absmean_ternary(&to_f32(&bytes, Dtype::BF16));
+        let (packed, scale) = absmean_ternary_packed(&bytes, Dtype::BF16, rows, cols);
+        assert_eq!(packed, layout::pack_ternary(&t.values, rows, cols));
+        assert_eq!(scale, t.weight_scale);
     }
 
     #[test]

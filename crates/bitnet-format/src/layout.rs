@@ -61,22 +61,28 @@ pub fn pack_ternary_tile(values: &[i8], rows: usize, cols: usize, tile: usize, o
     assert_eq!(values.len(), rows * cols, "values must be rows * cols");
     assert_eq!(out.len(), ternary_tile_len(cols), "out must be one tile");
     let groups = pad16(cols) / TERNARY_CHUNK_COLS;
-    for g in 0..groups {
-        let chunk = &mut out[g * CHUNK_BYTES..(g + 1) * CHUNK_BYTES];
-        for r in 0..TILE_ROWS {
-            let row = tile * TILE_ROWS + r;
-            for t in 0..4 {
-                let mut byte = 0u8;
-                for q in 0..4 {
-                    let col = g * TERNARY_CHUNK_COLS + 4 * q + t;
-                    let w = if row < rows && col < cols {
-                        values[row * cols + col]
-                    } else {
-                        0
-                    };
-                    byte |= code(w) << (2 * q);
+    for r in 0..TILE_ROWS {
+        let row = tile * TILE_ROWS + r;
+        // A padded copy of the row, so every chunk reads 16 in-range values.
+        let mut padded;
+        for g in 0..groups {
+            let c0 = g * TERNARY_CHUNK_COLS;
+            let src: &[i8] = if row < rows && c0 + 16 <= cols {
+                &values[row * cols + c0..row * cols + c0 + 16]
+            } else {
+                padded = [0; 16];
+                if row < rows && c0 < cols {
+                    padded[..cols - c0]
+                        .copy_from_slice(&values[row * cols + c0..row * cols + cols]);
                 }
-                chunk[4 * r + t] = byte;
+                &padded
+            };
+            let chunk = &mut out[g * CHUNK_BYTES + 4 * r..g * CHUNK_BYTES + 4 * r + 4];
+            for (t, byte) in chunk.iter_mut().enumerate() {
+                *byte = code(src[t])
+                    | code(src[4 + t]) << 2
+                    | code(src[8 + t]) << 4
+                    | code(src[12 + t]) << 6;
             }
         }
     }
