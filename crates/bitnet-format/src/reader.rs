@@ -204,6 +204,11 @@ impl BitnetFile {
         &self.header
     }
 
+    /// The whole file's bytes (the map).
+    pub fn bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+
     /// Total file length in bytes.
     pub fn len(&self) -> u64 {
         self.storage.bytes().len() as u64

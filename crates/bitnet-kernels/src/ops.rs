@@ -1,0 +1,147 @@
+//! The float operations between BitLinears: RMSNorm, rotary embeddings, attention, FFN activations.
+
+/// RMSNorm as transformers computes it in f32: `x / sqrt(mean(x^2) + eps) * weight`.
+///
+/// The mean of squares is accumulated in f64 and rounded once (close to PyTorch's pairwise f32 sum).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let var = (ss as f32) / x.len() as f32;
+    let r = 1.0f32 / (var + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = w * (v * r);
+    }
+}
+
+/// Rotary embedding tables for one position: `cos` and `sin` of `pos * inv_freq[i]`, for `i < head_dim / 2`.
+#[derive(Debug, Clone, Default)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    /// `inv_freq[i] = 1 / theta^(2i / head_dim)` in f32, as transformers' default rope init.
+    pub fn new(head_dim: usize, theta: f64) -> Rope {
+        let base = theta as f32;
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| 1.0f32 / base.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        Rope { inv_freq }
+    }
+
+    /// Fills `cos` and `sin` (each `head_dim / 2`) for `pos`.
+    pub fn tables(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(&self.inv_freq) {
+            let angle = pos as f32 * f;
+            *c = angle.cos();
+            *s = angle.sin();
+        }
+    }
+}
+
+/// Applies rotate-half RoPE in place to every head of `x` (`[heads, head_dim]`): dimension `i` pairs with
+/// `i + head_dim / 2`.
+pub fn apply_rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        let (a, b) = head.split_at_mut(half);
+        for i in 0..half {
+            let (x1, x2) = (a[i], b[i]);
+            a[i] = x1 * cos[i] - x2 * sin[i];
+            b[i] = x2 * cos[i] + x1 * sin[i];
+        }
+    }
+}
+
+/// Causal attention of one query token over `n_ctx` cached positions.
+///
+/// `q` is `[n_heads, head_dim]`; `keys` and `values` are `[n_ctx, n_kv_heads * head_dim]`; query head `h`
+/// reads kv head `h / (n_heads / n_kv_heads)`. `scores` is scratch of at least `n_ctx`; `out` is
+/// `[n_heads, head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n_ctx: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let kv_dim = n_kv_heads * head_dim;
+    let group = n_heads / n_kv_heads;
+    let scale = 1.0f32 / (head_dim as f32).sqrt();
+    for h in 0..n_heads {
+        let kvh = h / group;
+        let qh = &q[h * head_dim..(h + 1) * head_dim];
+        let mut max = f32::NEG_INFINITY;
+        for (p, s) in scores[..n_ctx].iter_mut().enumerate() {
+            let k = &keys[p * kv_dim + kvh * head_dim..p * kv_dim + (kvh + 1) * head_dim];
+            let dot: f32 = qh.iter().zip(k).map(|(a, b)| a * b).sum();
+            *s = dot * scale;
+            max = max.max(*s);
+        }
+        let mut total = 0f32;
+        for s in scores[..n_ctx].iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        let oh = &mut out[h * head_dim..(h + 1) * head_dim];
+        oh.fill(0.0);
+        for (p, &s) in scores[..n_ctx].iter().enumerate() {
+            let w = s / total;
+            let v = &values[p * kv_dim + kvh * head_dim..p * kv_dim + (kvh + 1) * head_dim];
+            for (o, &vv) in oh.iter_mut().zip(v) {
+                *o += w * vv;
+            }
+        }
+    }
+}
+
+/// `relu(g)^2 * u`, in place into `g`.
+pub fn relu2_mul(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        let r = g.max(0.0);
+        *g = r * r * u;
+    }
+}
+
+/// `silu(g) * u`, in place into `g`.
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_rotates_pairs_half_apart() {
+        let rope = Rope::new(4, 10000.0);
+        let (mut c, mut s) = ([0f32; 2], [0f32; 2]);
+        rope.tables(1, &mut c, &mut s);
+        let mut x = [1.0f32, 0.0, 0.0, 0.0];
+        apply_rope(&mut x, 4, &c, &s);
+        assert!((x[0] - 1f32.cos()).abs() < 1e-7 && (x[2] - 1f32.sin()).abs() < 1e-7);
+        assert_eq!(x[1], 0.0);
+    }
+
+    #[test]
+    fn attention_over_one_position_returns_its_value() {
+        let (q, k, v) = ([1.0f32, 2.0], [0.5f32, 0.5], [3.0f32, -1.0]);
+        let mut scores = [0f32; 1];
+        let mut out = [0f32; 2];
+        attention(&q, &k, &v, 1, 1, 1, 2, &mut scores, &mut out);
+        assert_eq!(out, [3.0, -1.0]);
+    }
+
+    #[test]
+    fn rms_norm_normalizes() {
+        let mut out = [0f32; 4];
+        rms_norm(&[2.0, 2.0, 2.0, 2.0], &[1.0, 2.0, 1.0, 1.0], 0.0, &mut out);
+        assert_eq!(out, [1.0, 2.0, 1.0, 1.0]);
+    }
+}

@@ -1,0 +1,539 @@
+//! The packed backend: the forward pass over a `.bitnet` file's tensors, read in place from the map.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bitnet_format::{Activation, BitnetFile, ModelConfig, TensorKind};
+use bitnet_kernels::ops::{self, Rope};
+use bitnet_kernels::quant::QuantizedBatch;
+use bitnet_kernels::scalar::{self, BlockQuantized};
+use bitnet_kernels::{Bf16Matrix, Int8Matrix, TernaryMatrix, pad16};
+use rayon::prelude::*;
+
+use crate::error::{ModelError, Result};
+use crate::trace::{Trace, rec};
+use crate::{Backend, Forward, LogitsMode, Session, check_tokens};
+
+/// A ternary tensor located in the file.
+#[derive(Debug, Clone)]
+struct Ternary {
+    range: Range<usize>,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+}
+
+/// A float matrix (embedding or exact head) located in the file.
+#[derive(Debug, Clone)]
+struct FloatMatrix {
+    range: Range<usize>,
+    kind: TensorKind,
+    rows: usize,
+    cols: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Ternary,
+    k: Ternary,
+    v: Ternary,
+    attn_sub_norm: Vec<f32>,
+    o: Ternary,
+    ffn_norm: Vec<f32>,
+    gate: Ternary,
+    up: Ternary,
+    ffn_sub_norm: Vec<f32>,
+    down: Ternary,
+}
+
+/// Which LM head computes the logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadKind {
+    /// The exact head: `output` in bf16/f32, or the tied embedding.
+    Exact,
+    /// The int8 copy (`output` of kind `int8_r16`).
+    Int8,
+}
+
+/// A model whose weights are views into a mapped `.bitnet` file.
+pub struct PackedModel {
+    file: Arc<BitnetFile>,
+    config: ModelConfig,
+    layers: Vec<Layer>,
+    embed: FloatMatrix,
+    exact_head: Option<FloatMatrix>,
+    int8_head: Option<Range<usize>>,
+    output_norm: Vec<f32>,
+    rope: Rope,
+    eps: f32,
+    default_head: HeadKind,
+}
+
+impl std::fmt::Debug for PackedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedModel")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn shape_str(kind: TensorKind, shape: &[u64]) -> String {
+    format!("{} {:?}", kind.as_str(), shape)
+}
+
+impl PackedModel {
+    /// Checks every tensor the config implies (kind and shape) and builds the model.
+    pub fn load(file: Arc<BitnetFile>) -> Result<PackedModel> {
+        let config = file.header().config.clone();
+        let c = &config;
+        let cfg_err = |field: &str, reason: String| ModelError::Config {
+            field: field.into(),
+            reason,
+        };
+        if file.header().architecture != bitnet_format::ARCHITECTURE {
+            return Err(cfg_err(
+                "architecture",
+                format!(
+                    "`{}` is not {}",
+                    file.header().architecture,
+                    bitnet_format::ARCHITECTURE
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("vocab_size", c.vocab_size),
+            ("hidden_size", c.hidden_size),
+            ("intermediate_size", c.intermediate_size),
+            ("num_layers", c.num_layers),
+            ("num_heads", c.num_heads),
+            ("num_kv_heads", c.num_kv_heads),
+            ("head_dim", c.head_dim),
+            ("max_position_embeddings", c.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(cfg_err(field, "must be positive".into()));
+            }
+        }
+        if c.num_heads % c.num_kv_heads != 0 {
+            return Err(cfg_err(
+                "num_kv_heads",
+                format!(
+                    "{} does not divide num_heads {}",
+                    c.num_kv_heads, c.num_heads
+                ),
+            ));
+        }
+        if c.head_dim % 2 != 0 {
+            return Err(cfg_err("head_dim", format!("{} must be even", c.head_dim)));
+        }
+        let (h, f, q, kv, v) = (
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+            c.vocab_size,
+        );
+        let entry = |name: &str, kind: TensorKind, shape: &[usize]| -> Result<Range<usize>> {
+            let e = file
+                .entry(name)
+                .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+            let want: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            if e.kind != kind || e.shape != want {
+                return Err(ModelError::BadTensor {
+                    name: name.into(),
+                    expected: shape_str(kind, &want),
+                    found: shape_str(e.kind, &e.shape),
+                });
+            }
+            Ok(e.offset as usize..(e.offset + e.length) as usize)
+        };
+        let norm = |name: &str, n: usize| -> Result<Vec<f32>> {
+            let r = entry(name, TensorKind::F32, &[n])?;
+            Ok(file.bytes()[r]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        let ternary = |name: &str, rows: usize, cols: usize| -> Result<Ternary> {
+            let range = entry(name, TensorKind::TernaryR16, &[rows, cols])?;
+            let scale = file.entry(name).and_then(|e| e.scale()).unwrap_or(0.0);
+            Ok(Ternary {
+                range,
+                rows,
+                cols,
+                scale,
+            })
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: norm(&n("attn_norm"), h)?,
+                q: ternary(&n("attn_q"), q, h)?,
+                k: ternary(&n("attn_k"), kv, h)?,
+                v: ternary(&n("attn_v"), kv, h)?,
+                attn_sub_norm: norm(&n("attn_sub_norm"), q)?,
+                o: ternary(&n("attn_output"), h, q)?,
+                ffn_norm: norm(&n("ffn_norm"), h)?,
+                gate: ternary(&n("ffn_gate"), f, h)?,
+                up: ternary(&n("ffn_up"), f, h)?,
+                ffn_sub_norm: norm(&n("ffn_sub_norm"), f)?,
+                down: ternary(&n("ffn_down"), h, f)?,
+            });
+        }
+        if let Some(extra) = file.entry(&format!("blk.{}.attn_q", c.num_layers)) {
+            return Err(cfg_err(
+                "num_layers",
+                format!(
+                    "is {}, but the file also has `{}`",
+                    c.num_layers, extra.name
+                ),
+            ));
+        }
+        let float = |name: &str| -> Result<FloatMatrix> {
+            let e = file
+                .entry(name)
+                .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+            let kind = e.kind;
+            if !matches!(kind, TensorKind::Bf16 | TensorKind::F32) {
+                return Err(ModelError::BadTensor {
+                    name: name.into(),
+                    expected: format!("bf16 or f32 [{v}, {h}]"),
+                    found: shape_str(kind, &e.shape),
+                });
+            }
+            Ok(FloatMatrix {
+                range: entry(name, kind, &[v, h])?,
+                kind,
+                rows: v,
+                cols: h,
+            })
+        };
+        let embed = float("token_embd")?;
+        let (exact_head, int8_head) = match file.entry("output").map(|e| e.kind) {
+            None => (Some(embed.clone()), None),
+            Some(TensorKind::Int8R16) => {
+                let r = entry("output", TensorKind::Int8R16, &[v, h])?;
+                (c.tie_word_embeddings.then(|| embed.clone()), Some(r))
+            }
+            Some(_) => (Some(float("output")?), None),
+        };
+        let default_head = if int8_head.is_some() {
+            HeadKind::Int8
+        } else {
+            HeadKind::Exact
+        };
+        Ok(PackedModel {
+            output_norm: norm("output_norm", h)?,
+            rope: Rope::new(c.head_dim, c.rope_theta),
+            eps: c.rms_norm_eps as f32,
+            config: config.clone(),
+            layers,
+            embed,
+            exact_head,
+            int8_head,
+            file,
+            default_head,
+        })
+    }
+
+    /// The file the model reads.
+    pub fn file(&self) -> &BitnetFile {
+        &self.file
+    }
+
+    /// The head used by [`Backend::forward`]: int8 when the file has one, else exact.
+    pub fn default_head(&self) -> HeadKind {
+        self.default_head
+    }
+
+    /// Chooses the head [`Backend::forward`] uses; fails if the file lacks it.
+    pub fn set_head(&mut self, head: HeadKind) -> Result<()> {
+        let present = match head {
+            HeadKind::Exact => self.exact_head.is_some(),
+            HeadKind::Int8 => self.int8_head.is_some(),
+        };
+        if !present {
+            return Err(ModelError::MissingTensor(format!(
+                "{head:?} LM head (output)"
+            )));
+        }
+        self.default_head = head;
+        Ok(())
+    }
+
+    /// Whether the file holds an int8 LM head.
+    pub fn has_int8_head(&self) -> bool {
+        self.int8_head.is_some()
+    }
+
+    /// Whether the file holds an exact LM head.
+    pub fn has_exact_head(&self) -> bool {
+        self.exact_head.is_some()
+    }
+
+    fn ternary<'a>(&'a self, t: &Ternary) -> TernaryMatrix<'a> {
+        TernaryMatrix {
+            data: &self.file.bytes()[t.range.clone()],
+            rows: t.rows,
+            cols: t.cols,
+            scale: t.scale,
+        }
+    }
+
+    fn embed_row(&self, token: u32, out: &mut [f32]) {
+        let e = &self.embed;
+        let bytes = &self.file.bytes()[e.range.clone()];
+        let t = token as usize;
+        match e.kind {
+            TensorKind::Bf16 => {
+                for (o, b) in out
+                    .iter_mut()
+                    .zip(bytes[2 * t * e.cols..2 * (t + 1) * e.cols].chunks_exact(2))
+                {
+                    *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+                }
+            }
+            _ => {
+                for (o, b) in out
+                    .iter_mut()
+                    .zip(bytes[4 * t * e.cols..4 * (t + 1) * e.cols].chunks_exact(4))
+                {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+        }
+    }
+
+    /// Logits of final-norm hidden states `[m, hidden]` through the chosen head: `[m, vocab]`.
+    pub fn head_logits(&self, hidden: &[f32], head: HeadKind) -> Result<Vec<f32>> {
+        let (v, h) = (self.config.vocab_size, self.config.hidden_size);
+        let mut logits = vec![0f32; hidden.len() / h * v];
+        const CHUNK: usize = 4096;
+        for (x, out) in hidden.chunks_exact(h).zip(logits.chunks_exact_mut(v)) {
+            match head {
+                HeadKind::Exact => {
+                    let m = self
+                        .exact_head
+                        .as_ref()
+                        .ok_or_else(|| ModelError::MissingTensor("exact LM head".into()))?;
+                    let data = &self.file.bytes()[m.range.clone()];
+                    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
+                        let rows = i * CHUNK..i * CHUNK + o.len();
+                        match m.kind {
+                            TensorKind::Bf16 => scalar::bf16_matvec(
+                                &Bf16Matrix {
+                                    data,
+                                    rows: m.rows,
+                                    cols: m.cols,
+                                },
+                                x,
+                                rows,
+                                o,
+                            ),
+                            _ => scalar::f32_matvec(data, m.cols, x, rows, o),
+                        }
+                    });
+                }
+                HeadKind::Int8 => {
+                    let r = self
+                        .int8_head
+                        .clone()
+                        .ok_or_else(|| ModelError::MissingTensor("int8 LM head".into()))?;
+                    let m = Int8Matrix {
+                        data: &self.file.bytes()[r],
+                        rows: v,
+                        cols: h,
+                    };
+                    let mut bq = BlockQuantized::default();
+                    bq.quantize(x);
+                    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
+                        scalar::int8_matvec(&m, &bq, i * CHUNK..i * CHUNK + o.len(), o);
+                    });
+                }
+            }
+        }
+        Ok(logits)
+    }
+}
+
+/// `out [n, rows] = BitLinear(m, x)`, tile ranges in parallel for batches.
+fn bitlinear(m: &TernaryMatrix<'_>, x: &QuantizedBatch, out: &mut [f32]) {
+    let tiles = pad16(m.rows) / 16;
+    let rows = m.rows;
+    let work = x.n * tiles;
+    if work < 64 {
+        scalar::ternary_matmul(m, x, 0..tiles, out, rows);
+        return;
+    }
+    let per = tiles.div_ceil(rayon::current_num_threads() * 4).max(1);
+    let parts: Vec<(usize, Vec<f32>)> = (0..tiles)
+        .step_by(per)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|t0| {
+            let t1 = (t0 + per).min(tiles);
+            let width = (t1 * 16).min(rows) - t0 * 16;
+            let mut buf = vec![0f32; x.n * width];
+            scalar::ternary_matmul(m, x, t0..t1, &mut buf, width);
+            (t0 * 16, buf)
+        })
+        .collect();
+    for (r0, buf) in parts {
+        let width = buf.len() / x.n;
+        for t in 0..x.n {
+            out[t * rows + r0..t * rows + r0 + width]
+                .copy_from_slice(&buf[t * width..(t + 1) * width]);
+        }
+    }
+}
+
+impl Backend for PackedModel {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn name(&self) -> &'static str {
+        "packed"
+    }
+
+    fn forward(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        mode: LogitsMode,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Forward> {
+        check_tokens(&self.config, session, tokens)?;
+        if tokens.is_empty() {
+            return Ok(Forward {
+                hidden: Vec::new(),
+                logits: Vec::new(),
+            });
+        }
+        let c = &self.config;
+        let n = tokens.len();
+        let (h, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (qd, kvd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let mut x = vec![0f32; n * h];
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.embed_row(tok, &mut x[t * h..(t + 1) * h]);
+        }
+        rec(&mut trace, None, "embed", h, &x);
+        let mut a = vec![0f32; n * h.max(qd)];
+        let mut qb = QuantizedBatch::default();
+        let (mut q, mut k, mut v) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
+        let mut attn = vec![0f32; n * qd];
+        let mut proj = vec![0f32; n * h];
+        let (mut g, mut u) = (vec![0f32; n * f], vec![0f32; n * f]);
+        let mut s = vec![0f32; n * f.max(qd)];
+        let (mut cos, mut sin) = (vec![0f32; hd / 2], vec![0f32; hd / 2]);
+        let mut scores = vec![0f32; session.pos + n];
+        for (li, l) in self.layers.iter().enumerate() {
+            let li_ = Some(li);
+            for t in 0..n {
+                ops::rms_norm(
+                    &x[t * h..(t + 1) * h],
+                    &l.attn_norm,
+                    self.eps,
+                    &mut a[t * h..(t + 1) * h],
+                );
+            }
+            rec(&mut trace, li_, "attn_norm", h, &a[..n * h]);
+            qb.quantize(&a[..n * h], h);
+            bitlinear(&self.ternary(&l.q), &qb, &mut q);
+            bitlinear(&self.ternary(&l.k), &qb, &mut k);
+            bitlinear(&self.ternary(&l.v), &qb, &mut v);
+            rec(&mut trace, li_, "attn_q", qd, &q);
+            rec(&mut trace, li_, "attn_k", kvd, &k);
+            rec(&mut trace, li_, "attn_v", kvd, &v);
+            for t in 0..n {
+                self.rope.tables(session.pos + t, &mut cos, &mut sin);
+                ops::apply_rope(&mut q[t * qd..(t + 1) * qd], hd, &cos, &sin);
+                ops::apply_rope(&mut k[t * kvd..(t + 1) * kvd], hd, &cos, &sin);
+                session.push(li, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+            }
+            let (keys, values) = session.layer(li);
+            for t in 0..n {
+                let ctx = session.pos + t + 1;
+                ops::attention(
+                    &q[t * qd..(t + 1) * qd],
+                    keys,
+                    values,
+                    ctx,
+                    c.num_heads,
+                    c.num_kv_heads,
+                    hd,
+                    &mut scores,
+                    &mut attn[t * qd..(t + 1) * qd],
+                );
+            }
+            rec(&mut trace, li_, "attn", qd, &attn);
+            for t in 0..n {
+                ops::rms_norm(
+                    &attn[t * qd..(t + 1) * qd],
+                    &l.attn_sub_norm,
+                    self.eps,
+                    &mut s[t * qd..(t + 1) * qd],
+                );
+            }
+            rec(&mut trace, li_, "attn_sub_norm", qd, &s[..n * qd]);
+            qb.quantize(&s[..n * qd], qd);
+            bitlinear(&self.ternary(&l.o), &qb, &mut proj);
+            rec(&mut trace, li_, "attn_output", h, &proj);
+            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+            rec(&mut trace, li_, "attn_residual", h, &x);
+            for t in 0..n {
+                ops::rms_norm(
+                    &x[t * h..(t + 1) * h],
+                    &l.ffn_norm,
+                    self.eps,
+                    &mut a[t * h..(t + 1) * h],
+                );
+            }
+            rec(&mut trace, li_, "ffn_norm", h, &a[..n * h]);
+            qb.quantize(&a[..n * h], h);
+            bitlinear(&self.ternary(&l.gate), &qb, &mut g);
+            bitlinear(&self.ternary(&l.up), &qb, &mut u);
+            rec(&mut trace, li_, "ffn_gate", f, &g);
+            rec(&mut trace, li_, "ffn_up", f, &u);
+            match c.hidden_act {
+                Activation::Relu2 => ops::relu2_mul(&mut g, &u),
+                Activation::Silu => ops::silu_mul(&mut g, &u),
+            }
+            rec(&mut trace, li_, "ffn_act", f, &g);
+            for t in 0..n {
+                ops::rms_norm(
+                    &g[t * f..(t + 1) * f],
+                    &l.ffn_sub_norm,
+                    self.eps,
+                    &mut s[t * f..(t + 1) * f],
+                );
+            }
+            rec(&mut trace, li_, "ffn_sub_norm", f, &s[..n * f]);
+            qb.quantize(&s[..n * f], f);
+            bitlinear(&self.ternary(&l.down), &qb, &mut proj);
+            rec(&mut trace, li_, "ffn_down", h, &proj);
+            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+            rec(&mut trace, li_, "ffn_residual", h, &x);
+        }
+        session.pos += n;
+        let first = match mode {
+            LogitsMode::All => 0,
+            LogitsMode::Last => n - 1,
+        };
+        let mut hidden = vec![0f32; (n - first) * h];
+        for (i, t) in (first..n).enumerate() {
+            ops::rms_norm(
+                &x[t * h..(t + 1) * h],
+                &self.output_norm,
+                self.eps,
+                &mut hidden[i * h..(i + 1) * h],
+            );
+        }
+        rec(&mut trace, None, "output_norm", h, &hidden);
+        let logits = self.head_logits(&hidden, self.default_head)?;
+        Ok(Forward { hidden, logits })
+    }
+}
