@@ -20,6 +20,8 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Show what a .bitnet file holds: config, tokenizer, tensors, sizes, checksums.
     Inspect(InspectArgs),
+    /// Check the packed model's logits against transformers' logits or an FP32 reference; exit 1 past tolerance.
+    Verify(VerifyArgs),
 }
 
 /// LM head storage.
@@ -61,4 +63,41 @@ pub struct InspectArgs {
     /// Recompute every tensor's SHA-256 and fail (exit 1) if one differs.
     #[arg(long)]
     pub check: bool,
+}
+
+/// `bitnet verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The .bitnet file.
+    pub model: PathBuf,
+    /// Compare against the FP32 reference computed from this Hugging Face checkpoint (folder or org/name).
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Compare against these logits (safetensors: `input_ids` i64 [P, T], `logits` f32 [P, T, V]).
+    #[arg(long)]
+    pub expected_logits: Option<PathBuf>,
+    /// Prompts for --reference, one per line (default: a built-in set).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Print the figures as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Compare named activations op by op (needs --reference) and name the first layer and op that part.
+    #[arg(long)]
+    pub trace: bool,
+    /// Every position's cosine similarity must be at least this.
+    #[arg(long, default_value_t = 0.999)]
+    pub min_cosine: f64,
+    /// Every position's KL(reference || packed) must be at most this (nats).
+    #[arg(long, default_value_t = 0.1)]
+    pub max_kl: f64,
+    /// The mean KL over positions must be at most this (nats).
+    #[arg(long, default_value_t = 0.02)]
+    pub max_mean_kl: f64,
+    /// The share of positions whose argmax agrees must be at least this.
+    #[arg(long, default_value_t = 0.9)]
+    pub min_top1: f64,
+    /// The share of positions agreeing within 1e-3 must be at least this.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_tight: f64,
 }

@@ -2,6 +2,7 @@
 
 mod convert;
 mod inspect;
+mod verify;
 
 use crate::Outcome;
 use crate::cli::{Cli, Command};
@@ -11,6 +12,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Verify(args) => verify::run(args),
     }
 }
 

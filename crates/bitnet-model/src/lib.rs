@@ -88,3 +88,33 @@ pub fn check_tokens(config: &ModelConfig, session: &Session, tokens: &[u32]) -> 
     }
     Ok(())
 }
+
+/// Index of the largest logit (the first one on ties, as `torch.argmax`).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy decoding: runs `prompt`, then picks the argmax `n` times, feeding each pick back.
+pub fn greedy(backend: &dyn Backend, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+    let mut session = backend.session(prompt.len() + n);
+    let mut out = Vec::with_capacity(n);
+    let mut logits = backend
+        .forward(&mut session, prompt, LogitsMode::Last, None)?
+        .logits;
+    for i in 0..n {
+        let next = argmax(&logits);
+        out.push(next);
+        if i + 1 < n {
+            logits = backend
+                .forward(&mut session, &[next], LogitsMode::Last, None)?
+                .logits;
+        }
+    }
+    Ok(out)
+}

@@ -54,16 +54,6 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64 - lse).collect()
 }
 
-fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 /// Compares `candidate` against `reference`, both `[positions, vocab]`.
 pub fn compare(reference: &[f32], candidate: &[f32], vocab: usize) -> Comparison {
     assert_eq!(reference.len(), candidate.len(), "same shape");
@@ -115,7 +105,7 @@ pub fn compare(reference: &[f32], candidate: &[f32], vocab: usize) -> Comparison
         c.mean_cosine += cos;
         c.mean_kl += kl;
         c.max_kl = c.max_kl.max(kl);
-        if argmax(r) == argmax(k) {
+        if crate::argmax(r) == crate::argmax(k) {
             c.top1_agree += 1;
         }
         if pos_max < TIGHT {
