@@ -100,4 +100,8 @@ pub struct VerifyArgs {
     /// The share of positions agreeing within 1e-3 must be at least this.
     #[arg(long, default_value_t = 0.5)]
     pub min_tight: f64,
+    /// With --reference: each packed layer, run on the reference's input to it, must add to the residual
+    /// stream what the reference's layer adds, within this relative RMS error.
+    #[arg(long, default_value_t = 0.05)]
+    pub max_layer_delta: f64,
 }

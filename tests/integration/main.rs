@@ -5,3 +5,4 @@ mod bad_input;
 mod convert;
 mod hub_cache;
 mod util;
+mod verify;

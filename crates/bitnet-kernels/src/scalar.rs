@@ -9,35 +9,39 @@ use crate::{Bf16Matrix, Int8Matrix, TernaryMatrix, pad16, round_half_even};
 /// Rows per tile.
 pub const TILE: usize = 16;
 
-/// Integer accumulators of one tile for every token: `acc[t][r] = sum_k code[16*tile + r, k] * x[t, k]`,
-/// with codes `w + 1` (the caller subtracts the token's activation sum).
-pub fn ternary_tile_acc(
-    m: &TernaryMatrix<'_>,
-    tile: usize,
-    x: &QuantizedBatch,
-    acc: &mut [[i32; TILE]],
-) {
+/// Decodes tile `tile` of `m` into `w` as `[16][pad16(cols)]` weights in -1..=1 (padding decodes to 0).
+pub fn decode_tile(m: &TernaryMatrix<'_>, tile: usize, w: &mut Vec<i8>) {
     let kp = pad16(m.cols);
-    debug_assert_eq!(x.kp, kp, "activation width must match the matrix");
+    w.clear();
+    w.resize(TILE * kp, 0);
     let tile_bytes = &m.data[tile * 4 * kp..(tile + 1) * 4 * kp];
-    for a in acc.iter_mut() {
-        *a = [0; TILE];
-    }
     for (g, chunk) in tile_bytes.chunks_exact(64).enumerate() {
         for (i, &byte) in chunk.iter().enumerate() {
             let (r, t) = (i / 4, i % 4);
+            let row = &mut w[r * kp + 16 * g + t..];
             for q in 0..4 {
-                let c = ((byte >> (2 * q)) & 3) as i32;
-                let col = 16 * g + 4 * q + t;
-                for (tok, a) in acc.iter_mut().enumerate() {
-                    a[r] += c * x.q[tok * kp + col] as i32;
-                }
+                row[4 * q] = ((byte >> (2 * q)) & 3) as i8 - 1;
             }
         }
     }
 }
 
-/// The BitLinear epilogue: `y = (acc - sum) * (scale / a)`, in that order of f32 operations.
+/// The exact integer dot product of ternary weights and int8 activations.
+#[inline]
+pub fn dot_i8(w: &[i8], x: &[i8]) -> i32 {
+    // Sixteen independent lanes let the compiler vectorize this with the baseline instruction set.
+    let mut lanes = [0i32; 16];
+    for (wc, xc) in w.chunks_exact(16).zip(x.chunks_exact(16)) {
+        for i in 0..16 {
+            lanes[i] += wc[i] as i32 * xc[i] as i32;
+        }
+    }
+    lanes.iter().sum()
+}
+
+/// The BitLinear epilogue: `y = (acc - sum) * (scale / a)`, in that order of f32 operations, where
+/// `acc - sum` is the exact integer `sum_k w[r,k] * q[k]` (kernels that multiply codes `w + 1` subtract the
+/// activation sum `sum`; kernels that multiply weights pass `sum = 0`).
 #[inline(always)]
 pub fn ternary_epilogue(acc: i32, sum: i32, factor: f32) -> f32 {
     (acc - sum) as f32 * factor
@@ -45,6 +49,8 @@ pub fn ternary_epilogue(acc: i32, sum: i32, factor: f32) -> f32 {
 
 /// `out[t * out_stride + (r - 16 * tiles.start)] = BitLinear(m, x[t])[r]` for the rows `r` of `tiles`
 /// (rows past `m.rows` skipped): `out` holds the tile range's rows for every token.
+///
+/// Each tile is decoded once and reused for every token of the batch.
 pub fn ternary_matmul(
     m: &TernaryMatrix<'_>,
     x: &QuantizedBatch,
@@ -52,16 +58,20 @@ pub fn ternary_matmul(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    let mut acc = vec![[0i32; TILE]; x.n];
+    let kp = pad16(m.cols);
+    debug_assert_eq!(x.kp, kp, "activation width must match the matrix");
     let row0 = tiles.start * TILE;
+    let mut w = Vec::with_capacity(TILE * kp);
     for tile in tiles {
-        ternary_tile_acc(m, tile, x, &mut acc);
-        for (t, a) in acc.iter().enumerate() {
+        decode_tile(m, tile, &mut w);
+        for t in 0..x.n {
             let factor = m.scale / x.scale[t];
-            for (r, &v) in a.iter().enumerate() {
+            let xt = x.token(t);
+            for r in 0..TILE {
                 let row = tile * TILE + r;
                 if row < m.rows {
-                    out[t * out_stride + row - row0] = ternary_epilogue(v, x.sum[t], factor);
+                    let dot = dot_i8(&w[r * kp..(r + 1) * kp], xt);
+                    out[t * out_stride + row - row0] = ternary_epilogue(dot, 0, factor);
                 }
             }
         }

@@ -69,6 +69,15 @@ pub trait Backend {
         mode: LogitsMode,
         trace: Option<&mut Trace>,
     ) -> Result<Forward>;
+
+    /// Runs layer `layer` alone on `x` (`[n, hidden]`, the residual stream entering it) at positions
+    /// `0..n` with a fresh cache; returns the residual stream leaving it. Comparing backends layer by layer
+    /// on the same input keeps one layer's rounding differences from compounding through the next.
+    fn forward_layer(&self, layer: usize, x: &[f32], trace: Option<&mut Trace>)
+    -> Result<Vec<f32>>;
+
+    /// The final norm and the exact LM head on the residual stream `x` (`[n, hidden]`): `[n, vocab]`.
+    fn forward_head(&self, x: &[f32]) -> Result<Vec<f32>>;
 }
 
 /// Checks that `tokens` fit the vocabulary and the session's context.

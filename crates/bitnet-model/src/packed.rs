@@ -414,13 +414,50 @@ impl Backend for PackedModel {
         }
         let c = &self.config;
         let n = tokens.len();
-        let (h, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
-        let (qd, kvd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let h = c.hidden_size;
         let mut x = vec![0f32; n * h];
         for (t, &tok) in tokens.iter().enumerate() {
             self.embed_row(tok, &mut x[t * h..(t + 1) * h]);
         }
         rec(&mut trace, None, "embed", h, &x);
+        self.run_layers(0..self.layers.len(), &mut x, session, trace.as_deref_mut());
+        session.pos += n;
+        self.finish(&x, mode, self.default_head, trace)
+    }
+
+    fn forward_layer(
+        &self,
+        layer: usize,
+        x: &[f32],
+        trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>> {
+        let n = x.len() / self.config.hidden_size;
+        let mut s = self.session(n);
+        let mut x = x.to_vec();
+        self.run_layers(layer..layer + 1, &mut x, &mut s, trace);
+        Ok(x)
+    }
+
+    fn forward_head(&self, x: &[f32]) -> Result<Vec<f32>> {
+        Ok(self
+            .finish(x, LogitsMode::All, HeadKind::Exact, None)?
+            .logits)
+    }
+}
+
+impl PackedModel {
+    /// Runs `layers` on the residual stream `x` (`[n, hidden]`) at positions `session.pos ..`.
+    fn run_layers(
+        &self,
+        layers: Range<usize>,
+        x: &mut [f32],
+        session: &mut Session,
+        mut trace: Option<&mut Trace>,
+    ) {
+        let c = &self.config;
+        let n = x.len() / c.hidden_size;
+        let (h, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (qd, kvd) = (c.num_heads * hd, c.num_kv_heads * hd);
         let mut a = vec![0f32; n * h.max(qd)];
         let mut qb = QuantizedBatch::default();
         let (mut q, mut k, mut v) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
@@ -430,7 +467,8 @@ impl Backend for PackedModel {
         let mut s = vec![0f32; n * f.max(qd)];
         let (mut cos, mut sin) = (vec![0f32; hd / 2], vec![0f32; hd / 2]);
         let mut scores = vec![0f32; session.pos + n];
-        for (li, l) in self.layers.iter().enumerate() {
+        for li in layers {
+            let l = &self.layers[li];
             let li_ = Some(li);
             for t in 0..n {
                 ops::rms_norm(
@@ -518,7 +556,18 @@ impl Backend for PackedModel {
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
             rec(&mut trace, li_, "ffn_residual", h, &x);
         }
-        session.pos += n;
+    }
+
+    /// The final norm and the head on the residual stream `x` (`[n, hidden]`).
+    fn finish(
+        &self,
+        x: &[f32],
+        mode: LogitsMode,
+        head: HeadKind,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Forward> {
+        let h = self.config.hidden_size;
+        let n = x.len() / h;
         let first = match mode {
             LogitsMode::All => 0,
             LogitsMode::Last => n - 1,
@@ -533,7 +582,7 @@ impl Backend for PackedModel {
             );
         }
         rec(&mut trace, None, "output_norm", h, &hidden);
-        let logits = self.head_logits(&hidden, self.default_head)?;
+        let logits = self.head_logits(&hidden, head)?;
         Ok(Forward { hidden, logits })
     }
 }

@@ -79,20 +79,21 @@ impl std::fmt::Debug for ReferenceModel {
 
 /// Decodes bf16/f16/f32 little-endian bytes to f32.
 fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
-    match dtype {
-        Dtype::BF16 => bytes
-            .par_chunks(2)
-            .map(|b| f32::from_bits(((b[1] as u32) << 24) | ((b[0] as u32) << 16)))
-            .collect(),
-        Dtype::F16 => bytes
-            .par_chunks(2)
-            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-            .collect(),
-        _ => bytes
-            .par_chunks(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-    }
+    const CHUNK: usize = 1 << 16;
+    let width = if dtype == Dtype::F32 { 4 } else { 2 };
+    let mut out = vec![0f32; bytes.len() / width];
+    out.par_chunks_mut(CHUNK)
+        .zip(bytes.par_chunks(CHUNK * width))
+        .for_each(|(o, b)| {
+            for (o, b) in o.iter_mut().zip(b.chunks_exact(width)) {
+                *o = match dtype {
+                    Dtype::BF16 => f32::from_bits(((b[1] as u32) << 24) | ((b[0] as u32) << 16)),
+                    Dtype::F16 => f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+                    _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                };
+            }
+        });
+    out
 }
 
 /// IEEE half to single, by hand (exact).
@@ -116,7 +117,12 @@ fn f16_to_f32(h: u16) -> f32 {
 /// transformers' `WeightQuant.forward` in f32: `s = 1 / mean(|W|).clamp(min=1e-5)`,
 /// `clamp(round(W * s), -1, 1) / s`.
 fn weight_quant(w: &mut [f32]) {
-    let sum: f64 = w.iter().map(|v| v.abs() as f64).sum();
+    let sum: f64 = w
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().map(|v| v.abs() as f64).sum::<f64>())
+        .collect::<Vec<_>>()
+        .iter()
+        .sum();
     let mean = (sum as f32) / w.len() as f32;
     let s = 1.0f32 / mean.max(1e-5);
     w.par_iter_mut()
@@ -362,7 +368,57 @@ impl Backend for ReferenceModel {
             });
         }
         let c = &self.config;
-        let (h, hd, n) = (c.hidden_size, c.head_dim, tokens.len());
+        let (h, n) = (c.hidden_size, tokens.len());
+        let mut x: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| self.embed[t as usize * h..(t as usize + 1) * h].to_vec())
+            .collect();
+        record(&mut trace, None, "embed", h, &x);
+        self.run_layers(0..self.layers.len(), &mut x, session, trace.as_deref_mut());
+        session.pos += n;
+        let first = if mode == LogitsMode::All { 0 } else { n - 1 };
+        let hidden = self.final_norm(&x[first * h..]);
+        record(&mut trace, None, "output_norm", h, &hidden);
+        let logits = self.head(&hidden);
+        Ok(Forward { hidden, logits })
+    }
+
+    fn forward_layer(
+        &self,
+        layer: usize,
+        x: &[f32],
+        trace: Option<&mut Trace>,
+    ) -> ModelResult<Vec<f32>> {
+        let n = x.len() / self.config.hidden_size;
+        let mut s = self.session(n);
+        let mut x = x.to_vec();
+        self.run_layers(layer..layer + 1, &mut x, &mut s, trace);
+        Ok(x)
+    }
+
+    fn forward_head(&self, x: &[f32]) -> ModelResult<Vec<f32>> {
+        Ok(self.head(&self.final_norm(x)))
+    }
+}
+
+impl ReferenceModel {
+    fn final_norm(&self, x: &[f32]) -> Vec<f32> {
+        let (h, eps) = (self.config.hidden_size, self.config.rms_norm_eps as f32);
+        x.chunks_exact(h)
+            .flat_map(|r| rms_norm(r, &self.output_norm, eps))
+            .collect()
+    }
+
+    /// Runs `layers` on the residual stream `x` (`[n, hidden]`) at positions `session.pos ..`.
+    fn run_layers(
+        &self,
+        layers: std::ops::Range<usize>,
+        x: &mut [f32],
+        session: &mut Session,
+        mut trace: Option<&mut Trace>,
+    ) {
+        let c = &self.config;
+        let (h, hd, n) = (c.hidden_size, c.head_dim, x.len() / c.hidden_size);
         let eps = c.rms_norm_eps as f32;
         let (nh, nkv) = (c.num_heads, c.num_kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
@@ -371,12 +427,8 @@ impl Backend for ReferenceModel {
                 .flat_map(|r| rms_norm(r, w, eps))
                 .collect()
         };
-        let mut x: Vec<f32> = tokens
-            .iter()
-            .flat_map(|&t| self.embed[t as usize * h..(t as usize + 1) * h].to_vec())
-            .collect();
-        record(&mut trace, None, "embed", h, &x);
-        for (li, l) in self.layers.iter().enumerate() {
+        for li in layers {
+            let l = &self.layers[li];
             let il = Some(li);
             let a = norm_all(&x, &l.attn_norm, h);
             record(&mut trace, il, "attn_norm", h, &a);
@@ -454,12 +506,6 @@ impl Backend for ReferenceModel {
             x.iter_mut().zip(&d).for_each(|(x, d)| *x += d);
             record(&mut trace, il, "ffn_residual", h, &x);
         }
-        session.pos += n;
-        let first = if mode == LogitsMode::All { 0 } else { n - 1 };
-        let hidden = norm_all(&x[first * h..], &self.output_norm, h);
-        record(&mut trace, None, "output_norm", h, &hidden);
-        let logits = self.head(&hidden);
-        Ok(Forward { hidden, logits })
     }
 }
 
