@@ -621,7 +621,7 @@ impl LayerReport {
             .layers
             .iter()
             .enumerate()
-            .filter(|(_, (rel, _))| !(*rel <= max_delta))
+            .filter(|(_, (rel, _))| rel.is_nan() || *rel > max_delta)
             .map(|(i, (rel, _))| format!("layer {i} output differs by {rel:.2e} (relative RMS of its update, > {max_delta})"))
             .collect();
         if !self.head.is_empty() {
@@ -742,10 +742,10 @@ fn trace_compare(
                 at = i;
             }
         }
-        if let Some(li) = r.layer {
-            if QUANTIZED_INPUTS.iter().any(|(op, _)| *op == r.op) {
-                prev_inputs.insert(r.op, (li, r, p));
-            }
+        if let Some(li) = r.layer
+            && QUANTIZED_INPUTS.iter().any(|(op, _)| *op == r.op)
+        {
+            prev_inputs.insert(r.op, (li, r, p));
         }
         let rel = worst / scale;
         if rel <= TRACE_REL {

@@ -82,10 +82,10 @@ impl Tokenizer {
             .encode(text, true)
             .map_err(|e| ChatError::Tokenize(e.to_string()))?;
         let mut ids = enc.get_ids().to_vec();
-        if let (true, Some(bos)) = (self.info.add_bos_token, self.info.bos_token_id) {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
+        if let (true, Some(bos)) = (self.info.add_bos_token, self.info.bos_token_id)
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
         }
         Ok(ids)
     }

@@ -23,7 +23,7 @@ pub struct QuantizedBatch {
 impl QuantizedBatch {
     /// Quantizes `x` (`[n, k]` row-major) into this batch, reusing its buffers.
     pub fn quantize(&mut self, x: &[f32], k: usize) {
-        assert!(k > 0 && x.len() % k == 0, "x must be [n, k]");
+        assert!(k > 0 && x.len().is_multiple_of(k), "x must be [n, k]");
         let n = x.len() / k;
         let kp = pad16(k);
         self.k = k;

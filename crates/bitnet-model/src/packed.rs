@@ -115,7 +115,7 @@ impl PackedModel {
                 return Err(cfg_err(field, "must be positive".into()));
             }
         }
-        if c.num_heads % c.num_kv_heads != 0 {
+        if !c.num_heads.is_multiple_of(c.num_kv_heads) {
             return Err(cfg_err(
                 "num_kv_heads",
                 format!(
@@ -124,7 +124,7 @@ impl PackedModel {
                 ),
             ));
         }
-        if c.head_dim % 2 != 0 {
+        if !c.head_dim.is_multiple_of(2) {
             return Err(cfg_err("head_dim", format!("{} must be even", c.head_dim)));
         }
         let (h, f, q, kv, v) = (
@@ -521,7 +521,7 @@ impl PackedModel {
             bitlinear(&self.ternary(&l.o), &qb, &mut proj);
             rec(&mut trace, li_, "attn_output", h, &proj);
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
-            rec(&mut trace, li_, "attn_residual", h, &x);
+            rec(&mut trace, li_, "attn_residual", h, x);
             for t in 0..n {
                 ops::rms_norm(
                     &x[t * h..(t + 1) * h],
@@ -554,7 +554,7 @@ impl PackedModel {
             bitlinear(&self.ternary(&l.down), &qb, &mut proj);
             rec(&mut trace, li_, "ffn_down", h, &proj);
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
-            rec(&mut trace, li_, "ffn_residual", h, &x);
+            rec(&mut trace, li_, "ffn_residual", h, x);
         }
     }
 

@@ -57,7 +57,7 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
 /// Compares `candidate` against `reference`, both `[positions, vocab]`.
 pub fn compare(reference: &[f32], candidate: &[f32], vocab: usize) -> Comparison {
     assert_eq!(reference.len(), candidate.len(), "same shape");
-    assert!(vocab > 0 && reference.len() % vocab == 0);
+    assert!(vocab > 0 && reference.len().is_multiple_of(vocab));
     let positions = reference.len() / vocab;
     let mut c = Comparison {
         positions,
@@ -135,16 +135,16 @@ impl Comparison {
     /// The tolerances this comparison breaks, each described.
     pub fn failures(&self, tol: &Tolerances) -> Vec<String> {
         let mut f = Vec::new();
-        if !(self.min_cosine >= tol.min_cosine) {
+        if self.min_cosine.is_nan() || self.min_cosine < tol.min_cosine {
             f.push(format!(
                 "min cosine {:.6} < {}",
                 self.min_cosine, tol.min_cosine
             ));
         }
-        if !(self.max_kl <= tol.max_kl) {
+        if self.max_kl.is_nan() || self.max_kl > tol.max_kl {
             f.push(format!("max KL {:.3e} > {:e}", self.max_kl, tol.max_kl));
         }
-        if !(self.mean_kl <= tol.max_mean_kl) {
+        if self.mean_kl.is_nan() || self.mean_kl > tol.max_mean_kl {
             f.push(format!(
                 "mean KL {:.3e} > {:e}",
                 self.mean_kl, tol.max_mean_kl

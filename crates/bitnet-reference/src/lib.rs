@@ -430,7 +430,7 @@ impl ReferenceModel {
         for li in layers {
             let l = &self.layers[li];
             let il = Some(li);
-            let a = norm_all(&x, &l.attn_norm, h);
+            let a = norm_all(x, &l.attn_norm, h);
             record(&mut trace, il, "attn_norm", h, &a);
             let (mut q, mut k, v) = (l.q.forward(&a), l.k.forward(&a), l.v.forward(&a));
             record(&mut trace, il, "attn_q", qd, &q);
@@ -486,8 +486,8 @@ impl ReferenceModel {
             let o = l.o.forward(&s);
             record(&mut trace, il, "attn_output", h, &o);
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
-            record(&mut trace, il, "attn_residual", h, &x);
-            let m = norm_all(&x, &l.ffn_norm, h);
+            record(&mut trace, il, "attn_residual", h, x);
+            let m = norm_all(x, &l.ffn_norm, h);
             record(&mut trace, il, "ffn_norm", h, &m);
             let (mut g, u) = (l.gate.forward(&m), l.up.forward(&m));
             record(&mut trace, il, "ffn_gate", l.gate.rows, &g);
@@ -504,7 +504,7 @@ impl ReferenceModel {
             let d = l.down.forward(&s);
             record(&mut trace, il, "ffn_down", h, &d);
             x.iter_mut().zip(&d).for_each(|(x, d)| *x += d);
-            record(&mut trace, il, "ffn_residual", h, &x);
+            record(&mut trace, il, "ffn_residual", h, x);
         }
     }
 }
