@@ -15,9 +15,16 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod dispatch;
 pub mod ops;
+pub mod pool;
 pub mod quant;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+pub use dispatch::Kernels;
+pub use pool::Pool;
 
 /// A `ternary_r16` matrix (SPEC.md 4.4) borrowed from a file.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,371 @@
+//! x86-64 kernels: AVX-512 VNNI (`vpdpbusd` on zmm) and AVX2 (`vpmaddubsw`), reading the SPEC.md tile
+//! layouts straight from the map. Each produces the same bits as [`crate::scalar`]: integer accumulation is
+//! exact, and the float epilogues and dot products use the scalar oracle's order of operations.
+//!
+//! Every function here is `unsafe` because it requires CPU features; [`crate::dispatch`] calls them only
+//! after detecting those features.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use crate::quant::QuantizedBatch;
+use crate::scalar::{BlockQuantized, HEAD_BLOCK, TILE};
+use crate::{Bf16Matrix, Int8Matrix, TernaryMatrix, pad16};
+
+/// Tokens processed together per pass over a tile (each chunk's planes are decoded once for all of them).
+const TOKEN_BLOCK: usize = 8;
+
+#[inline(always)]
+unsafe fn load_i32(p: *const i8) -> i32 {
+    // SAFETY: the caller guarantees 4 readable bytes at `p`; the read is unaligned-safe.
+    unsafe { std::ptr::read_unaligned(p as *const i32) }
+}
+
+/// Writes one tile's 16 integer dot products (`acc - sum`) through the epilogue into `out` rows.
+#[inline(always)]
+fn store_tile(acc: &[i32; TILE], sum: i32, factor: f32, out: &mut [f32], base: usize, valid: usize) {
+    for r in 0..valid {
+        out[base + r] = crate::scalar::ternary_epilogue(acc[r], sum, factor);
+    }
+}
+
+/// AVX-512 VNNI ternary matmul with the contract of [`crate::scalar::ternary_matmul`].
+///
+/// One token: the mask-only plane trick (plane `q` is `chunk & (3 << 2q)`, a multiple `4^q` of the codes,
+/// each plane in its own accumulator, shifted back once per tile). Several tokens: planes are decoded once
+/// per chunk (shift and mask) and reused for up to 8 tokens.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn ternary_matmul_avx512vnni(
+    m: &TernaryMatrix<'_>,
+    x: &QuantizedBatch,
+    tiles: Range<usize>,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let kp = pad16(m.cols);
+    assert_eq!(x.kp, kp, "activation width must match the matrix");
+    assert!(m.data.len() >= tiles.end * 4 * kp, "tile range past the data");
+    let groups = kp / 16;
+    let row0 = tiles.start * TILE;
+    for tile in tiles {
+        let base = m.data[tile * 4 * kp..].as_ptr();
+        let valid = m.rows.saturating_sub(tile * TILE).min(TILE);
+        if x.n == 1 {
+            let xq = x.token(0).as_ptr();
+            let mut acc = [_mm512_setzero_si512(); 4];
+            let masks = [
+                _mm512_set1_epi8(0x03),
+                _mm512_set1_epi8(0x0C),
+                _mm512_set1_epi8(0x30),
+                _mm512_set1_epi8(0xC0u8 as i8),
+            ];
+            for g in 0..groups {
+                // SAFETY: chunk g of this tile is inside `m.data` (checked above); `xq` has kp bytes.
+                unsafe {
+                    let v = _mm512_loadu_si512(base.add(64 * g) as *const _);
+                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * g + 1024) as *const i8);
+                    for q in 0..4 {
+                        let xb = _mm512_set1_epi32(load_i32(xq.add(16 * g + 4 * q)));
+                        acc[q] = _mm512_dpbusd_epi32(acc[q], _mm512_and_si512(v, masks[q]), xb);
+                    }
+                }
+            }
+            let total = _mm512_add_epi32(
+                _mm512_add_epi32(acc[0], _mm512_srai_epi32::<2>(acc[1])),
+                _mm512_add_epi32(_mm512_srai_epi32::<4>(acc[2]), _mm512_srai_epi32::<6>(acc[3])),
+            );
+            let mut lanes = [0i32; TILE];
+            // SAFETY: `lanes` holds 16 i32.
+            unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, total) };
+            store_tile(&lanes, x.sum[0], m.scale / x.scale[0], out, tile * TILE - row0, valid);
+            continue;
+        }
+        let mask = _mm512_set1_epi8(0x03);
+        for t0 in (0..x.n).step_by(TOKEN_BLOCK) {
+            let nt = (x.n - t0).min(TOKEN_BLOCK);
+            let mut acc = [_mm512_setzero_si512(); TOKEN_BLOCK];
+            for g in 0..groups {
+                // SAFETY: as above; every token row of `x.q` has kp bytes.
+                unsafe {
+                    let v = _mm512_loadu_si512(base.add(64 * g) as *const _);
+                    let p = [
+                        _mm512_and_si512(v, mask),
+                        _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
+                        _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
+                    ];
+                    for (j, a) in acc.iter_mut().enumerate().take(nt) {
+                        let xq = x.q.as_ptr().add((t0 + j) * kp + 16 * g);
+                        for (q, pq) in p.iter().enumerate() {
+                            *a = _mm512_dpbusd_epi32(*a, *pq, _mm512_set1_epi32(load_i32(xq.add(4 * q))));
+                        }
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate().take(nt) {
+                let t = t0 + j;
+                let mut lanes = [0i32; TILE];
+                // SAFETY: `lanes` holds 16 i32.
+                unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, *a) };
+                store_tile(&lanes, x.sum[t], m.scale / x.scale[t], out, t * out_stride + tile * TILE - row0, valid);
+            }
+        }
+    }
+}
+
+/// AVX2 ternary matmul with the contract of [`crate::scalar::ternary_matmul`]: each 64-byte chunk is two
+/// ymm halves (rows 0-7, 8-15); planes are `(v >> 2q) & 3`, multiplied by `vpmaddubsw` (codes are
+/// unsigned, activations signed), the four planes summed in i16 (at most 4 * 2 * 2 * 127) and widened once
+/// per chunk with `vpmaddwd`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn ternary_matmul_avx2(
+    m: &TernaryMatrix<'_>,
+    x: &QuantizedBatch,
+    tiles: Range<usize>,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let kp = pad16(m.cols);
+    assert_eq!(x.kp, kp, "activation width must match the matrix");
+    assert!(m.data.len() >= tiles.end * 4 * kp, "tile range past the data");
+    let groups = kp / 16;
+    let row0 = tiles.start * TILE;
+    let mask = _mm256_set1_epi8(0x03);
+    let ones = _mm256_set1_epi16(1);
+    const AVX2_TOKENS: usize = 4;
+    for tile in tiles {
+        let base = m.data[tile * 4 * kp..].as_ptr();
+        let valid = m.rows.saturating_sub(tile * TILE).min(TILE);
+        for t0 in (0..x.n).step_by(AVX2_TOKENS) {
+            let nt = (x.n - t0).min(AVX2_TOKENS);
+            let mut acc = [[_mm256_setzero_si256(); 2]; AVX2_TOKENS];
+            for g in 0..groups {
+                // SAFETY: chunk g of this tile is inside `m.data`; every token row of `x.q` has kp bytes.
+                unsafe {
+                    let halves = [
+                        _mm256_loadu_si256(base.add(64 * g) as *const __m256i),
+                        _mm256_loadu_si256(base.add(64 * g + 32) as *const __m256i),
+                    ];
+                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * g + 1024) as *const i8);
+                    let planes = halves.map(|v| {
+                        [
+                            _mm256_and_si256(v, mask),
+                            _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask),
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
+                            _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask),
+                        ]
+                    });
+                    for (j, a) in acc.iter_mut().enumerate().take(nt) {
+                        let xq = x.q.as_ptr().add((t0 + j) * kp + 16 * g);
+                        let xb = [0, 1, 2, 3].map(|q| _mm256_set1_epi32(load_i32(xq.add(4 * q))));
+                        for h in 0..2 {
+                            let s = _mm256_add_epi16(
+                                _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(planes[h][0], xb[0]),
+                                    _mm256_maddubs_epi16(planes[h][1], xb[1]),
+                                ),
+                                _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(planes[h][2], xb[2]),
+                                    _mm256_maddubs_epi16(planes[h][3], xb[3]),
+                                ),
+                            );
+                            a[h] = _mm256_add_epi32(a[h], _mm256_madd_epi16(s, ones));
+                        }
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate().take(nt) {
+                let t = t0 + j;
+                let mut lanes = [0i32; TILE];
+                // SAFETY: `lanes` holds 16 i32: 8 from each half.
+                unsafe {
+                    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, a[0]);
+                    _mm256_storeu_si256(lanes.as_mut_ptr().add(8) as *mut __m256i, a[1]);
+                }
+                store_tile(&lanes, x.sum[t], m.scale / x.scale[t], out, t * out_stride + tile * TILE - row0, valid);
+            }
+        }
+    }
+}
+
+/// Per-block activation sums of the int8 head's input (the `+128` correction of stored bytes).
+fn block_sums(x: &BlockQuantized) -> Vec<i32> {
+    x.q.chunks(HEAD_BLOCK).map(|b| b.iter().map(|&v| v as i32).sum()).collect()
+}
+
+/// AVX-512 VNNI int8 head with the contract of [`crate::scalar::int8_matvec`]: one `vpdpbusd` per 64-byte
+/// chunk (16 rows x 4 columns, bytes `w + 128`), corrected by `128 * sum(x)` per 256-column block, then the
+/// scalar's float sequence on 16 row lanes at once.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn int8_matvec_avx512vnni(m: &Int8Matrix<'_>, x: &BlockQuantized, rows: Range<usize>, out: &mut [f32]) {
+    let (rp, kp) = (pad16(m.rows), pad16(m.cols));
+    assert!(m.data.len() >= rp * kp + 4 * rp && x.q.len() >= kp, "int8 head shapes");
+    let sums = block_sums(x);
+    let chunks = kp / 4;
+    let tile_start = rows.start / TILE;
+    let tile_end = rows.end.div_ceil(TILE);
+    for tile in tile_start..tile_end {
+        let base = m.data[tile * TILE * kp..].as_ptr();
+        let mut total = _mm512_setzero_ps();
+        for (b, &step) in x.step.iter().enumerate() {
+            let c0 = b * HEAD_BLOCK / 4;
+            let c1 = ((b + 1) * HEAD_BLOCK / 4).min(chunks);
+            let mut acc = _mm512_setzero_si512();
+            for c in c0..c1 {
+                // SAFETY: chunk c of this tile is inside the tiles; x.q has kp bytes.
+                unsafe {
+                    let v = _mm512_loadu_si512(base.add(64 * c) as *const _);
+                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * c + 2048) as *const i8);
+                    acc = _mm512_dpbusd_epi32(acc, v, _mm512_set1_epi32(load_i32(x.q.as_ptr().add(4 * c))));
+                }
+            }
+            let exact = _mm512_sub_epi32(acc, _mm512_set1_epi32(128 * sums[b]));
+            total = _mm512_add_ps(total, _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(step)));
+        }
+        // SAFETY: the row scales of this tile are 16 f32 inside the data (checked above).
+        let scales = unsafe { _mm512_loadu_ps(m.data.as_ptr().add(rp * kp + 4 * tile * TILE) as *const f32) };
+        let mut lanes = [0f32; TILE];
+        // SAFETY: `lanes` holds 16 f32.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_mul_ps(total, scales)) };
+        for (r, v) in lanes.iter().enumerate() {
+            let row = tile * TILE + r;
+            if rows.contains(&row) {
+                out[row - rows.start] = *v;
+            }
+        }
+    }
+}
+
+/// AVX2 int8 head with the contract of [`crate::scalar::int8_matvec`]: bytes widened to i16 (`u - 128`),
+/// multiplied with `vpmaddwd`, pairs of columns summed per row.
+#[target_feature(enable = "avx2")]
+pub unsafe fn int8_matvec_avx2(m: &Int8Matrix<'_>, x: &BlockQuantized, rows: Range<usize>, out: &mut [f32]) {
+    let (rp, kp) = (pad16(m.rows), pad16(m.cols));
+    assert!(m.data.len() >= rp * kp + 4 * rp && x.q.len() >= kp, "int8 head shapes");
+    let chunks = kp / 4;
+    let bias = _mm256_set1_epi16(128);
+    for row in rows.clone() {
+        let (tile, r) = (row / TILE, row % TILE);
+        let base = m.data[tile * TILE * kp + 4 * r..].as_ptr();
+        let mut total = 0f32;
+        for (b, &step) in x.step.iter().enumerate() {
+            let c0 = b * HEAD_BLOCK / 4;
+            let c1 = ((b + 1) * HEAD_BLOCK / 4).min(chunks);
+            let mut acc = _mm256_setzero_si256();
+            let mut c = c0;
+            // Four chunks at a time: this row's 4 bytes of each, 16 columns.
+            while c + 4 <= c1 {
+                // SAFETY: the four chunks are inside the tile; x.q has kp bytes.
+                unsafe {
+                    let w = _mm_set_epi32(
+                        load_i32(base.add(64 * (c + 3)) as *const i8),
+                        load_i32(base.add(64 * (c + 2)) as *const i8),
+                        load_i32(base.add(64 * (c + 1)) as *const i8),
+                        load_i32(base.add(64 * c) as *const i8),
+                    );
+                    let w16 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(w), bias);
+                    let x16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.q.as_ptr().add(4 * c) as *const __m128i));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(w16, x16));
+                }
+                c += 4;
+            }
+            let mut lanes = [0i32; 8];
+            // SAFETY: `lanes` holds 8 i32.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc) };
+            let mut exact: i32 = lanes.iter().sum();
+            while c < c1 {
+                for t in 0..4 {
+                    exact += (m.data[tile * TILE * kp + 64 * c + 4 * r + t] as i32 - 128) * x.q[4 * c + t] as i32;
+                }
+                c += 1;
+            }
+            total += exact as f32 * step;
+        }
+        let s = f32::from_le_bytes(m.data[rp * kp + 4 * row..rp * kp + 4 * row + 4].try_into().expect("4 bytes"));
+        out[row - rows.start] = total * s;
+    }
+}
+
+/// Reduces 16 f32 lanes held as two 8-lane halves in the canonical order of
+/// [`crate::scalar::reduce_lanes`].
+#[target_feature(enable = "avx2")]
+unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
+    let v8 = _mm256_add_ps(lo, hi);
+    let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+    let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+    let v1 = _mm_add_ss(v2, _mm_shuffle_ps::<1>(v2, v2));
+    _mm_cvtss_f32(v1)
+}
+
+/// bf16 row dot products with the contract of [`crate::scalar::bf16_matvec`] (16 lanes, multiply then add,
+/// canonical reduction).
+#[target_feature(enable = "avx2")]
+pub unsafe fn bf16_matvec_avx2(m: &Bf16Matrix<'_>, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    let cols = m.cols;
+    assert!(m.data.len() >= 2 * rows.end * cols && x.len() >= cols, "bf16 head shapes");
+    let full = cols / 16 * 16;
+    for row in rows.clone() {
+        let w = m.data[2 * row * cols..].as_ptr();
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut k = 0;
+        while k < full {
+            // SAFETY: 16 bf16 at column k of this row and 16 f32 of x are in bounds (k + 16 <= cols).
+            unsafe {
+                let wb = _mm256_loadu_si256(w.add(2 * k) as *const __m256i);
+                let wlo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(wb))));
+                let whi = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(wb))));
+                lo = _mm256_add_ps(lo, _mm256_mul_ps(wlo, _mm256_loadu_ps(x.as_ptr().add(k))));
+                hi = _mm256_add_ps(hi, _mm256_mul_ps(whi, _mm256_loadu_ps(x.as_ptr().add(k + 8))));
+            }
+            k += 16;
+        }
+        let mut lanes = [0f32; 16];
+        // SAFETY: `lanes` holds 16 f32.
+        unsafe {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+        }
+        if k < cols {
+            for kk in k..cols {
+                let b = &m.data[2 * (row * cols + kk)..2 * (row * cols + kk) + 2];
+                lanes[kk % 16] += f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * x[kk];
+            }
+        }
+        // SAFETY: `lanes` holds 16 f32.
+        out[row - rows.start] = unsafe { reduce16(_mm256_loadu_ps(lanes.as_ptr()), _mm256_loadu_ps(lanes.as_ptr().add(8))) };
+    }
+}
+
+/// bf16 row dot products on zmm, with the contract of [`crate::scalar::bf16_matvec`].
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+pub unsafe fn bf16_matvec_avx512(m: &Bf16Matrix<'_>, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    let cols = m.cols;
+    assert!(m.data.len() >= 2 * rows.end * cols && x.len() >= cols, "bf16 head shapes");
+    let full = cols / 16 * 16;
+    for row in rows.clone() {
+        let w = m.data[2 * row * cols..].as_ptr();
+        let mut acc = _mm512_setzero_ps();
+        let mut k = 0;
+        while k < full {
+            // SAFETY: 16 bf16 of this row and 16 f32 of x at column k are in bounds.
+            unsafe {
+                let wb = _mm256_loadu_si256(w.add(2 * k) as *const __m256i);
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(2 * k + 1024) as *const i8);
+                let wf = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(wb)));
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(wf, _mm512_loadu_ps(x.as_ptr().add(k))));
+            }
+            k += 16;
+        }
+        let mut lanes = [0f32; 16];
+        // SAFETY: `lanes` holds 16 f32.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+        for kk in k..cols {
+            let b = &m.data[2 * (row * cols + kk)..2 * (row * cols + kk) + 2];
+            lanes[kk % 16] += f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * x[kk];
+        }
+        // SAFETY: `lanes` holds 16 f32; AVX2 is enabled here.
+        out[row - rows.start] = unsafe { reduce16(_mm256_loadu_ps(lanes.as_ptr()), _mm256_loadu_ps(lanes.as_ptr().add(8))) };
+    }
+}
