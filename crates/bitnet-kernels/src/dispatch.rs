@@ -43,11 +43,23 @@ mod wrap {
 
     // SAFETY (all wrappers): a `Kernels` holding these is only built by `Kernels::by_name` after
     // `is_x86_feature_detected!` confirmed the features the wrapped function enables.
-    pub fn ternary_avx512(m: &TernaryMatrix<'_>, x: &QuantizedBatch, t: Range<usize>, o: &mut [f32], s: usize) {
+    pub fn ternary_avx512(
+        m: &TernaryMatrix<'_>,
+        x: &QuantizedBatch,
+        t: Range<usize>,
+        o: &mut [f32],
+        s: usize,
+    ) {
         // SAFETY: see the module note: avx512f, avx512bw and avx512vnni were detected.
         unsafe { x86::ternary_matmul_avx512vnni(m, x, t, o, s) }
     }
-    pub fn ternary_avx2(m: &TernaryMatrix<'_>, x: &QuantizedBatch, t: Range<usize>, o: &mut [f32], s: usize) {
+    pub fn ternary_avx2(
+        m: &TernaryMatrix<'_>,
+        x: &QuantizedBatch,
+        t: Range<usize>,
+        o: &mut [f32],
+        s: usize,
+    ) {
         // SAFETY: see the module note: avx2 was detected.
         unsafe { x86::ternary_matmul_avx2(m, x, t, o, s) }
     }
@@ -72,7 +84,12 @@ mod wrap {
 impl Kernels {
     /// The portable reference kernels.
     pub fn scalar() -> Kernels {
-        Kernels { name: "scalar", ternary: scalar::ternary_matmul, int8: scalar::int8_matvec, bf16: scalar::bf16_matvec }
+        Kernels {
+            name: "scalar",
+            ternary: scalar::ternary_matmul,
+            int8: scalar::int8_matvec,
+            bf16: scalar::bf16_matvec,
+        }
     }
 
     /// Whether this CPU can run the kernel set `name`.
@@ -95,30 +112,55 @@ impl Kernels {
     /// The kernel set `name`, or why it cannot run here.
     pub fn by_name(name: &str) -> Result<Kernels, String> {
         if !NAMES.contains(&name) {
-            return Err(format!("unknown kernel `{name}`; known: {}", NAMES.join(", ")));
+            return Err(format!(
+                "unknown kernel `{name}`; known: {}",
+                NAMES.join(", ")
+            ));
         }
         if !Self::supported(name) {
-            let have: Vec<&str> = NAMES.iter().copied().filter(|n| Self::supported(n)).collect();
-            return Err(format!("this CPU cannot run the `{name}` kernels; it can run: {}", have.join(", ")));
+            let have: Vec<&str> = NAMES
+                .iter()
+                .copied()
+                .filter(|n| Self::supported(n))
+                .collect();
+            return Err(format!(
+                "this CPU cannot run the `{name}` kernels; it can run: {}",
+                have.join(", ")
+            ));
         }
         Ok(match name {
             #[cfg(target_arch = "x86_64")]
-            "avx512vnni" => Kernels { name: "avx512vnni", ternary: wrap::ternary_avx512, int8: wrap::int8_avx512, bf16: wrap::bf16_avx512 },
+            "avx512vnni" => Kernels {
+                name: "avx512vnni",
+                ternary: wrap::ternary_avx512,
+                int8: wrap::int8_avx512,
+                bf16: wrap::bf16_avx512,
+            },
             #[cfg(target_arch = "x86_64")]
-            "avx2" => Kernels { name: "avx2", ternary: wrap::ternary_avx2, int8: wrap::int8_avx2, bf16: wrap::bf16_avx2 },
+            "avx2" => Kernels {
+                name: "avx2",
+                ternary: wrap::ternary_avx2,
+                int8: wrap::int8_avx2,
+                bf16: wrap::bf16_avx2,
+            },
             _ => Self::scalar(),
         })
     }
 
     /// The best kernel set this CPU runs.
     pub fn detect() -> Kernels {
-        NAMES.iter().find_map(|n| Self::by_name(n).ok()).unwrap_or_else(Self::scalar)
+        NAMES
+            .iter()
+            .find_map(|n| Self::by_name(n).ok())
+            .unwrap_or_else(Self::scalar)
     }
 
     /// `BITNET_KERNEL` if set (an error if this CPU cannot run it), else [`Kernels::detect`].
     pub fn from_env() -> Result<Kernels, String> {
         match std::env::var("BITNET_KERNEL") {
-            Ok(name) if !name.is_empty() => Self::by_name(&name).map_err(|e| format!("BITNET_KERNEL: {e}")),
+            Ok(name) if !name.is_empty() => {
+                Self::by_name(&name).map_err(|e| format!("BITNET_KERNEL: {e}"))
+            }
             _ => Ok(Self::detect()),
         }
     }

@@ -40,7 +40,9 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("threads", &self.threads).finish()
+        f.debug_struct("Pool")
+            .field("threads", &self.threads)
+            .finish()
     }
 }
 
@@ -64,7 +66,12 @@ impl Pool {
                     .expect("spawning a pool thread")
             })
             .collect();
-        Pool { busy: std::sync::Mutex::new(()), shared, workers, threads }
+        Pool {
+            busy: std::sync::Mutex::new(()),
+            shared,
+            workers,
+            threads,
+        }
     }
 
     /// Number of threads, the caller's included.
@@ -86,7 +93,9 @@ impl Pool {
         let s = &*self.shared;
         // SAFETY: erasing the lifetime is sound because this function does not return before every worker
         // has finished calling the job (the `done` wait below), and it clears the slot before returning.
-        let job: Job = unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), Job>(f as *const _) };
+        let job: Job = unsafe {
+            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), Job>(f as *const _)
+        };
         // SAFETY: no worker reads `job` now: the previous run waited for all of them, and they read it only
         // after an epoch bump.
         unsafe { *s.job.get() = Some(job) };
@@ -185,7 +194,11 @@ unsafe impl<T: Send> Sync for SharedMut<'_, T> {}
 impl<'a, T> SharedMut<'a, T> {
     /// Wraps a slice for the duration of one job.
     pub fn new(s: &'a mut [T]) -> Self {
-        SharedMut { ptr: s.as_mut_ptr(), len: s.len(), _life: std::marker::PhantomData }
+        SharedMut {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+            _life: std::marker::PhantomData,
+        }
     }
 
     /// The sub-slice `r`.
@@ -218,7 +231,13 @@ mod tests {
 
     #[test]
     fn split_covers_the_range_in_aligned_pieces() {
-        for (n, threads, align) in [(100, 3, 16), (16, 2, 16), (7, 4, 1), (0, 2, 16), (8016 * 16, 2, 32)] {
+        for (n, threads, align) in [
+            (100, 3, 16),
+            (16, 2, 16),
+            (7, 4, 1),
+            (0, 2, 16),
+            (8016 * 16, 2, 32),
+        ] {
             let mut next = 0;
             for tid in 0..threads {
                 let r = Pool::split(n, threads, tid, align);
@@ -233,7 +252,9 @@ mod tests {
     #[test]
     fn a_panicking_job_is_reported_and_the_pool_survives() {
         let pool = Pool::new(2);
-        let r = catch_unwind(AssertUnwindSafe(|| pool.run(&|tid| assert_ne!(tid, 1, "boom"))));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(&|tid| assert_ne!(tid, 1, "boom"))
+        }));
         assert!(r.is_err());
         let hits = AtomicUsize::new(0);
         pool.run(&|_| {

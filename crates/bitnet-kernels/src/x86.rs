@@ -25,7 +25,14 @@ unsafe fn load_i32(p: *const i8) -> i32 {
 
 /// Writes one tile's 16 integer dot products (`acc - sum`) through the epilogue into `out` rows.
 #[inline(always)]
-fn store_tile(acc: &[i32; TILE], sum: i32, factor: f32, out: &mut [f32], base: usize, valid: usize) {
+fn store_tile(
+    acc: &[i32; TILE],
+    sum: i32,
+    factor: f32,
+    out: &mut [f32],
+    base: usize,
+    valid: usize,
+) {
     for r in 0..valid {
         out[base + r] = crate::scalar::ternary_epilogue(acc[r], sum, factor);
     }
@@ -46,7 +53,10 @@ pub unsafe fn ternary_matmul_avx512vnni(
 ) {
     let kp = pad16(m.cols);
     assert_eq!(x.kp, kp, "activation width must match the matrix");
-    assert!(m.data.len() >= tiles.end * 4 * kp, "tile range past the data");
+    assert!(
+        m.data.len() >= tiles.end * 4 * kp,
+        "tile range past the data"
+    );
     let groups = kp / 16;
     let row0 = tiles.start * TILE;
     for tile in tiles {
@@ -74,12 +84,22 @@ pub unsafe fn ternary_matmul_avx512vnni(
             }
             let total = _mm512_add_epi32(
                 _mm512_add_epi32(acc[0], _mm512_srai_epi32::<2>(acc[1])),
-                _mm512_add_epi32(_mm512_srai_epi32::<4>(acc[2]), _mm512_srai_epi32::<6>(acc[3])),
+                _mm512_add_epi32(
+                    _mm512_srai_epi32::<4>(acc[2]),
+                    _mm512_srai_epi32::<6>(acc[3]),
+                ),
             );
             let mut lanes = [0i32; TILE];
             // SAFETY: `lanes` holds 16 i32.
             unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, total) };
-            store_tile(&lanes, x.sum[0], m.scale / x.scale[0], out, tile * TILE - row0, valid);
+            store_tile(
+                &lanes,
+                x.sum[0],
+                m.scale / x.scale[0],
+                out,
+                tile * TILE - row0,
+                valid,
+            );
             continue;
         }
         let mask = _mm512_set1_epi8(0x03);
@@ -99,7 +119,11 @@ pub unsafe fn ternary_matmul_avx512vnni(
                     for (j, a) in acc.iter_mut().enumerate().take(nt) {
                         let xq = x.q.as_ptr().add((t0 + j) * kp + 16 * g);
                         for (q, pq) in p.iter().enumerate() {
-                            *a = _mm512_dpbusd_epi32(*a, *pq, _mm512_set1_epi32(load_i32(xq.add(4 * q))));
+                            *a = _mm512_dpbusd_epi32(
+                                *a,
+                                *pq,
+                                _mm512_set1_epi32(load_i32(xq.add(4 * q))),
+                            );
                         }
                     }
                 }
@@ -109,7 +133,14 @@ pub unsafe fn ternary_matmul_avx512vnni(
                 let mut lanes = [0i32; TILE];
                 // SAFETY: `lanes` holds 16 i32.
                 unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, *a) };
-                store_tile(&lanes, x.sum[t], m.scale / x.scale[t], out, t * out_stride + tile * TILE - row0, valid);
+                store_tile(
+                    &lanes,
+                    x.sum[t],
+                    m.scale / x.scale[t],
+                    out,
+                    t * out_stride + tile * TILE - row0,
+                    valid,
+                );
             }
         }
     }
@@ -129,7 +160,10 @@ pub unsafe fn ternary_matmul_avx2(
 ) {
     let kp = pad16(m.cols);
     assert_eq!(x.kp, kp, "activation width must match the matrix");
-    assert!(m.data.len() >= tiles.end * 4 * kp, "tile range past the data");
+    assert!(
+        m.data.len() >= tiles.end * 4 * kp,
+        "tile range past the data"
+    );
     let groups = kp / 16;
     let row0 = tiles.start * TILE;
     let mask = _mm256_set1_epi8(0x03);
@@ -184,7 +218,14 @@ pub unsafe fn ternary_matmul_avx2(
                     _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, a[0]);
                     _mm256_storeu_si256(lanes.as_mut_ptr().add(8) as *mut __m256i, a[1]);
                 }
-                store_tile(&lanes, x.sum[t], m.scale / x.scale[t], out, t * out_stride + tile * TILE - row0, valid);
+                store_tile(
+                    &lanes,
+                    x.sum[t],
+                    m.scale / x.scale[t],
+                    out,
+                    t * out_stride + tile * TILE - row0,
+                    valid,
+                );
             }
         }
     }
@@ -192,16 +233,26 @@ pub unsafe fn ternary_matmul_avx2(
 
 /// Per-block activation sums of the int8 head's input (the `+128` correction of stored bytes).
 fn block_sums(x: &BlockQuantized) -> Vec<i32> {
-    x.q.chunks(HEAD_BLOCK).map(|b| b.iter().map(|&v| v as i32).sum()).collect()
+    x.q.chunks(HEAD_BLOCK)
+        .map(|b| b.iter().map(|&v| v as i32).sum())
+        .collect()
 }
 
 /// AVX-512 VNNI int8 head with the contract of [`crate::scalar::int8_matvec`]: one `vpdpbusd` per 64-byte
 /// chunk (16 rows x 4 columns, bytes `w + 128`), corrected by `128 * sum(x)` per 256-column block, then the
 /// scalar's float sequence on 16 row lanes at once.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn int8_matvec_avx512vnni(m: &Int8Matrix<'_>, x: &BlockQuantized, rows: Range<usize>, out: &mut [f32]) {
+pub unsafe fn int8_matvec_avx512vnni(
+    m: &Int8Matrix<'_>,
+    x: &BlockQuantized,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
     let (rp, kp) = (pad16(m.rows), pad16(m.cols));
-    assert!(m.data.len() >= rp * kp + 4 * rp && x.q.len() >= kp, "int8 head shapes");
+    assert!(
+        m.data.len() >= rp * kp + 4 * rp && x.q.len() >= kp,
+        "int8 head shapes"
+    );
     let sums = block_sums(x);
     let chunks = kp / 4;
     let tile_start = rows.start / TILE;
@@ -218,14 +269,23 @@ pub unsafe fn int8_matvec_avx512vnni(m: &Int8Matrix<'_>, x: &BlockQuantized, row
                 unsafe {
                     let v = _mm512_loadu_si512(base.add(64 * c) as *const _);
                     _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * c + 2048) as *const i8);
-                    acc = _mm512_dpbusd_epi32(acc, v, _mm512_set1_epi32(load_i32(x.q.as_ptr().add(4 * c))));
+                    acc = _mm512_dpbusd_epi32(
+                        acc,
+                        v,
+                        _mm512_set1_epi32(load_i32(x.q.as_ptr().add(4 * c))),
+                    );
                 }
             }
             let exact = _mm512_sub_epi32(acc, _mm512_set1_epi32(128 * sums[b]));
-            total = _mm512_add_ps(total, _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(step)));
+            total = _mm512_add_ps(
+                total,
+                _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(step)),
+            );
         }
         // SAFETY: the row scales of this tile are 16 f32 inside the data (checked above).
-        let scales = unsafe { _mm512_loadu_ps(m.data.as_ptr().add(rp * kp + 4 * tile * TILE) as *const f32) };
+        let scales = unsafe {
+            _mm512_loadu_ps(m.data.as_ptr().add(rp * kp + 4 * tile * TILE) as *const f32)
+        };
         let mut lanes = [0f32; TILE];
         // SAFETY: `lanes` holds 16 f32.
         unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_mul_ps(total, scales)) };
@@ -241,9 +301,17 @@ pub unsafe fn int8_matvec_avx512vnni(m: &Int8Matrix<'_>, x: &BlockQuantized, row
 /// AVX2 int8 head with the contract of [`crate::scalar::int8_matvec`]: bytes widened to i16 (`u - 128`),
 /// multiplied with `vpmaddwd`, pairs of columns summed per row.
 #[target_feature(enable = "avx2")]
-pub unsafe fn int8_matvec_avx2(m: &Int8Matrix<'_>, x: &BlockQuantized, rows: Range<usize>, out: &mut [f32]) {
+pub unsafe fn int8_matvec_avx2(
+    m: &Int8Matrix<'_>,
+    x: &BlockQuantized,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
     let (rp, kp) = (pad16(m.rows), pad16(m.cols));
-    assert!(m.data.len() >= rp * kp + 4 * rp && x.q.len() >= kp, "int8 head shapes");
+    assert!(
+        m.data.len() >= rp * kp + 4 * rp && x.q.len() >= kp,
+        "int8 head shapes"
+    );
     let chunks = kp / 4;
     let bias = _mm256_set1_epi16(128);
     for row in rows.clone() {
@@ -266,7 +334,9 @@ pub unsafe fn int8_matvec_avx2(m: &Int8Matrix<'_>, x: &BlockQuantized, rows: Ran
                         load_i32(base.add(64 * c) as *const i8),
                     );
                     let w16 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(w), bias);
-                    let x16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.q.as_ptr().add(4 * c) as *const __m128i));
+                    let x16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                        x.q.as_ptr().add(4 * c) as *const __m128i
+                    ));
                     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(w16, x16));
                 }
                 c += 4;
@@ -277,13 +347,18 @@ pub unsafe fn int8_matvec_avx2(m: &Int8Matrix<'_>, x: &BlockQuantized, rows: Ran
             let mut exact: i32 = lanes.iter().sum();
             while c < c1 {
                 for t in 0..4 {
-                    exact += (m.data[tile * TILE * kp + 64 * c + 4 * r + t] as i32 - 128) * x.q[4 * c + t] as i32;
+                    exact += (m.data[tile * TILE * kp + 64 * c + 4 * r + t] as i32 - 128)
+                        * x.q[4 * c + t] as i32;
                 }
                 c += 1;
             }
             total += exact as f32 * step;
         }
-        let s = f32::from_le_bytes(m.data[rp * kp + 4 * row..rp * kp + 4 * row + 4].try_into().expect("4 bytes"));
+        let s = f32::from_le_bytes(
+            m.data[rp * kp + 4 * row..rp * kp + 4 * row + 4]
+                .try_into()
+                .expect("4 bytes"),
+        );
         out[row - rows.start] = total * s;
     }
 }
@@ -304,7 +379,10 @@ unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
 #[target_feature(enable = "avx2")]
 pub unsafe fn bf16_matvec_avx2(m: &Bf16Matrix<'_>, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
     let cols = m.cols;
-    assert!(m.data.len() >= 2 * rows.end * cols && x.len() >= cols, "bf16 head shapes");
+    assert!(
+        m.data.len() >= 2 * rows.end * cols && x.len() >= cols,
+        "bf16 head shapes"
+    );
     let full = cols / 16 * 16;
     for row in rows.clone() {
         let w = m.data[2 * row * cols..].as_ptr();
@@ -314,10 +392,17 @@ pub unsafe fn bf16_matvec_avx2(m: &Bf16Matrix<'_>, x: &[f32], rows: Range<usize>
             // SAFETY: 16 bf16 at column k of this row and 16 f32 of x are in bounds (k + 16 <= cols).
             unsafe {
                 let wb = _mm256_loadu_si256(w.add(2 * k) as *const __m256i);
-                let wlo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(wb))));
-                let whi = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(wb))));
+                let wlo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                    _mm256_castsi256_si128(wb),
+                )));
+                let whi = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                    _mm256_extracti128_si256::<1>(wb),
+                )));
                 lo = _mm256_add_ps(lo, _mm256_mul_ps(wlo, _mm256_loadu_ps(x.as_ptr().add(k))));
-                hi = _mm256_add_ps(hi, _mm256_mul_ps(whi, _mm256_loadu_ps(x.as_ptr().add(k + 8))));
+                hi = _mm256_add_ps(
+                    hi,
+                    _mm256_mul_ps(whi, _mm256_loadu_ps(x.as_ptr().add(k + 8))),
+                );
             }
             k += 16;
         }
@@ -330,19 +415,33 @@ pub unsafe fn bf16_matvec_avx2(m: &Bf16Matrix<'_>, x: &[f32], rows: Range<usize>
         if k < cols {
             for kk in k..cols {
                 let b = &m.data[2 * (row * cols + kk)..2 * (row * cols + kk) + 2];
-                lanes[kk % 16] += f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * x[kk];
+                lanes[kk % 16] +=
+                    f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * x[kk];
             }
         }
         // SAFETY: `lanes` holds 16 f32.
-        out[row - rows.start] = unsafe { reduce16(_mm256_loadu_ps(lanes.as_ptr()), _mm256_loadu_ps(lanes.as_ptr().add(8))) };
+        out[row - rows.start] = unsafe {
+            reduce16(
+                _mm256_loadu_ps(lanes.as_ptr()),
+                _mm256_loadu_ps(lanes.as_ptr().add(8)),
+            )
+        };
     }
 }
 
 /// bf16 row dot products on zmm, with the contract of [`crate::scalar::bf16_matvec`].
 #[target_feature(enable = "avx512f,avx512bw,avx2")]
-pub unsafe fn bf16_matvec_avx512(m: &Bf16Matrix<'_>, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
+pub unsafe fn bf16_matvec_avx512(
+    m: &Bf16Matrix<'_>,
+    x: &[f32],
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
     let cols = m.cols;
-    assert!(m.data.len() >= 2 * rows.end * cols && x.len() >= cols, "bf16 head shapes");
+    assert!(
+        m.data.len() >= 2 * rows.end * cols && x.len() >= cols,
+        "bf16 head shapes"
+    );
     let full = cols / 16 * 16;
     for row in rows.clone() {
         let w = m.data[2 * row * cols..].as_ptr();
@@ -363,9 +462,15 @@ pub unsafe fn bf16_matvec_avx512(m: &Bf16Matrix<'_>, x: &[f32], rows: Range<usiz
         unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
         for kk in k..cols {
             let b = &m.data[2 * (row * cols + kk)..2 * (row * cols + kk) + 2];
-            lanes[kk % 16] += f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * x[kk];
+            lanes[kk % 16] +=
+                f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * x[kk];
         }
         // SAFETY: `lanes` holds 16 f32; AVX2 is enabled here.
-        out[row - rows.start] = unsafe { reduce16(_mm256_loadu_ps(lanes.as_ptr()), _mm256_loadu_ps(lanes.as_ptr().add(8))) };
+        out[row - rows.start] = unsafe {
+            reduce16(
+                _mm256_loadu_ps(lanes.as_ptr()),
+                _mm256_loadu_ps(lanes.as_ptr().add(8)),
+            )
+        };
     }
 }

@@ -8,7 +8,11 @@ use bitnet_kernels::{Bf16Matrix, Int8Matrix, TernaryMatrix, pad16};
 use proptest::prelude::*;
 
 fn kernel_sets() -> Vec<Kernels> {
-    let sets: Vec<Kernels> = NAMES.iter().filter(|n| Kernels::supported(n)).map(|n| Kernels::by_name(n).unwrap()).collect();
+    let sets: Vec<Kernels> = NAMES
+        .iter()
+        .filter(|n| Kernels::supported(n))
+        .map(|n| Kernels::by_name(n).unwrap())
+        .collect();
     if std::env::var("CI").is_ok() || cfg!(target_arch = "x86_64") {
         // On the project's x86-64 machines every path must be exercised, not skipped.
         if std::is_x86_feature_detected!("avx512vnni") {
@@ -21,7 +25,9 @@ fn kernel_sets() -> Vec<Kernels> {
 fn lcg(seed: u64) -> impl FnMut() -> u64 {
     let mut s = seed;
     move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         s >> 33
     }
 }

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use bitnet_format::{Activation, BitnetFile, ModelConfig, TensorKind};
 use bitnet_kernels::ops::{self, Rope};
+use bitnet_kernels::pool::SharedMut;
 use bitnet_kernels::quant::QuantizedBatch;
 use bitnet_kernels::scalar::{self, BlockQuantized};
-use bitnet_kernels::{Bf16Matrix, Int8Matrix, TernaryMatrix, pad16};
-use rayon::prelude::*;
+use bitnet_kernels::{Bf16Matrix, Int8Matrix, Kernels, Pool, TernaryMatrix, pad16};
 
 use crate::error::{ModelError, Result};
+use crate::session::Scratch;
 use crate::trace::{Trace, rec};
 use crate::{Backend, Forward, LogitsMode, Session, check_tokens};
 
@@ -68,6 +69,8 @@ pub struct PackedModel {
     rope: Rope,
     eps: f32,
     default_head: HeadKind,
+    kernels: Kernels,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for PackedModel {
@@ -83,8 +86,23 @@ fn shape_str(kind: TensorKind, shape: &[u64]) -> String {
 }
 
 impl PackedModel {
-    /// Checks every tensor the config implies (kind and shape) and builds the model.
+    /// [`PackedModel::load_with`] the best kernels of this CPU (or `BITNET_KERNEL`) and one thread per core.
     pub fn load(file: Arc<BitnetFile>) -> Result<PackedModel> {
+        let kernels = Kernels::from_env().map_err(|e| ModelError::Config {
+            field: "kernel".into(),
+            reason: e,
+        })?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::load_with(file, kernels, threads)
+    }
+
+    /// Checks every tensor the config implies (kind and shape) and builds the model on `kernels` with a
+    /// pool of `threads` threads.
+    pub fn load_with(
+        file: Arc<BitnetFile>,
+        kernels: Kernels,
+        threads: usize,
+    ) -> Result<PackedModel> {
         let config = file.header().config.clone();
         let c = &config;
         let cfg_err = |field: &str, reason: String| ModelError::Config {
@@ -235,6 +253,8 @@ impl PackedModel {
             int8_head,
             file,
             default_head,
+            kernels,
+            pool: Pool::new(threads),
         })
     }
 
@@ -310,8 +330,9 @@ impl PackedModel {
     pub fn head_logits(&self, hidden: &[f32], head: HeadKind) -> Result<Vec<f32>> {
         let (v, h) = (self.config.vocab_size, self.config.hidden_size);
         let mut logits = vec![0f32; hidden.len() / h * v];
-        const CHUNK: usize = 4096;
+        let threads = self.pool.threads();
         for (x, out) in hidden.chunks_exact(h).zip(logits.chunks_exact_mut(v)) {
+            let out = SharedMut::new(out);
             match head {
                 HeadKind::Exact => {
                     let m = self
@@ -319,10 +340,13 @@ impl PackedModel {
                         .as_ref()
                         .ok_or_else(|| ModelError::MissingTensor("exact LM head".into()))?;
                     let data = &self.file.bytes()[m.range.clone()];
-                    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
-                        let rows = i * CHUNK..i * CHUNK + o.len();
+                    let bf16 = self.kernels.bf16;
+                    self.pool.run(&|tid| {
+                        let rows = Pool::split(v, threads, tid, 16);
+                        // SAFETY: `Pool::split` gives each thread a disjoint row range.
+                        let o = unsafe { out.range(rows.clone()) };
                         match m.kind {
-                            TensorKind::Bf16 => scalar::bf16_matvec(
+                            TensorKind::Bf16 => bf16(
                                 &Bf16Matrix {
                                     data,
                                     rows: m.rows,
@@ -348,44 +372,64 @@ impl PackedModel {
                     };
                     let mut bq = BlockQuantized::default();
                     bq.quantize(x);
-                    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
-                        scalar::int8_matvec(&m, &bq, i * CHUNK..i * CHUNK + o.len(), o);
+                    let int8 = self.kernels.int8;
+                    self.pool.run(&|tid| {
+                        let rows = Pool::split(v, threads, tid, 16);
+                        // SAFETY: `Pool::split` gives each thread a disjoint row range.
+                        let o = unsafe { out.range(rows.clone()) };
+                        int8(&m, &bq, rows, o);
                     });
                 }
             }
         }
         Ok(logits)
     }
-}
 
-/// `out [n, rows] = BitLinear(m, x)`, tile ranges in parallel for batches.
-fn bitlinear(m: &TernaryMatrix<'_>, x: &QuantizedBatch, out: &mut [f32]) {
-    let tiles = pad16(m.rows) / 16;
-    let rows = m.rows;
-    let work = x.n * tiles;
-    if work < 64 {
-        scalar::ternary_matmul(m, x, 0..tiles, out, rows);
-        return;
+    /// Runs `N` BitLinears on the same quantized input in one pool dispatch (QKV, gate+up fused): each
+    /// thread computes a contiguous share of every matrix's tiles; `outs[i]` is `[n, mats[i].rows]`.
+    fn bitlinears<const N: usize>(
+        &self,
+        x: &QuantizedBatch,
+        mats: [&Ternary; N],
+        outs: [&mut [f32]; N],
+    ) {
+        let ms = mats.map(|t| self.ternary(t));
+        let outs = outs.map(SharedMut::new);
+        let kern = self.kernels.ternary;
+        let threads = self.pool.threads();
+        let n = x.n;
+        self.pool.run(&|tid| {
+            for (m, out) in ms.iter().zip(&outs) {
+                let tiles = Pool::split(pad16(m.rows) / 16, threads, tid, 1);
+                if tiles.is_empty() {
+                    continue;
+                }
+                let (r0, r1) = (tiles.start * 16, (tiles.end * 16).min(m.rows));
+                if n == 1 {
+                    // SAFETY: each thread's tile range, so its row range, is disjoint from the others'.
+                    kern(m, x, tiles, unsafe { out.range(r0..r1) }, r1 - r0);
+                } else {
+                    let width = r1 - r0;
+                    let mut buf = vec![0f32; n * width];
+                    kern(m, x, tiles, &mut buf, width);
+                    for t in 0..n {
+                        // SAFETY: rows r0..r1 of token t belong to this thread alone.
+                        let o = unsafe { out.range(t * m.rows + r0..t * m.rows + r1) };
+                        o.copy_from_slice(&buf[t * width..(t + 1) * width]);
+                    }
+                }
+            }
+        });
     }
-    let per = tiles.div_ceil(rayon::current_num_threads() * 4).max(1);
-    let parts: Vec<(usize, Vec<f32>)> = (0..tiles)
-        .step_by(per)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|t0| {
-            let t1 = (t0 + per).min(tiles);
-            let width = (t1 * 16).min(rows) - t0 * 16;
-            let mut buf = vec![0f32; x.n * width];
-            scalar::ternary_matmul(m, x, t0..t1, &mut buf, width);
-            (t0 * 16, buf)
-        })
-        .collect();
-    for (r0, buf) in parts {
-        let width = buf.len() / x.n;
-        for t in 0..x.n {
-            out[t * rows + r0..t * rows + r0 + width]
-                .copy_from_slice(&buf[t * width..(t + 1) * width]);
-        }
+
+    /// The kernel set in use.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Threads of the decode pool.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
     }
 }
 
@@ -458,15 +502,41 @@ impl PackedModel {
         let n = x.len() / c.hidden_size;
         let (h, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (qd, kvd) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let mut a = vec![0f32; n * h.max(qd)];
-        let mut qb = QuantizedBatch::default();
-        let (mut q, mut k, mut v) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
-        let mut attn = vec![0f32; n * qd];
-        let mut proj = vec![0f32; n * h];
-        let (mut g, mut u) = (vec![0f32; n * f], vec![0f32; n * f]);
-        let mut s = vec![0f32; n * f.max(qd)];
-        let (mut cos, mut sin) = (vec![0f32; hd / 2], vec![0f32; hd / 2]);
-        let mut scores = vec![0f32; session.pos + n];
+        // Buffers live in the session and are only resized: no allocation per decoded token.
+        let mut sc = std::mem::take(&mut session.scratch);
+        let ctx_max = session.pos + n;
+        let Scratch {
+            a,
+            qb,
+            q,
+            k,
+            v,
+            attn,
+            proj,
+            g,
+            u,
+            s,
+            cos,
+            sin,
+            scores,
+        } = &mut sc;
+        for (buf, len) in [
+            (&mut *a, n * h.max(qd)),
+            (&mut *q, n * qd),
+            (&mut *k, n * kvd),
+            (&mut *v, n * kvd),
+            (&mut *attn, n * qd),
+            (&mut *proj, n * h),
+            (&mut *g, n * f),
+            (&mut *u, n * f),
+            (&mut *s, n * f.max(qd)),
+            (&mut *cos, hd / 2),
+            (&mut *sin, hd / 2),
+            (&mut *scores, ctx_max),
+        ] {
+            buf.clear();
+            buf.resize(len, 0.0);
+        }
         for li in layers {
             let l = &self.layers[li];
             let li_ = Some(li);
@@ -480,14 +550,12 @@ impl PackedModel {
             }
             rec(&mut trace, li_, "attn_norm", h, &a[..n * h]);
             qb.quantize(&a[..n * h], h);
-            bitlinear(&self.ternary(&l.q), &qb, &mut q);
-            bitlinear(&self.ternary(&l.k), &qb, &mut k);
-            bitlinear(&self.ternary(&l.v), &qb, &mut v);
+            self.bitlinears(qb, [&l.q, &l.k, &l.v], [&mut q[..], &mut k[..], &mut v[..]]);
             rec(&mut trace, li_, "attn_q", qd, &q);
             rec(&mut trace, li_, "attn_k", kvd, &k);
             rec(&mut trace, li_, "attn_v", kvd, &v);
             for t in 0..n {
-                self.rope.tables(session.pos + t, &mut cos, &mut sin);
+                self.rope.tables(session.pos + t, cos, sin);
                 ops::apply_rope(&mut q[t * qd..(t + 1) * qd], hd, &cos, &sin);
                 ops::apply_rope(&mut k[t * kvd..(t + 1) * kvd], hd, &cos, &sin);
                 session.push(li, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
@@ -503,7 +571,7 @@ impl PackedModel {
                     c.num_heads,
                     c.num_kv_heads,
                     hd,
-                    &mut scores,
+                    scores,
                     &mut attn[t * qd..(t + 1) * qd],
                 );
             }
@@ -518,9 +586,9 @@ impl PackedModel {
             }
             rec(&mut trace, li_, "attn_sub_norm", qd, &s[..n * qd]);
             qb.quantize(&s[..n * qd], qd);
-            bitlinear(&self.ternary(&l.o), &qb, &mut proj);
+            self.bitlinears(qb, [&l.o], [&mut proj[..]]);
             rec(&mut trace, li_, "attn_output", h, &proj);
-            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+            x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
             rec(&mut trace, li_, "attn_residual", h, x);
             for t in 0..n {
                 ops::rms_norm(
@@ -532,13 +600,12 @@ impl PackedModel {
             }
             rec(&mut trace, li_, "ffn_norm", h, &a[..n * h]);
             qb.quantize(&a[..n * h], h);
-            bitlinear(&self.ternary(&l.gate), &qb, &mut g);
-            bitlinear(&self.ternary(&l.up), &qb, &mut u);
+            self.bitlinears(qb, [&l.gate, &l.up], [&mut g[..], &mut u[..]]);
             rec(&mut trace, li_, "ffn_gate", f, &g);
             rec(&mut trace, li_, "ffn_up", f, &u);
             match c.hidden_act {
-                Activation::Relu2 => ops::relu2_mul(&mut g, &u),
-                Activation::Silu => ops::silu_mul(&mut g, &u),
+                Activation::Relu2 => ops::relu2_mul(g, u),
+                Activation::Silu => ops::silu_mul(g, u),
             }
             rec(&mut trace, li_, "ffn_act", f, &g);
             for t in 0..n {
@@ -551,11 +618,12 @@ impl PackedModel {
             }
             rec(&mut trace, li_, "ffn_sub_norm", f, &s[..n * f]);
             qb.quantize(&s[..n * f], f);
-            bitlinear(&self.ternary(&l.down), &qb, &mut proj);
+            self.bitlinears(qb, [&l.down], [&mut proj[..]]);
             rec(&mut trace, li_, "ffn_down", h, &proj);
-            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+            x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
             rec(&mut trace, li_, "ffn_residual", h, x);
         }
+        session.scratch = sc;
     }
 
     /// The final norm and the head on the residual stream `x` (`[n, hidden]`).

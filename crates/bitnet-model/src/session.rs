@@ -1,6 +1,26 @@
 //! Per-sequence state: the KV cache and the position. Backend-agnostic, so one model can serve several
 //! sequences.
 
+use bitnet_kernels::quant::QuantizedBatch;
+
+/// Working buffers of a forward pass, kept between calls so decoding allocates nothing per token.
+#[derive(Debug, Clone, Default)]
+pub struct Scratch {
+    pub(crate) a: Vec<f32>,
+    pub(crate) qb: QuantizedBatch,
+    pub(crate) q: Vec<f32>,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
+    pub(crate) attn: Vec<f32>,
+    pub(crate) proj: Vec<f32>,
+    pub(crate) g: Vec<f32>,
+    pub(crate) u: Vec<f32>,
+    pub(crate) s: Vec<f32>,
+    pub(crate) cos: Vec<f32>,
+    pub(crate) sin: Vec<f32>,
+    pub(crate) scores: Vec<f32>,
+}
+
 /// The KV cache of one sequence: per layer, `[positions, kv_dim]` keys and values in f32.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -11,6 +31,7 @@ pub struct Session {
     kv_dim: usize,
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+    pub(crate) scratch: Scratch,
 }
 
 impl Session {
@@ -20,8 +41,9 @@ impl Session {
             pos: 0,
             max_ctx,
             kv_dim,
-            keys: vec![Vec::new(); layers],
-            values: vec![Vec::new(); layers],
+            keys: vec![Vec::with_capacity(max_ctx.min(4096) * kv_dim); layers],
+            values: vec![Vec::with_capacity(max_ctx.min(4096) * kv_dim); layers],
+            scratch: Scratch::default(),
         }
     }
 

@@ -169,3 +169,50 @@ fn int8_head_stays_close_to_the_exact_head() {
         );
     }
 }
+
+#[test]
+fn every_kernel_set_and_thread_count_gives_the_same_bits() {
+    use bitnet_kernels::Kernels;
+    use bitnet_kernels::dispatch::NAMES;
+    let tmp = tempfile::tempdir().unwrap();
+    for name in FIXTURES {
+        for head in [bitnet_convert::LmHead::Exact, bitnet_convert::LmHead::Int8] {
+            let path = tmp.path().join(format!("{name}-{head:?}.bitnet"));
+            let input = root().join("fixtures").join(name);
+            let opts = bitnet_convert::ConvertOptions { lm_head: head };
+            bitnet_convert::convert(
+                input.to_str().unwrap(),
+                &path,
+                &opts,
+                &bitnet_convert::HubEnv::default(),
+                &|_| {},
+                &mut |_| {},
+            )
+            .unwrap();
+            let file = Arc::new(BitnetFile::open(&path).unwrap());
+            let (prompts, _) = expected(name);
+            let run = |k: Kernels, threads: usize| {
+                let m = PackedModel::load_with(file.clone(), k, threads).unwrap();
+                let ids = &prompts[0];
+                let all = m
+                    .forward(&mut m.session(ids.len()), ids, LogitsMode::All, None)
+                    .unwrap()
+                    .logits;
+                (all, greedy(&m, ids, 8).unwrap())
+            };
+            let (want, want_greedy) = run(Kernels::scalar(), 1);
+            for k in NAMES.iter().filter(|n| Kernels::supported(n)) {
+                for threads in [1, 2, 3] {
+                    let (got, got_greedy) = run(Kernels::by_name(k).unwrap(), threads);
+                    assert!(
+                        want.iter()
+                            .zip(&got)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{name} {head:?} {k} x{threads}"
+                    );
+                    assert_eq!(want_greedy, got_greedy, "{name} {head:?} {k} x{threads}");
+                }
+            }
+        }
+    }
+}
