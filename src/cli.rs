@@ -22,6 +22,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Check the packed model's logits against transformers' logits or an FP32 reference; exit 1 past tolerance.
     Verify(VerifyArgs),
+    /// Measure prefill and decode speed, memory, and decode speed against the memory-bandwidth roof.
+    Bench(BenchArgs),
 }
 
 /// LM head storage.
@@ -104,4 +106,61 @@ pub struct VerifyArgs {
     /// stream what the reference's layer adds, within this relative RMS error.
     #[arg(long, default_value_t = 0.05)]
     pub max_layer_delta: f64,
+}
+
+/// Which path `bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// The packed file through the SIMD kernels.
+    Packed,
+    /// The FP32 reference (dense f32 weights).
+    Reference,
+    /// Both, each in its own process, with the ratios.
+    Both,
+}
+
+/// Model shapes `bench --synthetic` can generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyntheticArg {
+    /// BitNet b1.58 2B4T: hidden 2560, FFN 6912, 30 layers, 20/5 heads, vocab 128256, tied head.
+    #[value(name = "2b4t")]
+    B2b4t,
+}
+
+/// `bitnet bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The .bitnet file (or use --synthetic).
+    #[arg(required_unless_present = "synthetic")]
+    pub model: Option<PathBuf>,
+    /// Benchmark a model of these shapes with seeded random weights, written to a temporary file first.
+    #[arg(long, value_enum, conflicts_with = "model")]
+    pub synthetic: Option<SyntheticArg>,
+    /// LM head of the synthetic model.
+    #[arg(long, value_enum, default_value_t = LmHeadArg::Int8)]
+    pub lm_head: LmHeadArg,
+    /// Prompt length for prefill.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens to decode after the prompt.
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Threads (default: one per core, or one if two measure slower at load).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Which path to measure.
+    #[arg(long, value_enum, default_value_t = BackendArg::Packed)]
+    pub backend: BackendArg,
+    /// Repetitions of prefill + decode (figures are medians).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Force a kernel set (scalar, avx2, avx512vnni); default: the best this CPU runs (or BITNET_KERNEL).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// For the reference backend: the Hugging Face checkpoint (default: the packed file's weights in f32).
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }

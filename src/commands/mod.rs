@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod bench;
 mod convert;
 mod inspect;
 mod verify;
@@ -13,6 +14,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

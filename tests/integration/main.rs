@@ -2,6 +2,7 @@
 //! Hugging Face transformers) and on broken copies of them.
 
 mod bad_input;
+mod bench;
 mod convert;
 mod hub_cache;
 mod util;

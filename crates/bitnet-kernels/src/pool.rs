@@ -263,3 +263,27 @@ mod tests {
         assert_eq!(hits.load(Ordering::Relaxed), 2);
     }
 }
+
+/// Streaming-read bandwidth of this machine on `pool`'s threads, in bytes per second: the best of `passes`
+/// reads of a `bytes`-long buffer, each thread summing its contiguous share.
+pub fn read_bandwidth(pool: &Pool, bytes: usize, passes: usize) -> f64 {
+    let words = (bytes / 8).max(pool.threads() * 64);
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let threads = pool.threads();
+    let mut best = f64::INFINITY;
+    for _ in 0..passes.max(1) {
+        let start = std::time::Instant::now();
+        pool.run(&|tid| {
+            let part = &buf[Pool::split(words, threads, tid, 8)];
+            let mut acc = [0u64; 8];
+            for c in part.chunks_exact(8) {
+                for i in 0..8 {
+                    acc[i] = acc[i].wrapping_add(c[i]);
+                }
+            }
+            std::hint::black_box(acc);
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    (words * 8) as f64 / best
+}

@@ -17,6 +17,7 @@ pub mod error;
 pub mod packed;
 pub mod parity;
 pub mod session;
+pub mod synthetic;
 pub mod trace;
 
 pub use bitnet_format::ModelConfig;

@@ -422,6 +422,71 @@ impl PackedModel {
         });
     }
 
+    /// Bytes of weights one decoded token reads: every ternary matrix, the norms, and the head in use.
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let ternary: usize = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .map(|t| t.range.len())
+            .sum();
+        let norms: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                4 * (l.attn_norm.len()
+                    + l.attn_sub_norm.len()
+                    + l.ffn_norm.len()
+                    + l.ffn_sub_norm.len())
+            })
+            .sum::<usize>()
+            + 4 * self.output_norm.len();
+        let head = match self.default_head {
+            HeadKind::Int8 => self.int8_head.as_ref().map_or(0, |r| r.len()),
+            HeadKind::Exact => self.exact_head.as_ref().map_or(0, |m| m.range.len()),
+        };
+        (ternary + norms + head) as u64
+    }
+
+    /// Times one decode-shaped pass over the largest matrix with 1 and with `max` threads and returns the
+    /// faster count (on an oversubscribed machine two threads can be slower than one).
+    pub fn calibrate_threads(&self, max: usize) -> usize {
+        if max <= 1 {
+            return 1;
+        }
+        let Some(l) = self.layers.first() else {
+            return 1;
+        };
+        let m = self.ternary(&l.gate);
+        let x: Vec<f32> = (0..m.cols)
+            .map(|i| ((i * 7919) % 255) as f32 - 127.0)
+            .collect();
+        let mut qb = QuantizedBatch::default();
+        qb.quantize(&x, m.cols);
+        let mut out = vec![0f32; m.rows];
+        let mut time = |pool: &Pool| {
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let o = SharedMut::new(&mut out);
+                let t0 = std::time::Instant::now();
+                let threads = pool.threads();
+                pool.run(&|tid| {
+                    let tiles = Pool::split(pad16(m.rows) / 16, threads, tid, 1);
+                    if !tiles.is_empty() {
+                        let (r0, r1) = (tiles.start * 16, (tiles.end * 16).min(m.rows));
+                        // SAFETY: disjoint tile ranges per thread.
+                        (self.kernels.ternary)(&m, &qb, tiles, unsafe { o.range(r0..r1) }, r1 - r0);
+                    }
+                });
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            best
+        };
+        let one = time(&Pool::new(1));
+        let many = time(&Pool::new(max));
+        if many < one { max } else { 1 }
+    }
+
     /// The kernel set in use.
     pub fn kernels(&self) -> Kernels {
         self.kernels

@@ -144,16 +144,20 @@ impl Linear {
     fn forward(&self, x: &[f32]) -> Vec<f32> {
         let xs: Vec<Vec<f32>> = x.chunks_exact(self.cols).map(act_quant).collect();
         let n = xs.len();
+        // [rows, n] in parallel over rows, then transposed to [n, rows].
+        let mut by_row = vec![0f32; self.rows * n];
+        by_row
+            .par_chunks_mut(n)
+            .zip(self.w.par_chunks(self.cols))
+            .for_each(|(o, wr)| {
+                for (o, xq) in o.iter_mut().zip(&xs) {
+                    *o = dot(wr, xq);
+                }
+            });
         let mut out = vec![0f32; n * self.rows];
-        let cols = self.cols;
-        let rows_out: Vec<Vec<f32>> = self
-            .w
-            .par_chunks(cols)
-            .map(|wr| xs.iter().map(|xq| dot(wr, xq)).collect())
-            .collect();
-        for (r, vals) in rows_out.into_iter().enumerate() {
-            for (t, v) in vals.into_iter().enumerate() {
-                out[t * self.rows + r] = v;
+        for r in 0..self.rows {
+            for t in 0..n {
+                out[t * self.rows + r] = by_row[r * n + t];
             }
         }
         out
@@ -265,6 +269,73 @@ impl ReferenceModel {
             head,
             output_norm,
             inv_freq,
+        })
+    }
+
+    /// The FP32 model of a `.bitnet` file: every ternary weight dequantized to `w * scale` in f32 (exactly
+    /// the values transformers' fake-quantized weights take), norms and the exact head as stored.
+    ///
+    /// Used as the FP32 baseline of `bitnet bench` when no checkpoint is at hand (synthetic models).
+    pub fn from_packed(file: &BitnetFile) -> Result<ReferenceModel, ReferenceError> {
+        let c = file.header().config.clone();
+        let bad = |name: &str, why: &str| {
+            ReferenceError::DifferentModel(format!("tensor `{name}`: {why}"))
+        };
+        let floats = |name: &str| -> Result<Vec<f32>, ReferenceError> {
+            let (e, data) = file.tensor(name).map_err(|_| bad(name, "missing"))?;
+            Ok(match e.kind {
+                TensorKind::F32 => decode(data, Dtype::F32),
+                TensorKind::Bf16 => decode(data, Dtype::BF16),
+                _ => return Err(bad(name, "is not a float tensor")),
+            })
+        };
+        let lin = |name: String| -> Result<Linear, ReferenceError> {
+            let (e, data) = file.tensor(&name).map_err(|_| bad(&name, "missing"))?;
+            let (rows, cols) = e.dims2().ok_or_else(|| bad(&name, "is not 2-D"))?;
+            let scale = e.scale().ok_or_else(|| bad(&name, "has no scale"))?;
+            let q = bitnet_format::layout::unpack_ternary(data, rows, cols)
+                .ok_or_else(|| bad(&name, "holds invalid codes"))?;
+            Ok(Linear {
+                w: q.par_iter().map(|&v| v as f32 * scale).collect(),
+                rows,
+                cols,
+            })
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: floats(&n("attn_norm"))?,
+                q: lin(n("attn_q"))?,
+                k: lin(n("attn_k"))?,
+                v: lin(n("attn_v"))?,
+                attn_sub_norm: floats(&n("attn_sub_norm"))?,
+                o: lin(n("attn_output"))?,
+                ffn_norm: floats(&n("ffn_norm"))?,
+                gate: lin(n("ffn_gate"))?,
+                up: lin(n("ffn_up"))?,
+                ffn_sub_norm: floats(&n("ffn_sub_norm"))?,
+                down: lin(n("ffn_down"))?,
+            });
+        }
+        let head = match file.entry("output").map(|e| e.kind) {
+            Some(TensorKind::Bf16 | TensorKind::F32) => Some(floats("output")?),
+            Some(_) if !c.tie_word_embeddings => {
+                return Err(bad("output", "the untied head is only stored as int8"));
+            }
+            _ => None,
+        };
+        let base = c.rope_theta as f32;
+        let inv_freq = (0..c.head_dim / 2)
+            .map(|i| 1.0f32 / base.powf((2 * i) as f32 / c.head_dim as f32))
+            .collect();
+        Ok(ReferenceModel {
+            embed: floats("token_embd")?,
+            output_norm: floats("output_norm")?,
+            head,
+            layers,
+            inv_freq,
+            config: c,
         })
     }
 

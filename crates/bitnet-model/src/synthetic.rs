@@ -1,0 +1,210 @@
+//! Synthetic `.bitnet` files with the exact shapes of a real model and seeded random weights, written
+//! straight in the packed layout (no checkpoint, no conversion), so benchmarks run on a fresh machine.
+
+use std::path::Path;
+
+use bitnet_format::{
+    Activation, FileWriter, GenerationDefaults, Header, ModelConfig, SourceInfo, TensorKind,
+    TensorSpec, TokenizerInfo, layout,
+};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// The dimensions of BitNet b1.58 2B4T (`microsoft/bitnet-b1.58-2B-4T`).
+pub fn config_2b4t() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 128_256,
+        hidden_size: 2560,
+        intermediate_size: 6912,
+        num_layers: 30,
+        num_heads: 20,
+        num_kv_heads: 5,
+        head_dim: 128,
+        max_position_embeddings: 4096,
+        rms_norm_eps: 1e-5,
+        rope_theta: 500_000.0,
+        hidden_act: Activation::Relu2,
+        tie_word_embeddings: true,
+    }
+}
+
+/// A small, fast generator (splitmix64): the same seed gives the same file everywhere.
+fn splitmix(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+const BLOCK: usize = 1 << 16;
+
+/// `len` bytes of random valid `ternary_r16` codes (each 2-bit field 0, 1 or 2).
+fn ternary_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let valid: Vec<u8> = (0..=255u8)
+        .filter(|b| (0..4).all(|q| (b >> (2 * q)) & 3 != 3))
+        .collect();
+    let mut out = vec![0u8; len];
+    out.par_chunks_mut(BLOCK).enumerate().for_each(|(i, c)| {
+        let mut r = splitmix(seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+        for b in c.iter_mut() {
+            *b = valid[(r() % valid.len() as u64) as usize];
+        }
+    });
+    out
+}
+
+/// `n` bf16 values, roughly normal with standard deviation `std` (the sum of four uniforms).
+fn bf16_bytes(n: usize, std: f32, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; 2 * n];
+    out.par_chunks_mut(2 * BLOCK)
+        .enumerate()
+        .for_each(|(i, c)| {
+            let mut r = splitmix(seed ^ (i as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25));
+            for b in c.chunks_exact_mut(2) {
+                let v = r();
+                let u: f32 = (0..4)
+                    .map(|k| ((v >> (16 * k)) & 0xFFFF) as f32 / 65535.0 - 0.5)
+                    .sum();
+                let x = u * std * 1.732;
+                b.copy_from_slice(&((x.to_bits() >> 16) as u16).to_le_bytes());
+            }
+        });
+    out
+}
+
+/// Writes a model of shape `config` with seeded random weights to `path`; with `int8_head`, also an int8
+/// copy of the tied head. Returns the file length.
+pub fn write(path: &Path, config: &ModelConfig, seed: u64, int8_head: bool) -> Result<u64> {
+    let c = config;
+    let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+    let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let mut specs = Vec::new();
+    let mut spec = |name: String, kind: TensorKind, shape: Vec<usize>| {
+        specs.push(TensorSpec {
+            name,
+            kind,
+            shape: shape.into_iter().map(|d| d as u64).collect(),
+            source: None,
+        });
+    };
+    for i in 0..c.num_layers {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        spec(n("attn_norm"), TensorKind::F32, vec![h]);
+        spec(n("attn_q"), TensorKind::TernaryR16, vec![q, h]);
+        spec(n("attn_k"), TensorKind::TernaryR16, vec![kv, h]);
+        spec(n("attn_v"), TensorKind::TernaryR16, vec![kv, h]);
+        spec(n("attn_sub_norm"), TensorKind::F32, vec![q]);
+        spec(n("attn_output"), TensorKind::TernaryR16, vec![h, q]);
+        spec(n("ffn_norm"), TensorKind::F32, vec![h]);
+        spec(n("ffn_gate"), TensorKind::TernaryR16, vec![f, h]);
+        spec(n("ffn_up"), TensorKind::TernaryR16, vec![f, h]);
+        spec(n("ffn_sub_norm"), TensorKind::F32, vec![f]);
+        spec(n("ffn_down"), TensorKind::TernaryR16, vec![h, f]);
+    }
+    spec("output_norm".into(), TensorKind::F32, vec![h]);
+    spec("token_embd".into(), TensorKind::Bf16, vec![v, h]);
+    if int8_head {
+        spec("output".into(), TensorKind::Int8R16, vec![v, h]);
+    }
+    let header = Header {
+        architecture: bitnet_format::ARCHITECTURE.into(),
+        config: c.clone(),
+        tokenizer: TokenizerInfo {
+            bos_token_id: Some(0),
+            add_bos_token: true,
+            ..Default::default()
+        },
+        generation: GenerationDefaults::default(),
+        source: SourceInfo {
+            architecture: "synthetic".into(),
+            model_type: "bitnet".into(),
+            dtype: "random".into(),
+            converter: format!(
+                "bitnet {} synthetic (seed {seed})",
+                env!("CARGO_PKG_VERSION")
+            ),
+            ..Default::default()
+        },
+        tensors: Vec::new(),
+    };
+    let mut w = FileWriter::create(path, header, specs.clone())?;
+    for (i, s) in specs.iter().enumerate() {
+        let seed = seed.wrapping_add(i as u64 * 7919);
+        let (r, k) = (
+            s.shape[0] as usize,
+            s.shape.get(1).copied().unwrap_or(1) as usize,
+        );
+        match s.kind {
+            TensorKind::F32 => {
+                let norm: Vec<u8> = (0..r)
+                    .flat_map(|j| (1.0f32 + 0.01 * ((j * 37 % 11) as f32 - 5.0)).to_le_bytes())
+                    .collect();
+                w.write_tensor(&s.name, &norm, None)?;
+            }
+            TensorKind::TernaryR16 => {
+                // A scale near the absmean of weights drawn with std 2/sqrt(fan_in).
+                let scale = 1.6 / (k as f32).sqrt();
+                w.write_tensor(
+                    &s.name,
+                    &ternary_bytes(layout::ternary_len(r, k), seed),
+                    Some(scale),
+                )?;
+            }
+            TensorKind::Bf16 => w.write_tensor(&s.name, &bf16_bytes(r * k, 1.0, seed), None)?,
+            TensorKind::Int8R16 => {
+                // The same values as `token_embd`, written just before with the previous seed.
+                let emb = bf16_bytes(r * k, 1.0, seed.wrapping_sub(7919));
+                w.begin_tensor(&s.name)?;
+                let mut scales = Vec::with_capacity(layout::pad16(r));
+                let rows_per = 4096;
+                for r0 in (0..r).step_by(rows_per) {
+                    let r1 = (r0 + rows_per).min(r);
+                    let vals: Vec<f32> = emb[2 * r0 * k..2 * r1 * k]
+                        .chunks_exact(2)
+                        .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                        .collect();
+                    let mut qv = vec![0i8; vals.len()];
+                    let mut block_scales = vec![0f32; r1 - r0];
+                    qv.par_chunks_mut(k)
+                        .zip(vals.par_chunks(k))
+                        .zip(block_scales.par_iter_mut())
+                        .for_each(|((qr, vr), d)| {
+                            let amax = vr.iter().fold(0f32, |m, x| m.max(x.abs()));
+                            *d = amax / 127.0;
+                            for (o, x) in qr.iter_mut().zip(vr) {
+                                *o = if *d > 0.0 {
+                                    (x / *d).round_ties_even().clamp(-127.0, 127.0) as i8
+                                } else {
+                                    0
+                                };
+                            }
+                        });
+                    scales.extend_from_slice(&block_scales);
+                    let rows = r1 - r0;
+                    let mut tiles = vec![0u8; layout::pad16(rows) * layout::pad16(k)];
+                    tiles
+                        .par_chunks_mut(layout::int8_tile_len(k))
+                        .enumerate()
+                        .for_each(|(t, o)| {
+                            layout::pack_int8_tile(&qv, rows, k, t, o);
+                        });
+                    w.write(&tiles)?;
+                }
+                scales.resize(layout::pad16(r), 0.0);
+                w.write(
+                    &scales
+                        .iter()
+                        .flat_map(|s| s.to_le_bytes())
+                        .collect::<Vec<u8>>(),
+                )?;
+                w.end_tensor(None)?;
+            }
+            TensorKind::Bytes => unreachable!("no bytes tensors"),
+        }
+    }
+    Ok(w.finish()?)
+}

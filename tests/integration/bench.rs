@@ -1,0 +1,144 @@
+//! `bitnet bench` on a fixture: the JSON keys, both backends, every kernel set, and bad flags.
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const KEYS: &[&str] = &[
+    "prefill_tok_s",
+    "decode_tok_s",
+    "bytes_per_token",
+    "bandwidth_gb_s",
+    "roof_fraction",
+    "peak_rss_bytes",
+    "load_s",
+    "threads",
+    "kernel",
+];
+
+fn bench_json(file: &std::path::Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "bench",
+        file.to_str().unwrap(),
+        "--json",
+        "--repeat",
+        "1",
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(&args)).unwrap()
+}
+
+#[test]
+fn bench_reports_every_figure_for_every_kernel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(
+        &fixture("bitnet-tiny-tied"),
+        tmp.path(),
+        &["--lm-head", "int8"],
+    );
+    for kernel in ["scalar", "avx2", "avx512vnni"] {
+        let o = run(&[
+            "bench",
+            file.to_str().unwrap(),
+            "--json",
+            "--repeat",
+            "1",
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+            "--kernel",
+            kernel,
+        ]);
+        if !o.status.success() {
+            // A CPU without this kernel set must say so, not crash.
+            assert_eq!(o.status.code(), Some(2));
+            assert!(stderr(&o).contains("cannot run"), "{}", stderr(&o));
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        for k in KEYS {
+            assert!(!v[k].is_null(), "{kernel}: missing {k} in {v}");
+        }
+        assert_eq!(v["kernel"], kernel);
+        assert!(
+            v["decode_tok_s"].as_f64().unwrap() > 0.0 && v["prefill_tok_s"].as_f64().unwrap() > 0.0
+        );
+        assert!(v["bandwidth_gb_s"].as_f64().unwrap() > 0.1);
+        assert_eq!(v["lm_head"], "int8");
+    }
+}
+
+#[test]
+fn both_backends_give_ratios() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("bitnet-tiny-untied-sharded"), tmp.path(), &[]);
+    let v = bench_json(&file, &["--backend", "both", "--threads", "1"]);
+    assert_eq!(v["packed"]["backend"], "packed");
+    assert_eq!(v["reference"]["backend"], "reference");
+    assert!(v["decode_speedup"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_rss_ratio"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bad_bench_flags_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("bitnet-tiny-tied"), tmp.path(), &[]);
+    let f = file.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["bench", f, "--threads", "0"],
+            "--threads must be at least 1",
+        ),
+        (
+            vec!["bench", f, "--kernel", "neon"],
+            "unknown kernel `neon`",
+        ),
+        (
+            vec!["bench", f, "--prompt-tokens", "100000"],
+            "exceed the model's context",
+        ),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    let o = bitnet()
+        .args([
+            "bench",
+            f,
+            "--repeat",
+            "1",
+            "--prompt-tokens",
+            "4",
+            "--gen-tokens",
+            "2",
+        ])
+        .env("BITNET_KERNEL", "sparc")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("BITNET_KERNEL"), "{}", stderr(&o));
+    let o = run(&[
+        "bench",
+        f,
+        "--repeat",
+        "1",
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "2",
+        "--threads",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("more than this machine's"),
+        "{}",
+        stderr(&o)
+    );
+}
