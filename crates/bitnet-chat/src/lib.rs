@@ -1,15 +1,79 @@
 //! `bitnet-chat`: text in and out of a BitNet model.
 //!
-//! [`Tokenizer`] wraps the Hugging Face `tokenizer.json` embedded in a `.bitnet` file and applies the
-//! model's BOS policy: a prompt starts with exactly one BOS, added here if the tokenizer's own
-//! post-processor did not add it (the original LLaMA 3 `tokenizer.json` does not; later releases do).
+//! The crate is the model's text pipeline, one module per stage, in the order data flows:
+//!
+//! 1. [`template`]: [`ChatTemplate`] turns a conversation ([`Message`]s) into the prompt text, exactly as
+//!    transformers' `apply_chat_template` does (the checkpoint's Jinja template, or the BitNet b1.58 2B4T
+//!    one for files without a template).
+//! 2. [`Tokenizer`] (here, in the crate root) wraps the Hugging Face `tokenizer.json` embedded in a
+//!    `.bitnet` file and applies the model's BOS policy: a prompt starts with exactly one BOS, added here
+//!    if the tokenizer's own post-processor did not add it (the original LLaMA 3 `tokenizer.json` does
+//!    not; later releases do).
+//! 3. The model (another crate) turns token ids into logits.
+//! 4. [`sampler`]: [`Sampler`] picks the next id from the logits under [`SamplingParams`] (greedy, or
+//!    repetition penalty, temperature, top-k, top-p, min-p and a seeded PRNG that draws the same tokens
+//!    on every machine).
+//! 5. [`detok`]: [`Detokenizer`] turns the stream of ids back into text piece by piece, never splitting
+//!    a UTF-8 character that byte-level BPE spreads over several tokens.
+//! 6. [`stop`]: [`StopMatcher`] watches that text for `--stop` strings, holding back a tail that may be
+//!    the start of one, and ends generation at the first.
+//!
+//! Every fallible step returns [`ChatError`], whose messages name what is at fault.
+//!
+//! One chat turn, end to end (`next_logits` stands for the model):
+//!
+//! ```no_run
+//! use bitnet_chat::{ChatTemplate, Detokenizer, Message, Sampler, SamplingParams, StopMatcher};
+//! # fn next_logits(_ids: &[u32]) -> Vec<f32> { vec![0.0; 128_256] }
+//! # fn main() -> Result<(), bitnet_chat::ChatError> {
+//! let file = bitnet_format::BitnetFile::open("model.bitnet").expect("a .bitnet file");
+//! let tokenizer = bitnet_chat::Tokenizer::from_file(&file)?;
+//! let info = tokenizer.info();
+//! let bos = info.bos_token_id.and_then(|id| tokenizer.token(id)).unwrap_or_default();
+//! let eos = info.eos_token_ids.first().and_then(|&id| tokenizer.token(id)).unwrap_or_default();
+//! let template = ChatTemplate::from_source("model.bitnet", info.chat_template.as_deref(), bos, eos)?;
+//!
+//! let prompt = template.render(&[Message::user("Hello!")], true)?;
+//! let mut ids = tokenizer.encode_prompt(&prompt)?;
+//! let params = SamplingParams { temperature: 0.6, top_p: 0.9, ..SamplingParams::default() };
+//! let mut sampler = Sampler::new(params)?;
+//! let mut detok = Detokenizer::new(&tokenizer);
+//! let mut stops = StopMatcher::new(&["\nUser:"])?;
+//! for _ in 0..sampler.params().max_tokens {
+//!     let id = sampler.sample(&next_logits(&ids), &ids)?;
+//!     if info.eos_token_ids.contains(&id) {
+//!         break;
+//!     }
+//!     ids.push(id);
+//!     let out = stops.push(&detok.push(id)?);
+//!     print!("{}", out.text);
+//!     if out.stop.is_some() {
+//!         break;
+//!     }
+//! }
+//! if !stops.is_stopped() {
+//!     let rest = detok.finish()?;
+//!     print!("{}{}", stops.push(&rest).text, stops.finish());
+//! }
+//! # Ok(()) }
+//! ```
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod detok;
+pub mod sampler;
+pub mod stop;
+pub mod template;
+
 use bitnet_format::TokenizerInfo;
 
-/// Tokenizer errors.
+pub use detok::Detokenizer;
+pub use sampler::{Sampler, SamplingParams};
+pub use stop::{StopMatcher, StopOutput};
+pub use template::{BITNET_2B4T_CHAT_TEMPLATE, ChatTemplate, KNOWN_ROLES, Message, validate_roles};
+
+/// Errors of the text pipeline: tokenizer, chat template, sampling, streaming.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChatError {
@@ -24,6 +88,99 @@ pub enum ChatError {
     /// Encoding or decoding failed.
     #[error("tokenizer: {0}")]
     Tokenize(String),
+    /// Streaming decoding met a tokenizer whose text changes behind what was already emitted.
+    #[error(
+        "streaming decode: the text of the last {window} tokens ({text:?}) no longer starts with what was \
+         already emitted ({emitted:?}); this tokenizer's decoder is not prefix-stable"
+    )]
+    Detokenize {
+        /// Tokens in the decoding window.
+        window: usize,
+        /// What was emitted from the window.
+        emitted: String,
+        /// The window's text now.
+        text: String,
+    },
+    /// The chat template does not compile.
+    #[error("chat template '{template}' does not parse: {message}")]
+    TemplateSyntax {
+        /// Template name (usually the model file).
+        template: String,
+        /// minijinja's message, with the line.
+        message: String,
+    },
+    /// The chat template failed while rendering.
+    #[error("chat template '{template}' failed to render: {message}")]
+    TemplateRender {
+        /// Template name.
+        template: String,
+        /// minijinja's message, with the line.
+        message: String,
+    },
+    /// The chat template called `raise_exception`: it rejects the conversation.
+    #[error("chat template '{template}' rejected the conversation: {message}")]
+    TemplateException {
+        /// Template name.
+        template: String,
+        /// The message the template raised.
+        message: String,
+    },
+    /// A chat prompt was asked for with no messages.
+    #[error("the conversation has no messages; a chat prompt needs at least one")]
+    NoMessages,
+    /// A message has a role the caller does not accept.
+    #[error("message {index} has role '{role}'; the known roles are {allowed}")]
+    UnknownRole {
+        /// Index of the message in the conversation.
+        index: usize,
+        /// Its role.
+        role: String,
+        /// The accepted roles, comma-separated.
+        allowed: String,
+    },
+    /// A sampling parameter is out of range.
+    #[error("sampling parameter {name} = {value} is invalid: it must be {expected}")]
+    InvalidSampling {
+        /// Parameter name (`temperature`, `top_p`, ...).
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// The accepted range.
+        expected: &'static str,
+    },
+    /// The logits handed to the sampler are empty.
+    #[error("cannot sample from an empty logits vector")]
+    EmptyLogits,
+    /// A logit is NaN or +inf (a bug upstream; -inf masks a token and is fine).
+    #[error("logit {index} of {len} is {value}; only finite values and -inf can be sampled from")]
+    BadLogit {
+        /// Token id of the logit.
+        index: usize,
+        /// Vocabulary size.
+        len: usize,
+        /// Its value.
+        value: f32,
+    },
+    /// Every logit is -inf: no token can be sampled.
+    #[error("every one of the {len} logits is -inf: no token can be sampled")]
+    NoCandidates {
+        /// Vocabulary size.
+        len: usize,
+    },
+    /// A context token id (for the repetition penalty) is outside the logits.
+    #[error("context token id {id} is outside the vocabulary of {len} logits")]
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// Vocabulary size.
+        len: usize,
+    },
+    /// A stop string is empty.
+    #[error("stop string {index} is empty; a stop string needs at least one character")]
+    EmptyStop {
+        /// Index of the stop string among those given.
+        index: usize,
+    },
 }
 
 /// Shorthand for results of this crate.
@@ -95,6 +252,12 @@ impl Tokenizer {
         self.inner
             .decode(ids, false)
             .map_err(|e| ChatError::Tokenize(e.to_string()))
+    }
+
+    /// The text of a token id (as in the vocabulary, e.g. `<|begin_of_text|>`), if the id exists. This is
+    /// how a caller gets the `bos_token`/`eos_token` strings a chat template wants from the file's ids.
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// The id of a token's text, if it is in the vocabulary.

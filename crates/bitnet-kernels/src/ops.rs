@@ -52,11 +52,11 @@ pub fn apply_rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// Causal attention of one query token over `n_ctx` cached positions.
+/// Causal attention of one query token over `n_ctx` cached positions, for the query heads `heads`.
 ///
 /// `q` is `[n_heads, head_dim]`; `keys` and `values` are `[n_ctx, n_kv_heads * head_dim]`; query head `h`
 /// reads kv head `h / (n_heads / n_kv_heads)`. `scores` is scratch of at least `n_ctx`; `out` is
-/// `[n_heads, head_dim]`.
+/// `[heads.len(), head_dim]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
@@ -66,13 +66,15 @@ pub fn attention(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    heads: std::ops::Range<usize>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let kv_dim = n_kv_heads * head_dim;
     let group = n_heads / n_kv_heads;
     let scale = 1.0f32 / (head_dim as f32).sqrt();
-    for h in 0..n_heads {
+    let h0 = heads.start;
+    for h in heads {
         let kvh = h / group;
         let qh = &q[h * head_dim..(h + 1) * head_dim];
         let mut max = f32::NEG_INFINITY;
@@ -86,7 +88,7 @@ pub fn attention(
             *s = (*s - max).exp();
             total += *s;
         }
-        let oh = &mut out[h * head_dim..(h + 1) * head_dim];
+        let oh = &mut out[(h - h0) * head_dim..(h - h0 + 1) * head_dim];
         oh.fill(0.0);
         for (p, &s) in scores[..n_ctx].iter().enumerate() {
             let w = s / total;
@@ -152,7 +154,7 @@ mod tests {
         let (q, k, v) = ([1.0f32, 2.0], [0.5f32, 0.5], [3.0f32, -1.0]);
         let mut scores = [0f32; 1];
         let mut out = [0f32; 2];
-        attention(&q, &k, &v, 1, 1, 1, 2, &mut scores, &mut out);
+        attention(&q, &k, &v, 1, 1, 1, 2, 0..1, &mut scores, &mut out);
         assert_eq!(out, [3.0, -1.0]);
     }
 

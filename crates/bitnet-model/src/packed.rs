@@ -487,6 +487,50 @@ impl PackedModel {
         if many < one { max } else { 1 }
     }
 
+    /// Causal attention of `n` query tokens at positions `pos ..` over the cache, heads split across the
+    /// pool: `q` and `out` are `[n, num_heads * head_dim]`.
+    fn attention(&self, q: &[f32], keys: &[f32], values: &[f32], pos: usize, out: &mut [f32]) {
+        thread_local! {
+            static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let c = &self.config;
+        let (hd, nh) = (c.head_dim, c.num_heads);
+        let qd = nh * hd;
+        let n = q.len() / qd;
+        let out = SharedMut::new(out);
+        let threads = self.pool.threads();
+        self.pool.run(&|tid| {
+            let heads = Pool::split(nh, threads, tid, 1);
+            if heads.is_empty() {
+                return;
+            }
+            SCORES.with(|sc| {
+                let mut sc = sc.borrow_mut();
+                if sc.len() < pos + n {
+                    sc.resize(pos + n, 0.0);
+                }
+                for t in 0..n {
+                    // SAFETY: threads own disjoint head ranges, so disjoint slices of each token's output.
+                    let o =
+                        unsafe { out.range(t * qd + heads.start * hd..t * qd + heads.end * hd) };
+                    let qt = &q[t * qd..(t + 1) * qd];
+                    ops::attention(
+                        qt,
+                        keys,
+                        values,
+                        pos + t + 1,
+                        nh,
+                        c.num_kv_heads,
+                        hd,
+                        heads.clone(),
+                        &mut sc,
+                        o,
+                    );
+                }
+            });
+        });
+    }
+
     /// The kernel set in use.
     pub fn kernels(&self) -> Kernels {
         self.kernels
@@ -569,7 +613,6 @@ impl PackedModel {
         let (qd, kvd) = (c.num_heads * hd, c.num_kv_heads * hd);
         // Buffers live in the session and are only resized: no allocation per decoded token.
         let mut sc = std::mem::take(&mut session.scratch);
-        let ctx_max = session.pos + n;
         let Scratch {
             a,
             qb,
@@ -583,7 +626,6 @@ impl PackedModel {
             s,
             cos,
             sin,
-            scores,
         } = &mut sc;
         for (buf, len) in [
             (&mut *a, n * h.max(qd)),
@@ -597,7 +639,6 @@ impl PackedModel {
             (&mut *s, n * f.max(qd)),
             (&mut *cos, hd / 2),
             (&mut *sin, hd / 2),
-            (&mut *scores, ctx_max),
         ] {
             buf.clear();
             buf.resize(len, 0.0);
@@ -626,20 +667,7 @@ impl PackedModel {
                 session.push(li, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
             }
             let (keys, values) = session.layer(li);
-            for t in 0..n {
-                let ctx = session.pos + t + 1;
-                ops::attention(
-                    &q[t * qd..(t + 1) * qd],
-                    keys,
-                    values,
-                    ctx,
-                    c.num_heads,
-                    c.num_kv_heads,
-                    hd,
-                    scores,
-                    &mut attn[t * qd..(t + 1) * qd],
-                );
-            }
+            self.attention(&q[..n * qd], keys, values, session.pos, &mut attn[..n * qd]);
             rec(&mut trace, li_, "attn", qd, &attn);
             for t in 0..n {
                 ops::rms_norm(

@@ -18,7 +18,6 @@ pub struct Scratch {
     pub(crate) s: Vec<f32>,
     pub(crate) cos: Vec<f32>,
     pub(crate) sin: Vec<f32>,
-    pub(crate) scores: Vec<f32>,
 }
 
 /// The KV cache of one sequence: per layer, `[positions, kv_dim]` keys and values in f32.
