@@ -657,18 +657,18 @@ impl PackedModel {
             rec(&mut trace, li_, "attn_norm", h, &a[..n * h]);
             qb.quantize(&a[..n * h], h);
             self.bitlinears(qb, [&l.q, &l.k, &l.v], [&mut q[..], &mut k[..], &mut v[..]]);
-            rec(&mut trace, li_, "attn_q", qd, &q);
-            rec(&mut trace, li_, "attn_k", kvd, &k);
-            rec(&mut trace, li_, "attn_v", kvd, &v);
+            rec(&mut trace, li_, "attn_q", qd, q);
+            rec(&mut trace, li_, "attn_k", kvd, k);
+            rec(&mut trace, li_, "attn_v", kvd, v);
             for t in 0..n {
                 self.rope.tables(session.pos + t, cos, sin);
-                ops::apply_rope(&mut q[t * qd..(t + 1) * qd], hd, &cos, &sin);
-                ops::apply_rope(&mut k[t * kvd..(t + 1) * kvd], hd, &cos, &sin);
+                ops::apply_rope(&mut q[t * qd..(t + 1) * qd], hd, cos, sin);
+                ops::apply_rope(&mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
                 session.push(li, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
             }
             let (keys, values) = session.layer(li);
             self.attention(&q[..n * qd], keys, values, session.pos, &mut attn[..n * qd]);
-            rec(&mut trace, li_, "attn", qd, &attn);
+            rec(&mut trace, li_, "attn", qd, attn);
             for t in 0..n {
                 ops::rms_norm(
                     &attn[t * qd..(t + 1) * qd],
@@ -680,7 +680,7 @@ impl PackedModel {
             rec(&mut trace, li_, "attn_sub_norm", qd, &s[..n * qd]);
             qb.quantize(&s[..n * qd], qd);
             self.bitlinears(qb, [&l.o], [&mut proj[..]]);
-            rec(&mut trace, li_, "attn_output", h, &proj);
+            rec(&mut trace, li_, "attn_output", h, proj);
             x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
             rec(&mut trace, li_, "attn_residual", h, x);
             for t in 0..n {
@@ -694,13 +694,13 @@ impl PackedModel {
             rec(&mut trace, li_, "ffn_norm", h, &a[..n * h]);
             qb.quantize(&a[..n * h], h);
             self.bitlinears(qb, [&l.gate, &l.up], [&mut g[..], &mut u[..]]);
-            rec(&mut trace, li_, "ffn_gate", f, &g);
-            rec(&mut trace, li_, "ffn_up", f, &u);
+            rec(&mut trace, li_, "ffn_gate", f, g);
+            rec(&mut trace, li_, "ffn_up", f, u);
             match c.hidden_act {
                 Activation::Relu2 => ops::relu2_mul(g, u),
                 Activation::Silu => ops::silu_mul(g, u),
             }
-            rec(&mut trace, li_, "ffn_act", f, &g);
+            rec(&mut trace, li_, "ffn_act", f, g);
             for t in 0..n {
                 ops::rms_norm(
                     &g[t * f..(t + 1) * f],
@@ -712,7 +712,7 @@ impl PackedModel {
             rec(&mut trace, li_, "ffn_sub_norm", f, &s[..n * f]);
             qb.quantize(&s[..n * f], f);
             self.bitlinears(qb, [&l.down], [&mut proj[..]]);
-            rec(&mut trace, li_, "ffn_down", h, &proj);
+            rec(&mut trace, li_, "ffn_down", h, proj);
             x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
             rec(&mut trace, li_, "ffn_residual", h, x);
         }
