@@ -18,6 +18,12 @@ use super::human_bytes;
 use crate::Outcome;
 use crate::cli::{BackendArg, BenchArgs, LmHeadArg};
 
+/// Resets the peak-RSS mark (Linux: writing 5 to `/proc/self/clear_refs`), so the peak reported covers the
+/// timed runs, not the benchmark's own scaffolding (the bandwidth probe's buffer, the thread calibration).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Peak resident set size of this process (Linux `VmHWM`), in bytes.
 fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -238,12 +244,12 @@ fn bench_packed(path: &Path, args: &BenchArgs, kernels: Kernels) -> anyhow::Resu
     let t0 = Instant::now();
     let file =
         Arc::new(BitnetFile::open(path).with_context(|| format!("reading {}", path.display()))?);
-    let probe = PackedModel::load_with(file.clone(), kernels, 1)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let open_s = t0.elapsed().as_secs_f64();
     let threads = match args.threads {
         Some(t) => t,
         None => {
-            let t = probe.calibrate_threads(cores());
+            let t = PackedModel::calibrate_threads(file.clone(), kernels, cores())
+                .with_context(|| format!("loading {}", path.display()))?;
             if t < cores() {
                 eprintln!(
                     "note: {} threads measured slower than 1 on this machine now; using 1 (set --threads to override)",
@@ -253,10 +259,12 @@ fn bench_packed(path: &Path, args: &BenchArgs, kernels: Kernels) -> anyhow::Resu
             t
         }
     };
-    drop(probe);
+    let t_load = Instant::now();
     let model = PackedModel::load_with(file.clone(), kernels, threads)?;
-    let load_s = t0.elapsed().as_secs_f64();
+    let load_s = open_s + t_load.elapsed().as_secs_f64();
+    eprintln!("opened the file and chose {threads} thread(s) in {:.2} s", t0.elapsed().as_secs_f64());
     let bandwidth = read_bandwidth(&Pool::new(threads), 1 << 30, 5);
+    reset_peak_rss();
     let (pre, dec) = time_runs(&model, args)?;
     let bytes = model.weight_bytes_per_token();
     let mut v = summarize(pre, dec);
@@ -299,6 +307,7 @@ fn bench_reference(path: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
     let load_s = t0.elapsed().as_secs_f64();
     let threads = rayon::current_num_threads();
     let bandwidth = read_bandwidth(&Pool::new(threads), 1 << 30, 5);
+    reset_peak_rss();
     let (pre, dec) = time_runs(&model, args)?;
     let c = model.config().clone();
     let ternary = c.num_layers

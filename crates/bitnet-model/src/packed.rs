@@ -409,14 +409,20 @@ impl PackedModel {
                     // SAFETY: each thread's tile range, so its row range, is disjoint from the others'.
                     kern(m, x, tiles, unsafe { out.range(r0..r1) }, r1 - r0);
                 } else {
-                    let width = r1 - r0;
-                    let mut buf = vec![0f32; n * width];
-                    kern(m, x, tiles, &mut buf, width);
-                    for t in 0..n {
-                        // SAFETY: rows r0..r1 of token t belong to this thread alone.
-                        let o = unsafe { out.range(t * m.rows + r0..t * m.rows + r1) };
-                        o.copy_from_slice(&buf[t * width..(t + 1) * width]);
+                    thread_local! {
+                        static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
                     }
+                    let width = r1 - r0;
+                    BUF.with(|b| {
+                        let mut buf = b.borrow_mut();
+                        buf.resize(n * width, 0.0);
+                        kern(m, x, tiles, &mut buf, width);
+                        for t in 0..n {
+                            // SAFETY: rows r0..r1 of token t belong to this thread alone.
+                            let o = unsafe { out.range(t * m.rows + r0..t * m.rows + r1) };
+                            o.copy_from_slice(&buf[t * width..(t + 1) * width]);
+                        }
+                    });
                 }
             }
         });
@@ -448,43 +454,27 @@ impl PackedModel {
         (ternary + norms + head) as u64
     }
 
-    /// Times one decode-shaped pass over the largest matrix with 1 and with `max` threads and returns the
-    /// faster count (on an oversubscribed machine two threads can be slower than one).
-    pub fn calibrate_threads(&self, max: usize) -> usize {
+    /// Decodes a few tokens with 1 and with `max` threads and returns the faster count: on an
+    /// oversubscribed machine two threads can be slower than one.
+    pub fn calibrate_threads(file: Arc<BitnetFile>, kernels: Kernels, max: usize) -> Result<usize> {
         if max <= 1 {
-            return 1;
+            return Ok(1);
         }
-        let Some(l) = self.layers.first() else {
-            return 1;
-        };
-        let m = self.ternary(&l.gate);
-        let x: Vec<f32> = (0..m.cols)
-            .map(|i| ((i * 7919) % 255) as f32 - 127.0)
-            .collect();
-        let mut qb = QuantizedBatch::default();
-        qb.quantize(&x, m.cols);
-        let mut out = vec![0f32; m.rows];
-        let mut time = |pool: &Pool| {
-            let mut best = f64::INFINITY;
-            for _ in 0..5 {
-                let o = SharedMut::new(&mut out);
-                let t0 = std::time::Instant::now();
-                let threads = pool.threads();
-                pool.run(&|tid| {
-                    let tiles = Pool::split(pad16(m.rows) / 16, threads, tid, 1);
-                    if !tiles.is_empty() {
-                        let (r0, r1) = (tiles.start * 16, (tiles.end * 16).min(m.rows));
-                        // SAFETY: disjoint tile ranges per thread.
-                        (self.kernels.ternary)(&m, &qb, tiles, unsafe { o.range(r0..r1) }, r1 - r0);
-                    }
-                });
-                best = best.min(t0.elapsed().as_secs_f64());
+        let mut best = (f64::INFINITY, 1);
+        for threads in [1, max] {
+            let m = PackedModel::load_with(file.clone(), kernels, threads)?;
+            let mut s = m.session(8);
+            m.forward(&mut s, &[0], LogitsMode::Last, None)?;
+            let t0 = std::time::Instant::now();
+            for i in 1..4 {
+                m.forward(&mut s, &[i], LogitsMode::Last, None)?;
             }
-            best
-        };
-        let one = time(&Pool::new(1));
-        let many = time(&Pool::new(max));
-        if many < one { max } else { 1 }
+            let t = t0.elapsed().as_secs_f64();
+            if t < best.0 {
+                best = (t, threads);
+            }
+        }
+        Ok(best.1)
     }
 
     /// Causal attention of `n` query tokens at positions `pos ..` over the cache, heads split across the
