@@ -24,6 +24,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Measure prefill and decode speed, memory, and decode speed against the memory-bandwidth roof.
     Bench(BenchArgs),
+    /// Generate text from a prompt (-p or stdin), streamed to stdout.
+    Run(RunArgs),
+    /// Talk with the model: one message per line; /help for commands.
+    Chat(ChatArgs),
 }
 
 /// LM head storage.
@@ -163,4 +167,87 @@ pub struct BenchArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Which LM head generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HeadArg {
+    /// The exact head (bf16).
+    Exact,
+    /// The int8 copy, when the file has one.
+    Int8,
+}
+
+/// Sampling, stopping and runtime options shared by `run` and `chat`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenArgs {
+    /// Temperature; 0 is greedy (default: the model's generation_config, else 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Keep only the k most likely tokens (0: off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling mass, in (0, 1].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than this share of the most likely one, in [0, 1].
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Penalty for tokens already in the context (1: off).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Seed of the sampler: the same seed gives the same output.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Most tokens to generate.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Stop when this text appears (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Threads (default: one per core, or one if two measure slower at load).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Force a kernel set (scalar, avx2, avx512vnni).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// LM head (default: int8 when the file has one, else exact).
+    #[arg(long, value_enum)]
+    pub head: Option<HeadArg>,
+}
+
+/// `bitnet run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A .bitnet file, or a Hugging Face folder or repo id (converted once into ~/.cache/bitnet).
+    pub model: String,
+    /// The prompt (default: read from stdin).
+    #[arg(short, long)]
+    pub prompt: Option<String>,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message (with --chat).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Print prefill and decode tokens/s and time to first token on stderr.
+    #[arg(long)]
+    pub stats: bool,
+    /// Print one JSON object (text, ids, counts, stop reason, timings) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub gen_args: GenArgs,
+}
+
+/// `bitnet chat`.
+#[derive(Debug, clap::Args)]
+pub struct ChatArgs {
+    /// A .bitnet file, or a Hugging Face folder or repo id (converted once into ~/.cache/bitnet).
+    pub model: String,
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub gen_args: GenArgs,
 }

@@ -262,7 +262,10 @@ fn bench_packed(path: &Path, args: &BenchArgs, kernels: Kernels) -> anyhow::Resu
     let t_load = Instant::now();
     let model = PackedModel::load_with(file.clone(), kernels, threads)?;
     let load_s = open_s + t_load.elapsed().as_secs_f64();
-    eprintln!("opened the file and chose {threads} thread(s) in {:.2} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "opened the file and chose {threads} thread(s) in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
     let bandwidth = read_bandwidth(&Pool::new(threads), 1 << 30, 5);
     reset_peak_rss();
     let (pre, dec) = time_runs(&model, args)?;

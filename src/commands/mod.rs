@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
 mod bench;
+mod chat;
 mod convert;
 mod inspect;
+mod run;
 mod verify;
 
 use crate::Outcome;
@@ -15,6 +17,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Chat(args) => chat::run(args),
     }
 }
 

@@ -5,5 +5,6 @@ mod bad_input;
 mod bench;
 mod convert;
 mod hub_cache;
+mod run_chat;
 mod util;
 mod verify;

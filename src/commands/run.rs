@@ -1,0 +1,112 @@
+//! `bitnet run`: one prompt in, the completion streamed out.
+
+use std::io::{IsTerminal, Read, Write};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, bail};
+use bitnet_chat::Message;
+use bitnet_model::Backend;
+use serde_json::json;
+
+use crate::Outcome;
+use crate::cli::RunArgs;
+use crate::engine::Engine;
+
+pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+    let prompt = match &args.prompt {
+        Some(p) => p.clone(),
+        None => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("reading the prompt from stdin (end with Ctrl-D)");
+            }
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("reading the prompt from stdin")?;
+            String::from_utf8(bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "the prompt on stdin is not valid UTF-8 (byte {})",
+                    e.utf8_error().valid_up_to()
+                )
+            })?
+        }
+    };
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty: pass -p TEXT or text on stdin");
+    }
+    let engine = Engine::open(&args.model, &args.gen_args)?;
+    let params = engine.sampling(&args.gen_args)?;
+    let ids = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(Message::system(s.clone()));
+        }
+        messages.push(Message::user(prompt));
+        engine.encode_chat(&messages)?
+    } else {
+        engine.tokenizer.encode_prompt(&prompt)?
+    };
+    let ctx = engine.context();
+    if ids.len() >= ctx {
+        bail!(
+            "the prompt is {} tokens, and the model's context holds {ctx}: shorten it",
+            ids.len()
+        );
+    }
+    let mut params = params;
+    params.max_tokens = params.max_tokens.min(ctx - ids.len());
+    let mut session = engine.model.session(ctx);
+    let cancel = AtomicBool::new(false);
+    let mut stdout = std::io::stdout().lock();
+    let json_mode = args.json;
+    let mut emit = |s: &str| -> anyhow::Result<()> {
+        if !json_mode && !s.is_empty() {
+            stdout.write_all(s.as_bytes())?;
+            stdout.flush()?;
+        }
+        Ok(())
+    };
+    let g = engine.generate(
+        &mut session,
+        &mut Vec::new(),
+        &ids,
+        &params,
+        &args.gen_args.stop,
+        &cancel,
+        &mut emit,
+    )?;
+    if json_mode {
+        let v = json!({
+            "text": g.text,
+            "ids": g.ids,
+            "prompt_tokens": g.prompt_tokens,
+            "generated_tokens": g.ids.len(),
+            "stop_reason": g.stop.as_str(),
+            "seed": params.seed,
+            "timings": {
+                "prefill_s": g.prefill_s,
+                "time_to_first_token_s": g.first_token_s,
+                "decode_s": g.decode_s,
+                "prefill_tok_s": g.prefill_tok_s(),
+                "decode_tok_s": g.decode_tok_s(),
+            },
+        });
+        serde_json::to_writer(&mut stdout, &v)?;
+        writeln!(stdout)?;
+    } else if !g.text.ends_with('\n') {
+        writeln!(stdout)?;
+    }
+    if args.stats {
+        eprintln!(
+            "prompt {} tokens: prefill {:.1} tok/s; first token after {:.3} s; {} tokens at {:.2} tok/s; stop: {}; seed {}",
+            g.prompt_tokens,
+            g.prefill_tok_s(),
+            g.first_token_s,
+            g.ids.len(),
+            g.decode_tok_s(),
+            g.stop.as_str(),
+            params.seed
+        );
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,361 @@
+//! Text generation: a model file, its tokenizer and chat template, and the loop that samples tokens and
+//! streams text (used by `run` and `chat`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bitnet_chat::{
+    ChatTemplate, Detokenizer, Message, Sampler, SamplingParams, StopMatcher, Tokenizer,
+};
+use bitnet_convert::{ConvertOptions, HubEnv};
+use bitnet_format::BitnetFile;
+use bitnet_kernels::Kernels;
+use bitnet_model::{Backend, HeadKind, LogitsMode, PackedModel, Session};
+use sha2::Digest;
+
+use crate::cli::{GenArgs, HeadArg};
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-text or end-of-turn token.
+    Eos,
+    /// A `--stop` string appeared.
+    StopString,
+    /// `--max-tokens` were generated.
+    Length,
+    /// The context is full.
+    Context,
+    /// The user interrupted (Ctrl-C).
+    Cancelled,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Eos => "eos",
+            StopReason::StopString => "stop_string",
+            StopReason::Length => "length",
+            StopReason::Context => "context",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One generation's output and timings.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub stop: StopReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens already in the KV cache from an earlier turn (not computed again).
+    pub reused_tokens: usize,
+    pub prefill_s: f64,
+    pub first_token_s: f64,
+    pub decode_s: f64,
+}
+
+impl Generation {
+    /// Prompt tokens computed per second (the reused ones are not counted).
+    pub fn prefill_tok_s(&self) -> f64 {
+        (self.prompt_tokens - self.reused_tokens) as f64 / self.prefill_s.max(1e-9)
+    }
+
+    pub fn decode_tok_s(&self) -> f64 {
+        self.ids.len().saturating_sub(1) as f64 / self.decode_s.max(1e-9)
+    }
+}
+
+/// A loaded model ready to generate.
+pub struct Engine {
+    pub model: PackedModel,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub stop_ids: Vec<u32>,
+    pub file: Arc<BitnetFile>,
+}
+
+/// Where converted copies of Hugging Face checkpoints are kept.
+fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("bitnet")
+}
+
+/// The `.bitnet` file for `model`: the file itself, or a converted copy of a Hugging Face folder or repo id,
+/// made once into the cache and reused.
+pub fn resolve_model(model: &str) -> anyhow::Result<PathBuf> {
+    let p = Path::new(model);
+    if p.is_file() {
+        return Ok(p.to_path_buf());
+    }
+    let env = HubEnv::from_process();
+    let resolved = bitnet_convert::hub::resolve(model, &env)
+        .with_context(|| format!("{model}: not a .bitnet file"))?;
+    // The cache key names the checkpoint's files by path, size and modification time.
+    let mut h = sha2::Sha256::new();
+    h.update(
+        resolved
+            .dir
+            .canonicalize()
+            .unwrap_or(resolved.dir.clone())
+            .to_string_lossy()
+            .as_bytes(),
+    );
+    let mut entries: Vec<_> = std::fs::read_dir(&resolved.dir)
+        .with_context(|| format!("reading {}", resolved.dir.display()))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let meta = std::fs::metadata(e.path()).ok();
+        h.update(e.file_name().to_string_lossy().as_bytes());
+        if let Some(m) = meta {
+            h.update(m.len().to_le_bytes());
+            if let Ok(t) = m.modified().and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_err(std::io::Error::other)
+            }) {
+                h.update(t.as_nanos().to_le_bytes());
+            }
+        }
+    }
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let stem: String = model
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let stem = stem
+        .trim_matches('_')
+        .chars()
+        .rev()
+        .take(60)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<String>();
+    let dir = cache_dir();
+    let out = dir.join(format!("{stem}-{key}.bitnet"));
+    if out.is_file() {
+        eprintln!("using the converted copy {}", out.display());
+        return Ok(out);
+    }
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the cache folder {}", dir.display()))?;
+    eprintln!("converting {model} once into {}", out.display());
+    bitnet_convert::convert(
+        model,
+        &out,
+        &ConvertOptions::default(),
+        &env,
+        &|_| {},
+        &mut |_| {},
+    )
+    .with_context(|| format!("converting {model}"))?;
+    Ok(out)
+}
+
+impl Engine {
+    /// Opens `model` (a `.bitnet` file, or a Hugging Face folder or repo id) with the options of `args`.
+    pub fn open(model: &str, args: &GenArgs) -> anyhow::Result<Engine> {
+        let path = resolve_model(model)?;
+        let file = Arc::new(
+            BitnetFile::open(&path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        let kernels = match &args.kernel {
+            Some(k) => Kernels::by_name(k).map_err(|e| anyhow::anyhow!("--kernel: {e}"))?,
+            None => Kernels::from_env().map_err(|e| anyhow::anyhow!(e))?,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = match args.threads {
+            Some(0) => bail!("--threads must be at least 1"),
+            Some(t) => {
+                if t > cores {
+                    eprintln!("warning: --threads {t} is more than this machine's {cores} cores");
+                }
+                t
+            }
+            None => PackedModel::calibrate_threads(file.clone(), kernels, cores)?,
+        };
+        let mut model = PackedModel::load_with(file.clone(), kernels, threads)
+            .with_context(|| format!("loading {}", path.display()))?;
+        match args.head {
+            Some(HeadArg::Exact) => model.set_head(HeadKind::Exact)?,
+            Some(HeadArg::Int8) => model.set_head(HeadKind::Int8)?,
+            None => {}
+        }
+        let tokenizer =
+            Tokenizer::from_file(&file).with_context(|| format!("{}", path.display()))?;
+        let info = file.header().tokenizer.clone();
+        let tok_str = |id: Option<u32>| id.and_then(|i| tokenizer.token(i)).unwrap_or_default();
+        if info.chat_template.is_none() {
+            eprintln!(
+                "note: {} has no chat template; using the BitNet b1.58 2B4T one",
+                path.display()
+            );
+        }
+        let template = ChatTemplate::from_source(
+            path.display().to_string(),
+            info.chat_template.as_deref(),
+            tok_str(info.bos_token_id),
+            tok_str(info.eos_token_ids.first().copied()),
+        )?;
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+            stop_ids: info.eos_token_ids.clone(),
+            file,
+        })
+    }
+
+    /// Sampling parameters: the file's generation defaults, overridden by the flags.
+    pub fn sampling(&self, args: &GenArgs) -> anyhow::Result<SamplingParams> {
+        let mut p = SamplingParams::from_generation_defaults(&self.file.header().generation);
+        if let Some(t) = args.temperature {
+            p.temperature = t;
+        }
+        if let Some(k) = args.top_k {
+            p.top_k = k;
+        }
+        if let Some(v) = args.top_p {
+            p.top_p = v;
+        }
+        if let Some(v) = args.min_p {
+            p.min_p = v;
+        }
+        if let Some(v) = args.repetition_penalty {
+            p.repetition_penalty = v;
+        }
+        if let Some(n) = args.max_tokens {
+            p.max_tokens = n;
+        }
+        p.seed = args.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Token ids of a chat: the template rendered with a generation prompt, one BOS in front.
+    pub fn encode_chat(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
+        let text = self.template.render(messages, true)?;
+        Ok(self.tokenizer.encode_prompt(&text)?)
+    }
+
+    pub fn context(&self) -> usize {
+        self.model.config().max_position_embeddings
+    }
+
+    /// Feeds `ids` past the session's cache (reusing the longest common prefix with `cached`), then samples
+    /// until a stop, streaming text to `emit`. `cached` tracks the ids in the session's cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate(
+        &self,
+        session: &mut Session,
+        cached: &mut Vec<u32>,
+        ids: &[u32],
+        params: &SamplingParams,
+        stops: &[String],
+        cancel: &AtomicBool,
+        emit: &mut dyn FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Generation> {
+        let common = cached
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ids.len().saturating_sub(1));
+        session.truncate(common);
+        cached.truncate(common);
+        let new = &ids[common..];
+        let mut sampler = Sampler::new(params.clone())?;
+        let mut stopm = StopMatcher::new(stops)?;
+        let mut detok = Detokenizer::new(&self.tokenizer);
+        let t0 = Instant::now();
+        let mut logits = self
+            .model
+            .forward(session, new, LogitsMode::Last, None)?
+            .logits;
+        cached.extend_from_slice(new);
+        let prefill_s = t0.elapsed().as_secs_f64();
+        let mut out = Generation {
+            ids: Vec::new(),
+            text: String::new(),
+            stop: StopReason::Length,
+            prompt_tokens: ids.len(),
+            reused_tokens: common,
+            prefill_s,
+            first_token_s: 0.0,
+            decode_s: 0.0,
+        };
+        let t1 = Instant::now();
+        for i in 0..params.max_tokens {
+            if cancel.load(Ordering::Relaxed) {
+                out.stop = StopReason::Cancelled;
+                break;
+            }
+            let next = sampler.sample(&logits, cached)?;
+            if i == 0 {
+                out.first_token_s = t0.elapsed().as_secs_f64();
+            }
+            if self.stop_ids.contains(&next) {
+                out.stop = StopReason::Eos;
+                break;
+            }
+            out.ids.push(next);
+            let piece = stopm.push(&detok.push(next)?);
+            out.text.push_str(&piece.text);
+            emit(&piece.text)?;
+            if piece.stop.is_some() {
+                out.stop = StopReason::StopString;
+                break;
+            }
+            if i + 1 == params.max_tokens {
+                break;
+            }
+            if session.pos + 1 > session.max_ctx {
+                out.stop = StopReason::Context;
+                break;
+            }
+            logits = self
+                .model
+                .forward(session, &[next], LogitsMode::Last, None)?
+                .logits;
+            cached.push(next);
+        }
+        if out.stop != StopReason::StopString {
+            let rest = stopm.push(&detok.finish()?);
+            let mut tail = rest.text;
+            if rest.stop.is_some() {
+                out.stop = StopReason::StopString;
+            } else {
+                tail.push_str(&stopm.finish());
+            }
+            out.text.push_str(&tail);
+            emit(&tail)?;
+        }
+        out.decode_s = t1.elapsed().as_secs_f64();
+        Ok(out)
+    }
+}

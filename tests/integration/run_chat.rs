@@ -1,0 +1,355 @@
+//! `bitnet run` and `bitnet chat` against transformers' greedy generations, with sampling, stops, piped
+//! conversations and bad input.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use serde_json::Value;
+
+use crate::util::*;
+
+fn run_json(args: &[&str]) -> Value {
+    let mut all = vec!["run", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(&all)).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn greedy_run_equals_transformers_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in FIXTURES {
+        let file = convert(&fixture(name), tmp.path(), &[]);
+        let info = inspect_json(&file);
+        let stops = ids(&info["tokenizer"]["eos_token_ids"]);
+        let oracle: Value = serde_json::from_slice(
+            &std::fs::read(repo_root().join(format!("fixtures/{name}.generate.json"))).unwrap(),
+        )
+        .unwrap();
+        for case in oracle["prompts"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let want = ids(&case["generated_ids"]);
+            let v = run_json(&[
+                file.to_str().unwrap(),
+                "-p",
+                text,
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "12",
+                "--head",
+                "exact",
+            ]);
+            assert_eq!(
+                v["prompt_tokens"].as_u64().unwrap() as usize,
+                case["prompt_ids"].as_array().unwrap().len(),
+                "{name}: {text}"
+            );
+            // transformers generated without stopping; the runner stops at the first end-of-text/turn token.
+            let end = want
+                .iter()
+                .position(|t| stops.contains(t))
+                .unwrap_or(want.len());
+            assert_eq!(ids(&v["ids"]), want[..end].to_vec(), "{name}: {text}");
+            let reason = if end < want.len() { "eos" } else { "length" };
+            assert_eq!(v["stop_reason"], reason, "{name}: {text}");
+        }
+    }
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("bitnet-tiny-untied-sharded"), tmp.path(), &[]);
+    let f = file.to_str().unwrap();
+    let args = |seed: &str| {
+        run_json(&[
+            f,
+            "-p",
+            "Once upon a time",
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--max-tokens",
+            "24",
+        ])
+    };
+    let (a, b, c) = (args("42"), args("42"), args("43"));
+    assert_eq!(a["ids"], b["ids"]);
+    assert_eq!(a["text"], b["text"]);
+    assert_ne!(
+        a["ids"], c["ids"],
+        "another seed should sample another continuation"
+    );
+}
+
+#[test]
+fn stop_strings_end_the_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("bitnet-tiny-tied"), tmp.path(), &[]);
+    let f = file.to_str().unwrap();
+    let full = run_json(&[
+        f,
+        "-p",
+        "The answer to question 42 is",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+    ]);
+    let text = full["text"].as_str().unwrap();
+    let stop: String = text.chars().skip(3).take(2).collect();
+    let cut = run_json(&[
+        f,
+        "-p",
+        "The answer to question 42 is",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--stop",
+        &stop,
+    ]);
+    assert_eq!(cut["stop_reason"], "stop_string");
+    assert_eq!(
+        cut["text"].as_str().unwrap(),
+        &text[..text.find(&stop).unwrap()]
+    );
+}
+
+#[test]
+fn run_reads_stdin_and_streams_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("bitnet-llama3-tiny"), tmp.path(), &[]);
+    let mut child = bitnet()
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "5",
+            "--stats",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("The capital of France is".as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).trim().is_empty());
+    let e = stderr(&o);
+    assert!(
+        e.contains("prefill") && e.contains("tok/s") && e.contains("first token after"),
+        "{e}"
+    );
+}
+
+fn chat(file: &str, input: &[u8], extra: &[&str]) -> std::process::Output {
+    let mut child = bitnet()
+        .args(["chat", file, "--temperature", "0", "--max-tokens", "6"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn piped_chat_keeps_history_reuses_the_cache_and_resets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("bitnet-tiny-tied"), tmp.path(), &[]);
+    let o = chat(
+        file.to_str().unwrap(),
+        b"Hello there\nWhat is two and two?\n/stats\n/reset\nHello there\n/exit\nnever read\n",
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    let statuses: Vec<&str> = e.lines().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(statuses.len(), 4, "three answers and /stats: {e}");
+    assert!(statuses[0].contains("0 reused"), "{e}");
+    assert!(
+        !statuses[1].contains(" 0 reused"),
+        "the second turn reuses the first from the cache: {e}"
+    );
+    assert!(e.contains("conversation reset"));
+    // The first answer is what `run --chat` gives for the same message, and after /reset the same first
+    // message gives it again.
+    let first = run_json(&[
+        file.to_str().unwrap(),
+        "-p",
+        "Hello there",
+        "--chat",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "6",
+    ]);
+    let first = format!("{}\n", first["text"].as_str().unwrap());
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(&first)
+            && out.ends_with(&format!("\n{first}"))
+            && out.len() > 2 * first.len(),
+        "{out:?} vs {first:?}"
+    );
+}
+
+#[test]
+fn chat_drops_the_oldest_turns_when_the_context_is_full() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("bitnet-tiny-tied"), tmp.path(), &[]);
+    // The fixture's context is 256 tokens: a few long messages overflow it.
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(6);
+    let input = format!("{long}\n{long}\n{long}\n{long}\n");
+    let o = chat(file.to_str().unwrap(), input.as_bytes(), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("dropped the oldest turn"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        stderr(&o).lines().filter(|l| l.starts_with('[')).count(),
+        4,
+        "every message still got an answer"
+    );
+}
+
+#[test]
+fn chat_survives_bad_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("bitnet-tiny-tied"), tmp.path(), &[]);
+    let huge = "word ".repeat(400);
+    let input = [
+        b"\xff\xfe not utf-8\n".as_slice(),
+        huge.as_bytes(),
+        b"\n/nonsense\nHello\n",
+    ]
+    .concat();
+    let o = chat(file.to_str().unwrap(), &input, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("not valid UTF-8")
+            && e.contains("too long for the context")
+            && e.contains("unknown command"),
+        "{e}"
+    );
+    assert_eq!(
+        e.lines().filter(|l| l.starts_with('[')).count(),
+        1,
+        "the good line was answered"
+    );
+}
+
+#[test]
+fn bad_run_input_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("bitnet-tiny-tied"), tmp.path(), &[]);
+    let f = file.to_str().unwrap();
+    let long = "word ".repeat(400);
+    for (args, needle) in [
+        (vec!["run", f, "-p", "  "], "the prompt is empty"),
+        (
+            vec!["run", f, "-p", "hi", "--temperature", "-1"],
+            "temperature",
+        ),
+        (vec!["run", f, "-p", "hi", "--top-p", "1.5"], "top_p"),
+        (vec!["run", f, "-p", "hi", "--top-p", "0"], "top_p"),
+        (vec!["run", f, "-p", &long], "context holds 256"),
+        (
+            vec!["run", f, "-p", "hi", "--threads", "0"],
+            "--threads must be at least 1",
+        ),
+        (
+            vec!["run", "/no/such.bitnet", "-p", "hi"],
+            "/no/such.bitnet",
+        ),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"));
+    }
+    let mut child = bitnet()
+        .args(["run", f])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"caf\xe9 au lait")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not valid UTF-8"), "{}", stderr(&o));
+}
+
+#[test]
+fn files_without_tokenizer_or_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let no_tok = copy_fixture("bitnet-tiny-tied", &tmp.path().join("a").tap());
+    std::fs::remove_file(no_tok.join("tokenizer.json")).unwrap();
+    let f = convert(&no_tok, &no_tok, &[]);
+    let o = run(&["run", f.to_str().unwrap(), "-p", "hi"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no tokenizer.json"), "{}", stderr(&o));
+
+    let no_tpl = copy_fixture("bitnet-tiny-tied", &tmp.path().join("b").tap());
+    let tc = no_tpl.join("tokenizer_config.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&tc).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(&tc, serde_json::to_vec(&v).unwrap()).unwrap();
+    let f = convert(&no_tpl, &no_tpl, &[]);
+    let o = run(&[
+        "run",
+        f.to_str().unwrap(),
+        "-p",
+        "hi",
+        "--chat",
+        "--max-tokens",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no chat template; using the BitNet b1.58 2B4T one"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+trait Tap {
+    fn tap(self) -> Self;
+}
+impl Tap for std::path::PathBuf {
+    fn tap(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
