@@ -6,5 +6,6 @@ mod bench;
 mod convert;
 mod hub_cache;
 mod run_chat;
+mod terminal;
 mod util;
 mod verify;

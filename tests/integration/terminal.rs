@@ -1,0 +1,98 @@
+//! `bitnet chat` in a real terminal (tmux): the streamed display, Ctrl-C stopping an answer while the
+//! session goes on, and Ctrl-D leaving.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn tmux(args: &[&str]) -> String {
+    let o = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux (installed by .ci/run)");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn wait_for(session: &str, what: impl Fn(&str) -> bool, secs: u64) -> String {
+    let start = Instant::now();
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-t", session, "-S", "-200"]);
+        if what(&screen) {
+            return screen;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out; the screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn ctrl_c_stops_an_answer_and_the_chat_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("bitnet-llama3-tiny"), tmp.path(), &[]);
+    let session = format!("bitnet-test-{}", std::process::id());
+    // A scalar kernel on one thread, and as many tokens as the context holds, so there is time to interrupt.
+    let cmd = format!(
+        "'{}' chat '{}' --temperature 0 --max-tokens 100000 --kernel scalar --threads 1; echo EXITED-$?; sleep 30",
+        env!("CARGO_BIN_EXE_bitnet"),
+        file.display()
+    );
+    tmux(&["kill-session", "-t", &session]);
+    let _ = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "160",
+            "-y",
+            "50",
+            &cmd,
+        ])
+        .status()
+        .unwrap();
+    wait_for(&session, |s| s.lines().any(|l| l.starts_with(">")), 20);
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "Tell me a very long story",
+        "Enter",
+    ]);
+    // Wait until text streams in after the message, then interrupt.
+    wait_for(
+        &session,
+        |s| {
+            s.lines()
+                .skip_while(|l| !l.contains("long story"))
+                .nth(1)
+                .is_some_and(|l| !l.trim().is_empty())
+        },
+        20,
+    );
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    let screen = wait_for(
+        &session,
+        |s| s.contains("stop: cancelled") || s.contains("stop: context"),
+        20,
+    );
+    assert!(
+        screen.contains("stop: cancelled") && screen.contains("(stopped)"),
+        "Ctrl-C should stop the answer:\n{screen}"
+    );
+    // The session goes on: another message gets an answer and a status line.
+    tmux(&["send-keys", "-t", &session, "Hello", "Enter"]);
+    let screen = wait_for(&session, |s| s.matches("tok/s").count() >= 2, 30);
+    assert!(!screen.contains("EXITED"), "{screen}");
+    tmux(&["send-keys", "-t", &session, "C-d"]);
+    let screen = wait_for(&session, |s| s.contains("EXITED-"), 20);
+    assert!(
+        screen.contains("EXITED-0"),
+        "Ctrl-D leaves cleanly:\n{screen}"
+    );
+    tmux(&["kill-session", "-t", &session]);
+}
