@@ -65,8 +65,8 @@ impl Trace {
     }
 }
 
-/// Records into an optional trace.
-pub(crate) fn rec(
+/// Records into an optional trace (a no-op without one).
+pub fn rec(
     trace: &mut Option<&mut Trace>,
     layer: Option<usize>,
     op: &'static str,

@@ -20,6 +20,7 @@ use bitnet_convert::architecture::Role;
 use bitnet_convert::checkpoint::Checkpoint;
 use bitnet_convert::hub::{self, HubEnv};
 use bitnet_format::{Activation, BitnetFile, ModelConfig, TensorKind};
+use bitnet_model::trace::rec;
 use bitnet_model::{
     Backend, Forward, LogitsMode, Result as ModelResult, Session, Trace, check_tokens,
 };
@@ -403,18 +404,6 @@ impl ReferenceModel {
     }
 }
 
-fn record(
-    trace: &mut Option<&mut Trace>,
-    layer: Option<usize>,
-    op: &'static str,
-    width: usize,
-    v: &[f32],
-) {
-    if let Some(t) = trace.as_deref_mut() {
-        t.record(layer, op, width, v);
-    }
-}
-
 impl Backend for ReferenceModel {
     fn config(&self) -> &ModelConfig {
         &self.config
@@ -444,12 +433,12 @@ impl Backend for ReferenceModel {
             .iter()
             .flat_map(|&t| self.embed[t as usize * h..(t as usize + 1) * h].to_vec())
             .collect();
-        record(&mut trace, None, "embed", h, &x);
+        rec(&mut trace, None, "embed", h, &x);
         self.run_layers(0..self.layers.len(), &mut x, session, trace.as_deref_mut());
         session.pos += n;
         let first = if mode == LogitsMode::All { 0 } else { n - 1 };
         let hidden = self.final_norm(&x[first * h..]);
-        record(&mut trace, None, "output_norm", h, &hidden);
+        rec(&mut trace, None, "output_norm", h, &hidden);
         let logits = self.head(&hidden);
         Ok(Forward { hidden, logits })
     }
@@ -502,11 +491,11 @@ impl ReferenceModel {
             let l = &self.layers[li];
             let il = Some(li);
             let a = norm_all(x, &l.attn_norm, h);
-            record(&mut trace, il, "attn_norm", h, &a);
+            rec(&mut trace, il, "attn_norm", h, &a);
             let (mut q, mut k, v) = (l.q.forward(&a), l.k.forward(&a), l.v.forward(&a));
-            record(&mut trace, il, "attn_q", qd, &q);
-            record(&mut trace, il, "attn_k", kvd, &k);
-            record(&mut trace, il, "attn_v", kvd, &v);
+            rec(&mut trace, il, "attn_q", qd, &q);
+            rec(&mut trace, il, "attn_k", kvd, &k);
+            rec(&mut trace, il, "attn_v", kvd, &v);
             // Rotate-half RoPE: dimension i pairs with i + head_dim / 2.
             for t in 0..n {
                 let pos = (session.pos + t) as f32;
@@ -551,31 +540,31 @@ impl ReferenceModel {
                     }
                 }
             }
-            record(&mut trace, il, "attn", qd, &attn);
+            rec(&mut trace, il, "attn", qd, &attn);
             let s = norm_all(&attn, &l.attn_sub_norm, qd);
-            record(&mut trace, il, "attn_sub_norm", qd, &s);
+            rec(&mut trace, il, "attn_sub_norm", qd, &s);
             let o = l.o.forward(&s);
-            record(&mut trace, il, "attn_output", h, &o);
+            rec(&mut trace, il, "attn_output", h, &o);
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
-            record(&mut trace, il, "attn_residual", h, x);
+            rec(&mut trace, il, "attn_residual", h, x);
             let m = norm_all(x, &l.ffn_norm, h);
-            record(&mut trace, il, "ffn_norm", h, &m);
+            rec(&mut trace, il, "ffn_norm", h, &m);
             let (mut g, u) = (l.gate.forward(&m), l.up.forward(&m));
-            record(&mut trace, il, "ffn_gate", l.gate.rows, &g);
-            record(&mut trace, il, "ffn_up", l.up.rows, &u);
+            rec(&mut trace, il, "ffn_gate", l.gate.rows, &g);
+            rec(&mut trace, il, "ffn_up", l.up.rows, &u);
             for (g, u) in g.iter_mut().zip(&u) {
                 *g = match c.hidden_act {
                     Activation::Relu2 => g.max(0.0).powi(2) * u,
                     Activation::Silu => *g * (1.0 / (1.0 + (-*g).exp())) * u,
                 };
             }
-            record(&mut trace, il, "ffn_act", l.gate.rows, &g);
+            rec(&mut trace, il, "ffn_act", l.gate.rows, &g);
             let s = norm_all(&g, &l.ffn_sub_norm, l.gate.rows);
-            record(&mut trace, il, "ffn_sub_norm", l.gate.rows, &s);
+            rec(&mut trace, il, "ffn_sub_norm", l.gate.rows, &s);
             let d = l.down.forward(&s);
-            record(&mut trace, il, "ffn_down", h, &d);
+            rec(&mut trace, il, "ffn_down", h, &d);
             x.iter_mut().zip(&d).for_each(|(x, d)| *x += d);
-            record(&mut trace, il, "ffn_residual", h, x);
+            rec(&mut trace, il, "ffn_residual", h, x);
         }
     }
 }
