@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bitnet_format::BitnetFile;
 use bitnet_kernels::Kernels;
-use bitnet_kernels::pool::{Pool, read_bandwidth};
+use bitnet_kernels::pool::{Pool, read_bandwidth, read_bandwidth_of};
 use bitnet_model::{Backend, LogitsMode, PackedModel, argmax};
 use bitnet_reference::ReferenceModel;
 use serde_json::{Value, json};
@@ -266,7 +266,8 @@ fn bench_packed(path: &Path, args: &BenchArgs, kernels: Kernels) -> anyhow::Resu
         "opened the file and chose {threads} thread(s) in {:.2} s",
         t0.elapsed().as_secs_f64()
     );
-    let bandwidth = read_bandwidth(&Pool::new(threads), 1 << 30, 5);
+    // The roof: how fast these threads stream exactly the weights a decoded token reads, from the map.
+    let bandwidth = read_bandwidth_of(&Pool::new(threads), &model.decode_bytes(), 12);
     reset_peak_rss();
     let (pre, dec) = time_runs(&model, args)?;
     let bytes = model.weight_bytes_per_token();

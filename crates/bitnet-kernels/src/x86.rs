@@ -474,3 +474,31 @@ pub unsafe fn bf16_matvec_avx512(
         };
     }
 }
+
+/// Sums `buf` with 256-bit loads into four independent accumulators: a streaming read for measuring
+/// memory bandwidth (the baseline target would use 128-bit loads).
+#[target_feature(enable = "avx2")]
+pub unsafe fn stream_sum_avx2(buf: &[u64]) -> u64 {
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let chunks = buf.len() / 16;
+    let p = buf.as_ptr() as *const __m256i;
+    for i in 0..chunks {
+        // SAFETY: 16 u64 (four 32-byte vectors) at 16 * i are inside `buf`.
+        unsafe {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_add_epi64(*a, _mm256_loadu_si256(p.add(4 * i + j)));
+            }
+        }
+    }
+    let mut lanes = [0u64; 4];
+    let total = _mm256_add_epi64(
+        _mm256_add_epi64(acc[0], acc[1]),
+        _mm256_add_epi64(acc[2], acc[3]),
+    );
+    // SAFETY: `lanes` holds 4 u64.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, total) };
+    lanes.iter().fold(0u64, |s, v| s.wrapping_add(*v))
+        + buf[chunks * 16..]
+            .iter()
+            .fold(0u64, |s, v| s.wrapping_add(*v))
+}

@@ -428,6 +428,24 @@ impl PackedModel {
         });
     }
 
+    /// The byte ranges of the file one decoded token reads: every ternary matrix and the head in use.
+    pub fn decode_bytes(&self) -> Vec<&[u8]> {
+        let bytes = self.file.bytes();
+        let mut parts: Vec<&[u8]> = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .map(|t| &bytes[t.range.clone()])
+            .collect();
+        match self.default_head {
+            HeadKind::Int8 => parts.extend(self.int8_head.as_ref().map(|r| &bytes[r.clone()])),
+            HeadKind::Exact => {
+                parts.extend(self.exact_head.as_ref().map(|m| &bytes[m.range.clone()]))
+            }
+        }
+        parts
+    }
+
     /// Bytes of weights one decoded token reads: every ternary matrix, the norms, and the head in use.
     pub fn weight_bytes_per_token(&self) -> u64 {
         let ternary: usize = self
