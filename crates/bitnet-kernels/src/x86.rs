@@ -497,8 +497,8 @@ pub unsafe fn stream_sum_avx2(buf: &[u64]) -> u64 {
     );
     // SAFETY: `lanes` holds 4 u64.
     unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, total) };
-    lanes.iter().fold(0u64, |s, v| s.wrapping_add(*v))
-        + buf[chunks * 16..]
-            .iter()
-            .fold(0u64, |s, v| s.wrapping_add(*v))
+    buf[chunks * 16..]
+        .iter()
+        .chain(&lanes)
+        .fold(0u64, |s, v| s.wrapping_add(*v))
 }
