@@ -193,21 +193,11 @@ fn int8_head_is_a_per_row_absmax_copy() {
                 .iter()
                 .any(|t| t["name"] == "token_embd" && t["kind"] == "bf16")
         );
-        let exact = inspect_json(&convert(&dir, &tmp.path().join("exact").tap_mkdir(), &[]));
+        let exact = inspect_json(&convert(&dir, &mkdir(tmp.path().join("exact")), &[]));
         assert_eq!(
             info["totals"]["parameters"], exact["totals"]["parameters"],
             "{name}"
         );
-    }
-}
-
-trait TapMkdir {
-    fn tap_mkdir(self) -> Self;
-}
-impl TapMkdir for std::path::PathBuf {
-    fn tap_mkdir(self) -> Self {
-        std::fs::create_dir_all(&self).unwrap();
-        self
     }
 }
 
@@ -240,14 +230,14 @@ fn f32_and_f16_master_weights_convert() {
     let tmp = tempfile::tempdir().unwrap();
     let bf16 = convert(
         &fixture("bitnet-tiny-untied-sharded"),
-        &tmp.path().join("bf16").tap_mkdir(),
+        &mkdir(tmp.path().join("bf16")),
         &[],
     );
     let bf16_info = inspect_json(&bf16);
     for dtype in [Dtype::F32, Dtype::F16] {
         let dir = copy_fixture(
             "bitnet-tiny-untied-sharded",
-            &tmp.path().join(format!("{dtype:?}")).tap_mkdir(),
+            &mkdir(tmp.path().join(format!("{dtype:?}"))),
         );
         reencode(&dir, dtype);
         let out = convert(&dir, &dir, &[]);

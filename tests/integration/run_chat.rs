@@ -314,14 +314,14 @@ fn bad_run_input_is_a_clear_error() {
 #[test]
 fn files_without_tokenizer_or_template() {
     let tmp = tempfile::tempdir().unwrap();
-    let no_tok = copy_fixture("bitnet-tiny-tied", &tmp.path().join("a").tap());
+    let no_tok = copy_fixture("bitnet-tiny-tied", &mkdir(tmp.path().join("a")));
     std::fs::remove_file(no_tok.join("tokenizer.json")).unwrap();
     let f = convert(&no_tok, &no_tok, &[]);
     let o = run(&["run", f.to_str().unwrap(), "-p", "hi"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no tokenizer.json"), "{}", stderr(&o));
 
-    let no_tpl = copy_fixture("bitnet-tiny-tied", &tmp.path().join("b").tap());
+    let no_tpl = copy_fixture("bitnet-tiny-tied", &mkdir(tmp.path().join("b")));
     let tc = no_tpl.join("tokenizer_config.json");
     let mut v: Value = serde_json::from_slice(&std::fs::read(&tc).unwrap()).unwrap();
     v.as_object_mut().unwrap().remove("chat_template");
@@ -342,14 +342,4 @@ fn files_without_tokenizer_or_template() {
         "{}",
         stderr(&o)
     );
-}
-
-trait Tap {
-    fn tap(self) -> Self;
-}
-impl Tap for std::path::PathBuf {
-    fn tap(self) -> Self {
-        std::fs::create_dir_all(&self).unwrap();
-        self
-    }
 }

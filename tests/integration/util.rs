@@ -196,3 +196,9 @@ pub fn assert_only(dir: &Path, names: &[&str]) {
     want.sort();
     assert_eq!(found, want, "files in {}", dir.display());
 }
+
+/// Creates `dir` (and parents) and returns it.
+pub fn mkdir(dir: PathBuf) -> PathBuf {
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -378,6 +378,30 @@ unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
     _mm_cvtss_f32(v1)
 }
 
+/// Adds the columns `k..cols` of `row` that the vector loop left to their lanes (in column order, as the
+/// scalar oracle does), then reduces the 16 lanes in the canonical order.
+#[target_feature(enable = "avx2")]
+unsafe fn finish_bf16_row(
+    m: &Bf16Matrix<'_>,
+    x: &[f32],
+    row: usize,
+    k: usize,
+    mut lanes: [f32; 16],
+) -> f32 {
+    let cols = m.cols;
+    for kk in k..cols {
+        let b = &m.data[2 * (row * cols + kk)..2 * (row * cols + kk) + 2];
+        lanes[kk % 16] += f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * x[kk];
+    }
+    // SAFETY: `lanes` holds 16 f32; AVX2 is enabled here.
+    unsafe {
+        reduce16(
+            _mm256_loadu_ps(lanes.as_ptr()),
+            _mm256_loadu_ps(lanes.as_ptr().add(8)),
+        )
+    }
+}
+
 /// bf16 row dot products with the contract of [`crate::scalar::bf16_matvec`] (16 lanes, multiply then add,
 /// canonical reduction).
 #[target_feature(enable = "avx2")]
@@ -416,20 +440,8 @@ pub unsafe fn bf16_matvec_avx2(m: &Bf16Matrix<'_>, x: &[f32], rows: Range<usize>
             _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
             _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
         }
-        if k < cols {
-            for kk in k..cols {
-                let b = &m.data[2 * (row * cols + kk)..2 * (row * cols + kk) + 2];
-                lanes[kk % 16] +=
-                    f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * x[kk];
-            }
-        }
-        // SAFETY: `lanes` holds 16 f32.
-        out[row - rows.start] = unsafe {
-            reduce16(
-                _mm256_loadu_ps(lanes.as_ptr()),
-                _mm256_loadu_ps(lanes.as_ptr().add(8)),
-            )
-        };
+        // SAFETY: AVX2 is enabled in this function.
+        out[row - rows.start] = unsafe { finish_bf16_row(m, x, row, k, lanes) };
     }
 }
 
@@ -464,18 +476,8 @@ pub unsafe fn bf16_matvec_avx512(
         let mut lanes = [0f32; 16];
         // SAFETY: `lanes` holds 16 f32.
         unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
-        for kk in k..cols {
-            let b = &m.data[2 * (row * cols + kk)..2 * (row * cols + kk) + 2];
-            lanes[kk % 16] +=
-                f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * x[kk];
-        }
-        // SAFETY: `lanes` holds 16 f32; AVX2 is enabled here.
-        out[row - rows.start] = unsafe {
-            reduce16(
-                _mm256_loadu_ps(lanes.as_ptr()),
-                _mm256_loadu_ps(lanes.as_ptr().add(8)),
-            )
-        };
+        // SAFETY: AVX2 is enabled in this function.
+        out[row - rows.start] = unsafe { finish_bf16_row(m, x, row, k, lanes) };
     }
 }
 
