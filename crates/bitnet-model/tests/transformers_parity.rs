@@ -216,3 +216,49 @@ fn every_kernel_set_and_thread_count_gives_the_same_bits() {
         }
     }
 }
+
+#[test]
+fn a_batched_decode_step_gives_each_sequence_its_solo_bits() {
+    use bitnet_kernels::Kernels;
+    use bitnet_kernels::dispatch::NAMES;
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "bitnet-tiny-untied-sharded";
+    let (prompts, _) = expected(name);
+    for head in [bitnet_convert::LmHead::Exact, bitnet_convert::LmHead::Int8] {
+        let base = load(name, tmp.path(), head);
+        let file = Arc::new(BitnetFile::open(base.file().path().unwrap()).unwrap());
+        for k in NAMES.iter().filter(|n| Kernels::supported(n)) {
+            let m = PackedModel::load_with(file.clone(), Kernels::by_name(k).unwrap(), 2).unwrap();
+            // Sequences of different lengths (so different positions), some sharing a prefix.
+            let prompts: Vec<Vec<u32>> = (0..5)
+                .map(|i| prompts[i % prompts.len()][..3 + 2 * i].to_vec())
+                .collect();
+            let mut solo = Vec::new();
+            let mut sessions = Vec::new();
+            let mut next = Vec::new();
+            for p in &prompts {
+                let mut s = m.session(64);
+                let l = m.forward(&mut s, p, LogitsMode::Last, None).unwrap().logits;
+                next.push(bitnet_model::argmax(&l));
+                let mut alone = s.clone();
+                solo.push(
+                    m.forward(&mut alone, &next[next.len() - 1..], LogitsMode::Last, None)
+                        .unwrap()
+                        .logits,
+                );
+                sessions.push(s);
+            }
+            let mut refs: Vec<&mut bitnet_model::Session> = sessions.iter_mut().collect();
+            let batched = m.forward_batch(&mut refs, &next).unwrap();
+            let v = m.config().vocab_size;
+            for (i, want) in solo.iter().enumerate() {
+                let got = &batched[i * v..(i + 1) * v];
+                assert!(
+                    want.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{head:?} {k}: sequence {i} differs batched"
+                );
+                assert_eq!(sessions[i].pos, prompts[i].len() + 1);
+            }
+        }
+    }
+}
