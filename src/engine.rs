@@ -280,18 +280,9 @@ impl Engine {
         cancel: &AtomicBool,
         emit: &mut dyn FnMut(&str) -> anyhow::Result<()>,
     ) -> anyhow::Result<Generation> {
-        let common = cached
-            .iter()
-            .zip(ids)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(ids.len().saturating_sub(1));
-        session.truncate(common);
-        cached.truncate(common);
+        let common = reuse_prefix(session, cached, ids);
         let new = &ids[common..];
-        let mut sampler = Sampler::new(params.clone())?;
-        let mut stopm = StopMatcher::new(stops)?;
-        let mut detok = Detokenizer::new(&self.tokenizer);
+        let mut dec = SeqDecoder::new(self, params, stops)?;
         let t0 = Instant::now();
         let mut logits = self
             .model
@@ -299,63 +290,172 @@ impl Engine {
             .logits;
         cached.extend_from_slice(new);
         let prefill_s = t0.elapsed().as_secs_f64();
-        let mut out = Generation {
-            ids: Vec::new(),
-            text: String::new(),
-            stop: StopReason::Length,
+        let mut first_token_s = 0.0;
+        let t1 = Instant::now();
+        let stop = loop {
+            if cancel.load(Ordering::Relaxed) {
+                emit(&dec.cancel()?)?;
+                break StopReason::Cancelled;
+            }
+            let step = dec.next(&logits, cached, session.pos < session.max_ctx)?;
+            if first_token_s == 0.0 {
+                first_token_s = t0.elapsed().as_secs_f64();
+            }
+            emit(&step.text)?;
+            match (step.stop, step.token) {
+                (Some(stop), _) => break stop,
+                (None, Some(next)) => {
+                    logits = self
+                        .model
+                        .forward(session, &[next], LogitsMode::Last, None)?
+                        .logits;
+                    cached.push(next);
+                }
+                (None, None) => unreachable!("a step without a stop has a token to feed"),
+            }
+        };
+        Ok(Generation {
+            ids: dec.ids().to_vec(),
+            text: dec.text().to_string(),
+            stop,
             prompt_tokens: ids.len(),
             reused_tokens: common,
             prefill_s,
-            first_token_s: 0.0,
-            decode_s: 0.0,
+            first_token_s,
+            decode_s: t1.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Keeps the longest prefix `ids` shares with the session's cache (`cached`), but never all of `ids`:
+/// the last prompt token must run to give logits. Returns how many positions were kept.
+pub fn reuse_prefix(session: &mut Session, cached: &mut Vec<u32>, ids: &[u32]) -> usize {
+    let common = cached
+        .iter()
+        .zip(ids)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(ids.len().saturating_sub(1));
+    session.truncate(common);
+    cached.truncate(common);
+    common
+}
+
+/// What one [`SeqDecoder::next`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Text to show now (may be empty while a stop string or a UTF-8 sequence is pending).
+    pub text: String,
+    /// The sampled token to feed to the model next, if generation goes on.
+    pub token: Option<u32>,
+    /// Why generation ended, if it did (then `text` includes everything held back).
+    pub stop: Option<StopReason>,
+}
+
+/// The per-sequence half of generation: sampling, end-of-turn ids, stop strings and detokenization, fed
+/// one set of logits at a time. `run`, `chat` and `serve` share it, so a sequence gives the same text
+/// whichever of them drives it.
+pub struct SeqDecoder<'e> {
+    sampler: Sampler,
+    stops: StopMatcher,
+    detok: Detokenizer<'e>,
+    stop_ids: &'e [u32],
+    max_tokens: usize,
+    ids: Vec<u32>,
+    text: String,
+    done: bool,
+}
+
+impl<'e> SeqDecoder<'e> {
+    pub fn new(
+        engine: &'e Engine,
+        params: &SamplingParams,
+        stops: &[String],
+    ) -> anyhow::Result<SeqDecoder<'e>> {
+        Ok(SeqDecoder {
+            sampler: Sampler::new(params.clone())?,
+            stops: StopMatcher::new(stops)?,
+            detok: Detokenizer::new(&engine.tokenizer),
+            stop_ids: &engine.stop_ids,
+            max_tokens: params.max_tokens,
+            ids: Vec::new(),
+            text: String::new(),
+            done: false,
+        })
+    }
+
+    /// Samples from `logits` (the model's output after `history`, the ids in context). `room` says whether
+    /// the context has space for one more position.
+    pub fn next(&mut self, logits: &[f32], history: &[u32], room: bool) -> anyhow::Result<Step> {
+        if self.done {
+            bail!("generation already ended");
+        }
+        if self.ids.len() >= self.max_tokens {
+            return self.end(String::new(), StopReason::Length);
+        }
+        let next = self.sampler.sample(logits, history)?;
+        if self.stop_ids.contains(&next) {
+            return self.end(String::new(), StopReason::Eos);
+        }
+        self.ids.push(next);
+        let piece = self.stops.push(&self.detok.push(next)?);
+        self.text.push_str(&piece.text);
+        if piece.stop.is_some() {
+            self.done = true;
+            return Ok(Step {
+                text: piece.text,
+                token: None,
+                stop: Some(StopReason::StopString),
+            });
+        }
+        if self.ids.len() == self.max_tokens {
+            return self.end(piece.text, StopReason::Length);
+        }
+        if !room {
+            return self.end(piece.text, StopReason::Context);
+        }
+        Ok(Step {
+            text: piece.text,
+            token: Some(next),
+            stop: None,
+        })
+    }
+
+    /// Ends generation early (the client went away or pressed Ctrl-C): the text held back so far.
+    pub fn cancel(&mut self) -> anyhow::Result<String> {
+        if self.done {
+            return Ok(String::new());
+        }
+        Ok(self.end(String::new(), StopReason::Cancelled)?.text)
+    }
+
+    /// Flushes what the detokenizer and the stop matcher hold back (a stop string may still appear in it).
+    fn end(&mut self, mut text: String, reason: StopReason) -> anyhow::Result<Step> {
+        self.done = true;
+        let rest = self.stops.push(&self.detok.finish()?);
+        let mut tail = rest.text;
+        let reason = if rest.stop.is_some() {
+            StopReason::StopString
+        } else {
+            tail.push_str(&self.stops.finish());
+            reason
         };
-        let t1 = Instant::now();
-        for i in 0..params.max_tokens {
-            if cancel.load(Ordering::Relaxed) {
-                out.stop = StopReason::Cancelled;
-                break;
-            }
-            let next = sampler.sample(&logits, cached)?;
-            if i == 0 {
-                out.first_token_s = t0.elapsed().as_secs_f64();
-            }
-            if self.stop_ids.contains(&next) {
-                out.stop = StopReason::Eos;
-                break;
-            }
-            out.ids.push(next);
-            let piece = stopm.push(&detok.push(next)?);
-            out.text.push_str(&piece.text);
-            emit(&piece.text)?;
-            if piece.stop.is_some() {
-                out.stop = StopReason::StopString;
-                break;
-            }
-            if i + 1 == params.max_tokens {
-                break;
-            }
-            if session.pos + 1 > session.max_ctx {
-                out.stop = StopReason::Context;
-                break;
-            }
-            logits = self
-                .model
-                .forward(session, &[next], LogitsMode::Last, None)?
-                .logits;
-            cached.push(next);
-        }
-        if out.stop != StopReason::StopString {
-            let rest = stopm.push(&detok.finish()?);
-            let mut tail = rest.text;
-            if rest.stop.is_some() {
-                out.stop = StopReason::StopString;
-            } else {
-                tail.push_str(&stopm.finish());
-            }
-            out.text.push_str(&tail);
-            emit(&tail)?;
-        }
-        out.decode_s = t1.elapsed().as_secs_f64();
-        Ok(out)
+        self.text.push_str(&tail);
+        text.push_str(&tail);
+        Ok(Step {
+            text,
+            token: None,
+            stop: Some(reason),
+        })
+    }
+
+    /// Tokens generated so far (end-of-turn ids excluded).
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Text generated so far.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 }
