@@ -28,6 +28,8 @@ pub enum Command {
     Run(RunArgs),
     /// Talk with the model: one message per line; /help for commands.
     Chat(ChatArgs),
+    /// Serve an OpenAI-compatible HTTP API and a web chat page.
+    Serve(ServeArgs),
 }
 
 /// LM head storage.
@@ -250,4 +252,42 @@ pub struct ChatArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub gen_args: GenArgs,
+}
+
+/// `bitnet serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// A .bitnet file, or a Hugging Face folder or repo id (converted once into ~/.cache/bitnet).
+    pub model: String,
+    /// Address to listen on (loopback by default; 0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Threads of the compute pool (default: one per core, or one if two measure slower at load).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Sequences decoded together: each step reads the weights once for all of them.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Requests that may wait for a free sequence; past it the server answers 503.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Largest request body in bytes; past it the server answers 413.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body: usize,
+    /// A Hugging Face checkpoint of the same model to offer as the FP32 reference backend
+    /// (model id `NAME:fp32`), for comparison in the web page.
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Require `Authorization: Bearer KEY` on /v1 and /metrics.
+    #[arg(long, env = "BITNET_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Force a kernel set (scalar, avx2, avx512vnni).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// LM head (default: int8 when the file has one, else exact).
+    #[arg(long, value_enum)]
+    pub head: Option<HeadArg>,
 }
