@@ -23,6 +23,9 @@ pub struct Metrics {
     decode_us: AtomicU64,
     cancelled: AtomicU64,
     active: AtomicUsize,
+    /// Batched decode steps of the packed worker, and the sequences they ran.
+    steps: AtomicU64,
+    step_sequences: AtomicU64,
     /// (when, tokens) of recent decode steps.
     recent: Mutex<VecDeque<(Instant, usize)>>,
 }
@@ -41,6 +44,12 @@ impl Metrics {
     pub fn prefilled(&self, tokens: usize) {
         self.prefill_tokens
             .fetch_add(tokens as u64, Ordering::Relaxed);
+    }
+
+    /// A batched decode step ran `n` sequences through the weights together.
+    pub fn step(&self, n: usize) {
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        self.step_sequences.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// A step sampled `tokens` tokens (one per sequence).
@@ -139,6 +148,16 @@ impl Metrics {
                 "bitnet_generations_total",
                 "Generations that ran to a stop.",
                 self.completed.load(Ordering::Relaxed),
+            ),
+            (
+                "bitnet_decode_steps_total",
+                "Decode steps of the packed backend (each reads the weights once).",
+                self.steps.load(Ordering::Relaxed),
+            ),
+            (
+                "bitnet_decode_step_sequences_total",
+                "Sequences those steps decoded together (over steps: the mean batch).",
+                self.step_sequences.load(Ordering::Relaxed),
             ),
             (
                 "bitnet_cancelled_total",

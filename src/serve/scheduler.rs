@@ -256,6 +256,7 @@ fn packed_loop(
                 continue;
             }
         };
+        metrics.step(active.len());
         metrics.decoded(active.len());
         let v = model.config().vocab_size;
         let mut i = 0;

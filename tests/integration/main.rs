@@ -4,8 +4,10 @@
 mod bad_input;
 mod bench;
 mod convert;
+mod http;
 mod hub_cache;
 mod run_chat;
+mod serve;
 mod terminal;
 mod util;
 mod verify;

@@ -52,6 +52,9 @@ struct Layer {
 /// head are 160 KiB int8 or 320 KiB bf16, which stay in L2 while the tokens pass over them.
 const HEAD_BLOCK: usize = 64;
 
+/// A head kernel for one token over a block of rows: `(token, rows, out)`.
+type RowKernel<'a> = dyn Fn(usize, Range<usize>, &mut [f32]) + 'a;
+
 /// Which LM head computes the logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadKind {
@@ -342,9 +345,13 @@ impl PackedModel {
         let threads = self.pool.threads();
         let out = SharedMut::new(&mut logits);
         // Runs `row_kernel(token, rows, out)` over this thread's rows, block by block.
-        let blocked = |tid: usize, row_kernel: &dyn Fn(usize, Range<usize>, &mut [f32])| {
+        let blocked = |tid: usize, row_kernel: &RowKernel<'_>| {
             let rows = Pool::split(v, threads, tid, 16);
-            let block = if m == 1 { rows.len().max(1) } else { HEAD_BLOCK };
+            let block = if m == 1 {
+                rows.len().max(1)
+            } else {
+                HEAD_BLOCK
+            };
             let mut r0 = rows.start;
             while r0 < rows.end {
                 let r1 = (r0 + block).min(rows.end);

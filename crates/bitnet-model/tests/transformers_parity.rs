@@ -254,7 +254,9 @@ fn a_batched_decode_step_gives_each_sequence_its_solo_bits() {
             for (i, want) in solo.iter().enumerate() {
                 let got = &batched[i * v..(i + 1) * v];
                 assert!(
-                    want.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    want.iter()
+                        .zip(got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{head:?} {k}: sequence {i} differs batched"
                 );
                 assert_eq!(sessions[i].pos, prompts[i].len() + 1);
