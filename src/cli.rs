@@ -166,6 +166,10 @@ pub struct BenchArgs {
     /// For the reference backend: the Hugging Face checkpoint (default: the packed file's weights in f32).
     #[arg(long)]
     pub reference: Option<String>,
+    /// Also decode N sequences together, as `serve --parallel N` does (one weight read per step for all
+    /// of them), and report their aggregate tokens/s against one sequence's (packed backend).
+    #[arg(long)]
+    pub parallel: Option<usize>,
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -147,6 +147,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         print_row_header(&mut out)?;
         print_row(&mut out, &report)?;
     }
+    let packed = if args.backend == BackendArg::Both {
+        &report["packed"]
+    } else {
+        &report
+    };
+    if !args.json
+        && let Some(n) = packed["parallel"].as_u64()
+    {
+        writeln!(
+            out,
+            "{n} sequences decoded together: {:.2} tok/s in all, {:.2}x one sequence's {:.2} tok/s",
+            packed["parallel_decode_tok_s"].as_f64().unwrap_or(0.0),
+            packed["parallel_speedup"].as_f64().unwrap_or(0.0),
+            packed["decode_tok_s"].as_f64().unwrap_or(0.0),
+        )?;
+    }
     Ok(Outcome::Success)
 }
 
@@ -172,6 +188,9 @@ fn child(path: &Path, args: &BenchArgs, backend: &str) -> anyhow::Result<Value> 
     }
     if let Some(r) = &args.reference {
         cmd.args(["--reference", r]);
+    }
+    if let (Some(n), "packed") = (args.parallel, backend) {
+        cmd.args(["--parallel", &n.to_string()]);
     }
     let out = cmd
         .stderr(std::process::Stdio::inherit())
@@ -229,6 +248,43 @@ fn time_runs(backend: &dyn Backend, args: &BenchArgs) -> anyhow::Result<(Vec<f64
     Ok((pre, dec))
 }
 
+/// Aggregate decode tokens/s of `n` sequences decoded together (one [`PackedModel::forward_batch`] per
+/// step), per run; each sequence first prefills its own prompt.
+fn time_parallel(model: &PackedModel, args: &BenchArgs, n: usize) -> anyhow::Result<Vec<f64>> {
+    if n == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    let c = model.config();
+    let ctx = args.prompt_tokens + args.gen_tokens;
+    let mut out = Vec::new();
+    for r in 0..args.repeat {
+        let mut sessions: Vec<_> = (0..n).map(|_| model.session(ctx)).collect();
+        let mut next = Vec::with_capacity(n);
+        for (i, s) in sessions.iter_mut().enumerate() {
+            let mut prompt = prompt_ids(args.prompt_tokens + i, c.vocab_size);
+            prompt.drain(..i);
+            let l = model.forward(s, &prompt, LogitsMode::Last, None)?.logits;
+            next.push(argmax(&l));
+        }
+        let t0 = Instant::now();
+        for _ in 0..args.gen_tokens {
+            let mut refs: Vec<&mut bitnet_model::Session> = sessions.iter_mut().collect();
+            let logits = model.forward_batch(&mut refs, &next)?;
+            for (i, t) in next.iter_mut().enumerate() {
+                *t = argmax(&logits[i * c.vocab_size..(i + 1) * c.vocab_size]);
+            }
+        }
+        let tok_s = (n * args.gen_tokens) as f64 / t0.elapsed().as_secs_f64();
+        eprintln!(
+            "run {}/{}: {n} sequences together decode {tok_s:.2} tok/s in all",
+            r + 1,
+            args.repeat
+        );
+        out.push(tok_s);
+    }
+    Ok(out)
+}
+
 fn summarize(mut pre: Vec<f64>, mut dec: Vec<f64>) -> Value {
     let span = |v: &[f64]| json!({"min": v.iter().copied().fold(f64::INFINITY, f64::min), "max": v.iter().copied().fold(0.0, f64::max)});
     let (ps, ds) = (span(&pre), span(&dec));
@@ -272,6 +328,24 @@ fn bench_packed(path: &Path, args: &BenchArgs, kernels: Kernels) -> anyhow::Resu
     let (pre, dec) = time_runs(&model, args)?;
     let bytes = model.weight_bytes_per_token();
     let mut v = summarize(pre, dec);
+    if let Some(n) = args.parallel {
+        let mut agg = time_parallel(&model, args, n)?;
+        let single = v["decode_tok_s"].as_f64().unwrap_or(0.0);
+        let spread = json!({
+            "min": agg.iter().copied().fold(f64::INFINITY, f64::min),
+            "max": agg.iter().copied().fold(0.0, f64::max),
+        });
+        let m = median(&mut agg);
+        merge(
+            &mut v,
+            json!({
+                "parallel": n,
+                "parallel_decode_tok_s": m,
+                "parallel_decode_tok_s_spread": spread,
+                "parallel_speedup": m / single,
+            }),
+        );
+    }
     let decode = v["decode_tok_s"].as_f64().unwrap_or(0.0);
     let c = model.config();
     let kv_bytes =

@@ -254,9 +254,12 @@ fn with_header(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
     b
 }
 
+/// A named edit of a header.
+type HeaderEdit = (&'static str, Box<dyn FnOnce(&mut Value)>);
+
 #[test]
 fn rejects_directory_entries_that_break_the_rules() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>)> = vec![
+    let cases: Vec<HeaderEdit> = vec![
         ("length", Box::new(|h| h["tensors"][1]["length"] = 5.into())),
         (
             "multiple of 64",

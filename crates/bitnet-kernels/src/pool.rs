@@ -213,57 +213,6 @@ impl<'a, T> SharedMut<'a, T> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_thread_runs_each_job() {
-        let pool = Pool::new(3);
-        for round in 0..200 {
-            let hits = AtomicUsize::new(0);
-            pool.run(&|tid| {
-                hits.fetch_add(1 << (8 * tid), Ordering::Relaxed);
-            });
-            assert_eq!(hits.load(Ordering::Relaxed), 0x010101, "round {round}");
-        }
-    }
-
-    #[test]
-    fn split_covers_the_range_in_aligned_pieces() {
-        for (n, threads, align) in [
-            (100, 3, 16),
-            (16, 2, 16),
-            (7, 4, 1),
-            (0, 2, 16),
-            (8016 * 16, 2, 32),
-        ] {
-            let mut next = 0;
-            for tid in 0..threads {
-                let r = Pool::split(n, threads, tid, align);
-                assert_eq!(r.start, next);
-                assert!(r.start % align == 0 || r.start == n);
-                next = r.end;
-            }
-            assert_eq!(next, n);
-        }
-    }
-
-    #[test]
-    fn a_panicking_job_is_reported_and_the_pool_survives() {
-        let pool = Pool::new(2);
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            pool.run(&|tid| assert_ne!(tid, 1, "boom"))
-        }));
-        assert!(r.is_err());
-        let hits = AtomicUsize::new(0);
-        pool.run(&|_| {
-            hits.fetch_add(1, Ordering::Relaxed);
-        });
-        assert_eq!(hits.load(Ordering::Relaxed), 2);
-    }
-}
-
 /// Sums a buffer as fast as this CPU streams memory.
 fn stream_sum(part: &[u64]) -> u64 {
     #[cfg(target_arch = "x86_64")]
@@ -326,4 +275,55 @@ pub fn read_bandwidth_of(pool: &Pool, parts: &[&[u8]], passes: usize) -> f64 {
         best = best.min(start.elapsed().as_secs_f64());
     }
     total as f64 / best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_thread_runs_each_job() {
+        let pool = Pool::new(3);
+        for round in 0..200 {
+            let hits = AtomicUsize::new(0);
+            pool.run(&|tid| {
+                hits.fetch_add(1 << (8 * tid), Ordering::Relaxed);
+            });
+            assert_eq!(hits.load(Ordering::Relaxed), 0x010101, "round {round}");
+        }
+    }
+
+    #[test]
+    fn split_covers_the_range_in_aligned_pieces() {
+        for (n, threads, align) in [
+            (100, 3, 16),
+            (16, 2, 16),
+            (7, 4, 1),
+            (0, 2, 16),
+            (8016 * 16, 2, 32),
+        ] {
+            let mut next = 0;
+            for tid in 0..threads {
+                let r = Pool::split(n, threads, tid, align);
+                assert_eq!(r.start, next);
+                assert!(r.start.is_multiple_of(align) || r.start == n);
+                next = r.end;
+            }
+            assert_eq!(next, n);
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_is_reported_and_the_pool_survives() {
+        let pool = Pool::new(2);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(&|tid| assert_ne!(tid, 1, "boom"))
+        }));
+        assert!(r.is_err());
+        let hits = AtomicUsize::new(0);
+        pool.run(&|_| {
+            hits.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(hits.load(Ordering::Relaxed), 2);
+    }
 }

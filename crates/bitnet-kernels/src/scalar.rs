@@ -256,15 +256,11 @@ mod tests {
         let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.11).cos()).collect();
         let mut out = vec![0f32; rows];
         bf16_matvec(&m, &x, 0..rows, &mut out);
-        for r in 0..rows {
+        for (r, got) in out.iter().enumerate() {
             let exact: f64 = (0..cols)
                 .map(|k| f32::from_bits(data_bits(&data, r * cols + k)) as f64 * x[k] as f64)
                 .sum();
-            assert!(
-                (out[r] as f64 - exact).abs() < 1e-5,
-                "{} vs {exact}",
-                out[r]
-            );
+            assert!((*got as f64 - exact).abs() < 1e-5, "{got} vs {exact}");
         }
     }
 

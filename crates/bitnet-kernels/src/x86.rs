@@ -42,11 +42,101 @@ fn store_tile(
     }
 }
 
+/// One tile for `NT` (1 to 4) tokens from `t0` with the mask-only plane trick: plane `q` is
+/// `chunk & (3 << 2q)`, a multiple `4^q` of the codes, so it needs no shift; each (token, plane) pair has
+/// its own accumulator (independent `vpdpbusd` chains), shifted back once per tile. Returns each token's
+/// 16 integer dot products.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_masked<const NT: usize>(
+    base: *const u8,
+    groups: usize,
+    x: &QuantizedBatch,
+    t0: usize,
+) -> [[i32; TILE]; NT] {
+    let masks = [
+        _mm512_set1_epi8(0x03),
+        _mm512_set1_epi8(0x0C),
+        _mm512_set1_epi8(0x30),
+        _mm512_set1_epi8(0xC0u8 as i8),
+    ];
+    let kp = x.kp;
+    let mut acc = [[_mm512_setzero_si512(); 4]; NT];
+    for g in 0..groups {
+        // SAFETY: the caller guarantees chunk g of this tile is readable at `base` and tokens
+        // t0..t0 + NT have kp activation bytes each.
+        unsafe {
+            let v = _mm512_loadu_si512(base.add(64 * g) as *const _);
+            _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * g + PREFETCH) as *const i8);
+            let planes = [
+                _mm512_and_si512(v, masks[0]),
+                _mm512_and_si512(v, masks[1]),
+                _mm512_and_si512(v, masks[2]),
+                _mm512_and_si512(v, masks[3]),
+            ];
+            for (j, a) in acc.iter_mut().enumerate() {
+                let xq = x.q.as_ptr().add((t0 + j) * kp + 16 * g);
+                for q in 0..4 {
+                    let xb = _mm512_set1_epi32(load_i32(xq.add(4 * q)));
+                    a[q] = _mm512_dpbusd_epi32(a[q], planes[q], xb);
+                }
+            }
+        }
+    }
+    let mut out = [[0i32; TILE]; NT];
+    for (a, o) in acc.iter().zip(out.iter_mut()) {
+        let total = _mm512_add_epi32(
+            _mm512_add_epi32(a[0], _mm512_srai_epi32::<2>(a[1])),
+            _mm512_add_epi32(_mm512_srai_epi32::<4>(a[2]), _mm512_srai_epi32::<6>(a[3])),
+        );
+        // SAFETY: `o` holds 16 i32.
+        unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut _, total) };
+    }
+    out
+}
+
+/// One tile for 8 tokens from `t0`: planes decoded once per chunk (shift and mask) and reused by all 8.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_shifted8(
+    base: *const u8,
+    groups: usize,
+    x: &QuantizedBatch,
+    t0: usize,
+) -> [[i32; TILE]; TOKEN_BLOCK] {
+    let mask = _mm512_set1_epi8(0x03);
+    let kp = x.kp;
+    let mut acc = [_mm512_setzero_si512(); TOKEN_BLOCK];
+    for g in 0..groups {
+        // SAFETY: as in `tile_masked`, for tokens t0..t0 + 8.
+        unsafe {
+            let v = _mm512_loadu_si512(base.add(64 * g) as *const _);
+            _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * g + PREFETCH) as *const i8);
+            let p = [
+                _mm512_and_si512(v, mask),
+                _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
+                _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
+            ];
+            for (j, a) in acc.iter_mut().enumerate() {
+                let xq = x.q.as_ptr().add((t0 + j) * kp + 16 * g);
+                for (q, pq) in p.iter().enumerate() {
+                    *a = _mm512_dpbusd_epi32(*a, *pq, _mm512_set1_epi32(load_i32(xq.add(4 * q))));
+                }
+            }
+        }
+    }
+    let mut out = [[0i32; TILE]; TOKEN_BLOCK];
+    for (a, o) in acc.iter().zip(out.iter_mut()) {
+        // SAFETY: `o` holds 16 i32.
+        unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut _, *a) };
+    }
+    out
+}
+
 /// AVX-512 VNNI ternary matmul with the contract of [`crate::scalar::ternary_matmul`].
 ///
-/// One token: the mask-only plane trick (plane `q` is `chunk & (3 << 2q)`, a multiple `4^q` of the codes,
-/// each plane in its own accumulator, shifted back once per tile). Several tokens: planes are decoded once
-/// per chunk (shift and mask) and reused for up to 8 tokens.
+/// Tokens go through each tile in blocks: 8 at a time with planes decoded once per chunk (shift and
+/// mask), and the last 1 to 4 (a decode step, or several sequences decoded together) with the mask-only
+/// plane trick, whose independent accumulators keep `vpdpbusd` busy when few tokens share a chunk.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn ternary_matmul_avx512vnni(
     m: &TernaryMatrix<'_>,
@@ -61,91 +151,48 @@ pub unsafe fn ternary_matmul_avx512vnni(
         m.data.len() >= tiles.end * 4 * kp,
         "tile range past the data"
     );
+    assert!(x.q.len() >= x.n * kp, "activation rows");
     let groups = kp / 16;
     let row0 = tiles.start * TILE;
     for tile in tiles {
         let base = m.data[tile * 4 * kp..].as_ptr();
         let valid = m.rows.saturating_sub(tile * TILE).min(TILE);
-        if x.n == 1 {
-            let xq = x.token(0).as_ptr();
-            let mut acc = [_mm512_setzero_si512(); 4];
-            let masks = [
-                _mm512_set1_epi8(0x03),
-                _mm512_set1_epi8(0x0C),
-                _mm512_set1_epi8(0x30),
-                _mm512_set1_epi8(0xC0u8 as i8),
-            ];
-            for g in 0..groups {
-                // SAFETY: chunk g of this tile is inside `m.data` (checked above); `xq` has kp bytes.
-                unsafe {
-                    let v = _mm512_loadu_si512(base.add(64 * g) as *const _);
-                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * g + PREFETCH) as *const i8);
-                    for q in 0..4 {
-                        let xb = _mm512_set1_epi32(load_i32(xq.add(16 * g + 4 * q)));
-                        acc[q] = _mm512_dpbusd_epi32(acc[q], _mm512_and_si512(v, masks[q]), xb);
-                    }
-                }
-            }
-            let total = _mm512_add_epi32(
-                _mm512_add_epi32(acc[0], _mm512_srai_epi32::<2>(acc[1])),
-                _mm512_add_epi32(
-                    _mm512_srai_epi32::<4>(acc[2]),
-                    _mm512_srai_epi32::<6>(acc[3]),
-                ),
-            );
-            let mut lanes = [0i32; TILE];
-            // SAFETY: `lanes` holds 16 i32.
-            unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, total) };
+        let mut store = |t: usize, lanes: &[i32; TILE]| {
             store_tile(
-                &lanes,
-                x.sum[0],
-                m.scale / x.scale[0],
+                lanes,
+                x.sum[t],
+                m.scale / x.scale[t],
                 out,
-                tile * TILE - row0,
+                t * out_stride + tile * TILE - row0,
                 valid,
             );
-            continue;
-        }
-        let mask = _mm512_set1_epi8(0x03);
-        for t0 in (0..x.n).step_by(TOKEN_BLOCK) {
-            let nt = (x.n - t0).min(TOKEN_BLOCK);
-            let mut acc = [_mm512_setzero_si512(); TOKEN_BLOCK];
-            for g in 0..groups {
-                // SAFETY: as above; every token row of `x.q` has kp bytes.
-                unsafe {
-                    let v = _mm512_loadu_si512(base.add(64 * g) as *const _);
-                    let p = [
-                        _mm512_and_si512(v, mask),
-                        _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
-                        _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
-                    ];
-                    for (j, a) in acc.iter_mut().enumerate().take(nt) {
-                        let xq = x.q.as_ptr().add((t0 + j) * kp + 16 * g);
-                        for (q, pq) in p.iter().enumerate() {
-                            *a = _mm512_dpbusd_epi32(
-                                *a,
-                                *pq,
-                                _mm512_set1_epi32(load_i32(xq.add(4 * q))),
-                            );
-                        }
-                    }
+        };
+        let mut t0 = 0;
+        while t0 < x.n {
+            let left = x.n - t0;
+            let done = if left >= TOKEN_BLOCK {
+                // SAFETY: the tile's `groups` chunks are inside `m.data` and every token row of `x.q` has
+                // kp bytes (both asserted above); tokens t0..t0 + 8 are below x.n.
+                let r = unsafe { tile_shifted8(base, groups, x, t0) };
+                r.iter().enumerate().for_each(|(j, l)| store(t0 + j, l));
+                TOKEN_BLOCK
+            } else {
+                macro_rules! masked {
+                    ($nt:literal) => {{
+                        // SAFETY: as for `tile_shifted8`, for tokens t0..t0 + $nt (at most `left`).
+                        let r = unsafe { tile_masked::<$nt>(base, groups, x, t0) };
+                        r.iter().enumerate().for_each(|(j, l)| store(t0 + j, l));
+                        $nt
+                    }};
                 }
-            }
-            for (j, a) in acc.iter().enumerate().take(nt) {
-                let t = t0 + j;
-                let mut lanes = [0i32; TILE];
-                // SAFETY: `lanes` holds 16 i32.
-                unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, *a) };
-                store_tile(
-                    &lanes,
-                    x.sum[t],
-                    m.scale / x.scale[t],
-                    out,
-                    t * out_stride + tile * TILE - row0,
-                    valid,
-                );
-            }
+                match left {
+                    1 => masked!(1),
+                    2 => masked!(2),
+                    3 => masked!(3),
+                    _ => masked!(4),
+                }
+            };
+            t0 += done;
         }
     }
 }
