@@ -3,9 +3,11 @@
 
 mod bad_input;
 mod bench;
+mod browser;
 mod convert;
 mod http;
 mod hub_cache;
+mod openai_py;
 mod run_chat;
 mod serve;
 mod terminal;

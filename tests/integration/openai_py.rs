@@ -1,0 +1,98 @@
+//! `bitnet serve` used by a real outside client: the official `openai` Python package runs
+//! `tests/openai_client.py` against the server (models, chat and text completions streamed and not,
+//! `stop`, a 400 and a 401 as the package's exception types, the FP32 reference backend).
+//!
+//! The Python is `$BITNET_PYTHON`, else `python3`. Without the `openai` package the test is skipped
+//! with a note, unless `BITNET_CI=1`, where it fails.
+
+use std::process::Command;
+
+use crate::http::Server;
+use crate::util::{convert, fixture, repo_root};
+
+const API_KEY: &str = "test-key-openai-py";
+
+fn python() -> String {
+    std::env::var("BITNET_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+fn on_ci() -> bool {
+    std::env::var("BITNET_CI").is_ok_and(|v| v == "1")
+}
+
+/// Whether `python` can import `openai`; the reason when it cannot.
+fn openai_importable(python: &str) -> Result<(), String> {
+    match Command::new(python).args(["-c", "import openai"]).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        // The last line of the traceback: "ModuleNotFoundError: No module named 'openai'".
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .last()
+            .unwrap_or("no error output")
+            .to_string()),
+        Err(e) => Err(format!("cannot run {python}: {e}")),
+    }
+}
+
+#[test]
+fn official_openai_python_client_works() {
+    let python = python();
+    if let Err(why) = openai_importable(&python) {
+        assert!(
+            !on_ci(),
+            "BITNET_CI=1 but {python} cannot import openai ({why}): install it (pip install openai) \
+             or point BITNET_PYTHON at a Python that has it"
+        );
+        eprintln!(
+            "skipped: pip install openai to run the openai client test ({python}: {why}; \
+             BITNET_PYTHON picks the Python)"
+        );
+        return;
+    }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = convert(&fixture("bitnet-llama3-tiny"), dir.path(), &[]);
+    let reference = fixture("bitnet-llama3-tiny");
+    let reference = reference.to_str().expect("UTF-8 fixture path");
+    let server = Server::start(&model, &["--api-key", API_KEY, "--reference", reference]);
+
+    // /stats is open without the key and names both backends.
+    let stats = server.get("/stats").json();
+    let ids: Vec<&str> = stats["backends"]
+        .as_array()
+        .unwrap_or_else(|| panic!("/stats has no backends: {stats}"))
+        .iter()
+        .filter_map(|b| b["id"].as_str())
+        .collect();
+    let [model_id, reference_id] = ids[..] else {
+        panic!("expected the packed and the FP32 backend in /stats: {stats}");
+    };
+    assert_eq!(reference_id, format!("{model_id}:fp32"), "{stats}");
+
+    let script = repo_root().join("tests/openai_client.py");
+    let base_url = format!("http://{}", server.addr);
+    let out = Command::new(&python)
+        .arg(&script)
+        .args([&base_url, API_KEY, model_id, reference_id])
+        .output()
+        .unwrap_or_else(|e| panic!("run {python} {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server log\n{}",
+        script.display(),
+        out.status,
+        server.log()
+    );
+    assert!(
+        stdout.contains("all checks passed"),
+        "the script exited 0 without finishing:\n{stdout}\n{stderr}"
+    );
+    // Every request reached the server: it counted completion tokens for them.
+    let after = server.get("/stats").json();
+    assert!(
+        after["completion_tokens_total"].as_u64().unwrap_or(0) >= 12 * 2 + 10 * 2,
+        "{after}"
+    );
+}
