@@ -88,6 +88,9 @@ pub struct BlockQuantized {
     pub q: Vec<i8>,
     /// Per block: `amax / 127`, the value of one int8 step.
     pub step: Vec<f32>,
+    /// Per block: the sum of its int8 values (SIMD kernels read stored bytes `w + 128` and subtract
+    /// `128 * sum`).
+    pub sum: Vec<i32>,
 }
 
 impl BlockQuantized {
@@ -105,6 +108,12 @@ impl BlockQuantized {
             }
             self.step.push(amax / 127.0);
         }
+        self.sum.clear();
+        self.sum.extend(
+            self.q
+                .chunks(HEAD_BLOCK)
+                .map(|b| b.iter().map(|&v| v as i32).sum::<i32>()),
+        );
     }
 }
 

@@ -282,13 +282,6 @@ pub unsafe fn ternary_matmul_avx2(
     }
 }
 
-/// Per-block activation sums of the int8 head's input (the `+128` correction of stored bytes).
-fn block_sums(x: &BlockQuantized) -> Vec<i32> {
-    x.q.chunks(HEAD_BLOCK)
-        .map(|b| b.iter().map(|&v| v as i32).sum())
-        .collect()
-}
-
 /// AVX-512 VNNI int8 head with the contract of [`crate::scalar::int8_matvec`]: one `vpdpbusd` per 64-byte
 /// chunk (16 rows x 4 columns, bytes `w + 128`), corrected by `128 * sum(x)` per 256-column block, then the
 /// scalar's float sequence on 16 row lanes at once.
@@ -304,7 +297,12 @@ pub unsafe fn int8_matvec_avx512vnni(
         m.data.len() >= rp * kp + 4 * rp && x.q.len() >= kp,
         "int8 head shapes"
     );
-    let sums = block_sums(x);
+    let sums = &x.sum;
+    assert_eq!(
+        sums.len(),
+        x.step.len(),
+        "block sums of the quantized input"
+    );
     let chunks = kp / 4;
     let tile_start = rows.start / TILE;
     let tile_end = rows.end.div_ceil(TILE);
@@ -314,19 +312,44 @@ pub unsafe fn int8_matvec_avx512vnni(
         for (b, &step) in x.step.iter().enumerate() {
             let c0 = b * HEAD_BLOCK / 4;
             let c1 = ((b + 1) * HEAD_BLOCK / 4).min(chunks);
-            let mut acc = _mm512_setzero_si512();
-            for c in c0..c1 {
-                // SAFETY: chunk c of this tile is inside the tiles; x.q has kp bytes.
+            // Four independent accumulators (integer sums are exact in any order), so `vpdpbusd`'s
+            // latency does not serialize the block when several tokens run over a cached tile.
+            let mut acc = [_mm512_setzero_si512(); 4];
+            let mut c = c0;
+            while c + 4 <= c1 {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: chunk c + j of this tile is inside the tiles; x.q has kp bytes.
+                    unsafe {
+                        let v = _mm512_loadu_si512(base.add(64 * (c + j)) as *const _);
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            base.wrapping_add(64 * (c + j) + PREFETCH) as *const i8
+                        );
+                        *a = _mm512_dpbusd_epi32(
+                            *a,
+                            v,
+                            _mm512_set1_epi32(load_i32(x.q.as_ptr().add(4 * (c + j)))),
+                        );
+                    }
+                }
+                c += 4;
+            }
+            while c < c1 {
+                // SAFETY: as above.
                 unsafe {
                     let v = _mm512_loadu_si512(base.add(64 * c) as *const _);
                     _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * c + PREFETCH) as *const i8);
-                    acc = _mm512_dpbusd_epi32(
-                        acc,
+                    acc[0] = _mm512_dpbusd_epi32(
+                        acc[0],
                         v,
                         _mm512_set1_epi32(load_i32(x.q.as_ptr().add(4 * c))),
                     );
                 }
+                c += 1;
             }
+            let acc = _mm512_add_epi32(
+                _mm512_add_epi32(acc[0], acc[1]),
+                _mm512_add_epi32(acc[2], acc[3]),
+            );
             let exact = _mm512_sub_epi32(acc, _mm512_set1_epi32(128 * sums[b]));
             total = _mm512_add_ps(
                 total,
