@@ -269,10 +269,11 @@ fn time_parallel(model: &PackedModel, args: &BenchArgs, n: usize) -> anyhow::Res
         let t0 = Instant::now();
         for _ in 0..args.gen_tokens {
             let mut refs: Vec<&mut bitnet_model::Session> = sessions.iter_mut().collect();
-            let logits = model.forward_batch(&mut refs, &next)?;
-            for (i, t) in next.iter_mut().enumerate() {
-                *t = argmax(&logits[i * c.vocab_size..(i + 1) * c.vocab_size]);
-            }
+            let lists: Vec<&[u32]> = next.chunks(1).collect();
+            let logits = model.forward_batch(&mut refs, &lists)?;
+            next = (0..n)
+                .map(|i| argmax(&logits[i * c.vocab_size..(i + 1) * c.vocab_size]))
+                .collect();
         }
         let tok_s = (n * args.gen_tokens) as f64 / t0.elapsed().as_secs_f64();
         eprintln!(

@@ -88,16 +88,38 @@ struct Slot {
     cached: Vec<u32>,
 }
 
-/// A sequence being decoded.
+/// Prompt tokens a sequence feeds per step while it prefills: long prompts go in chunks, so sequences
+/// that are already decoding keep advancing (one token per step) instead of waiting for a whole prompt.
+const PREFILL_CHUNK: usize = 64;
+
+/// A sequence in the packed worker.
 struct Active<'e> {
     slot: usize,
     job: Job,
     dec: SeqDecoder<'e>,
+    /// Prompt tokens fed so far (the cached prefix included); decoding starts once it is the whole prompt.
+    fed: usize,
     /// The token sampled last, to feed at the next step.
     pending: u32,
     cached_tokens: usize,
     first_token: Instant,
     first_token_s: f64,
+}
+
+impl Active<'_> {
+    fn prefilling(&self) -> bool {
+        self.fed < self.job.prompt.len()
+    }
+
+    /// The tokens this sequence feeds in the next step.
+    fn step_tokens(&self) -> &[u32] {
+        if self.prefilling() {
+            let end = (self.fed + PREFILL_CHUNK).min(self.job.prompt.len());
+            &self.job.prompt[self.fed..end]
+        } else {
+            std::slice::from_ref(&self.pending)
+        }
+    }
 }
 
 /// Starts the packed worker: up to `parallel` sequences decoded together.
@@ -193,10 +215,11 @@ fn packed_loop(
 ) {
     let model = &engine.model;
     let ctx = engine.context();
+    let v = model.config().vocab_size;
     let mut slots: Vec<Slot> = Vec::new();
     let mut active: Vec<Active<'_>> = Vec::new();
     loop {
-        // Admit waiting jobs into free slots; block only when there is nothing to decode.
+        // Admit waiting jobs into free slots; block only when there is nothing to run.
         while active.len() < parallel {
             metrics.set_active(active.len());
             let job = if active.is_empty() {
@@ -215,12 +238,28 @@ fn packed_loop(
                 metrics.cancelled();
                 continue;
             }
-            let slot = pick_slot(&mut slots, &active, parallel, &job.prompt, || {
+            let dec = match SeqDecoder::new(engine, &job.params, &job.stops) {
+                Ok(d) => d,
+                Err(e) => {
+                    send(&job, Event::Failed(format!("{e:#}")));
+                    continue;
+                }
+            };
+            let i = pick_slot(&mut slots, &active, parallel, &job.prompt, || {
                 model.session(ctx)
             });
-            if let Some(a) = admit(engine, &mut slots[slot], slot, job, metrics) {
-                active.push(a);
-            }
+            let slot = &mut slots[i];
+            let cached_tokens = reuse_prefix(&mut slot.session, &mut slot.cached, &job.prompt);
+            active.push(Active {
+                slot: i,
+                job,
+                dec,
+                fed: cached_tokens,
+                pending: 0,
+                cached_tokens,
+                first_token: Instant::now(),
+                first_token_s: 0.0,
+            });
         }
         metrics.set_active(active.len());
         // Cancel the sequences whose clients left.
@@ -234,9 +273,9 @@ fn packed_loop(
         if active.is_empty() {
             continue;
         }
-        // One decode step for every active sequence.
+        // One step for every sequence: a decode token each, or the next chunk of a prompt.
         active.sort_by_key(|a| a.slot);
-        let tokens: Vec<u32> = active.iter().map(|a| a.pending).collect();
+        let lists: Vec<&[u32]> = active.iter().map(Active::step_tokens).collect();
         let mut sessions: Vec<&mut Session> = Vec::with_capacity(active.len());
         let mut want = active.iter().map(|a| a.slot).peekable();
         for (i, s) in slots.iter_mut().enumerate() {
@@ -245,7 +284,9 @@ fn packed_loop(
                 sessions.push(&mut s.session);
             }
         }
-        let logits = match model.forward_batch(&mut sessions, &tokens) {
+        let result = model.forward_batch(&mut sessions, &lists);
+        let fed: Vec<usize> = lists.iter().map(|l| l.len()).collect();
+        let logits = match result {
             Ok(l) => l,
             Err(e) => {
                 for a in active.drain(..) {
@@ -257,16 +298,29 @@ fn packed_loop(
             }
         };
         metrics.step(active.len());
-        metrics.decoded(active.len());
-        let v = model.config().vocab_size;
+        let mut sampled = 0;
         let mut i = 0;
         active.retain_mut(|a| {
             let slot = &mut slots[a.slot];
-            slot.cached.push(a.pending);
-            let room = slot.session.pos < slot.session.max_ctx;
             let row = &logits[i * v..(i + 1) * v];
+            let n = fed[i];
             i += 1;
+            if a.prefilling() {
+                slot.cached
+                    .extend_from_slice(&a.job.prompt[a.fed..a.fed + n]);
+                a.fed += n;
+                metrics.prefilled(n);
+                if a.prefilling() {
+                    return true;
+                }
+                a.first_token = Instant::now();
+                a.first_token_s = a.job.received.elapsed().as_secs_f64();
+            } else {
+                slot.cached.push(a.pending);
+            }
+            let room = slot.session.pos < slot.session.max_ctx;
             let timing = (a.cached_tokens, a.first_token_s, a.first_token);
+            sampled += 1;
             match a.dec.next(row, &slot.cached, room) {
                 Ok(step) => {
                     if let Some(t) = step.token {
@@ -282,6 +336,7 @@ fn packed_loop(
                 }
             }
         });
+        metrics.decoded(sampled);
         metrics.set_active(active.len());
     }
 }
@@ -323,65 +378,6 @@ fn pick_slot(
         .iter()
         .min_by_key(|&&i| slots[i].cached.len())
         .expect("fewer than `parallel` sequences are active, so a slot is free")
-}
-
-/// Prefills `job`'s prompt in `slot` and samples its first token.
-fn admit<'e>(
-    engine: &'e Engine,
-    slot: &mut Slot,
-    index: usize,
-    job: Job,
-    metrics: &Metrics,
-) -> Option<Active<'e>> {
-    let model = &engine.model;
-    let mut dec = match SeqDecoder::new(engine, &job.params, &job.stops) {
-        Ok(d) => d,
-        Err(e) => {
-            send(&job, Event::Failed(format!("{e:#}")));
-            return None;
-        }
-    };
-    let cached_tokens = reuse_prefix(&mut slot.session, &mut slot.cached, &job.prompt);
-    let new = &job.prompt[cached_tokens..];
-    let logits = match model.forward(&mut slot.session, new, LogitsMode::Last, None) {
-        Ok(f) => f.logits,
-        Err(e) => {
-            slot.session.reset();
-            slot.cached.clear();
-            send(&job, Event::Failed(format!("{e}")));
-            return None;
-        }
-    };
-    slot.cached.extend_from_slice(new);
-    metrics.prefilled(new.len());
-    let room = slot.session.pos < slot.session.max_ctx;
-    let first_token = Instant::now();
-    let first_token_s = job.received.elapsed().as_secs_f64();
-    let timing = (cached_tokens, first_token_s, first_token);
-    match dec.next(&logits, &slot.cached, room) {
-        Ok(step) => {
-            metrics.decoded(1);
-            if report(&job, metrics, step.text, step.stop, |s| {
-                finish(&job, &dec, s, timing)
-            }) {
-                Some(Active {
-                    slot: index,
-                    pending: step.token.expect("a step that goes on has a token"),
-                    job,
-                    dec,
-                    cached_tokens,
-                    first_token,
-                    first_token_s,
-                })
-            } else {
-                None
-            }
-        }
-        Err(e) => {
-            send(&job, Event::Failed(format!("sampling failed: {e}")));
-            None
-        }
-    }
 }
 
 /// Runs one job to its end on `backend` (no batching).

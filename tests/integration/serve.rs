@@ -483,8 +483,17 @@ fn a_client_that_hangs_up_is_cancelled_and_a_slow_one_stalls_nobody() {
 fn eight_concurrent_streams_each_get_the_text_they_get_alone() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&model(&dir), &["--parallel", "4"]);
+    // Half the prompts are longer than a prefill chunk (64 tokens), so they are fed over several steps
+    // while other sequences decode.
     let prompts: Vec<String> = (0..8)
-        .map(|i| format!("Story number {i}: once upon a time"))
+        .map(|i| {
+            let long = if i % 2 == 0 {
+                "and the sea was calm, ".repeat(10 + 3 * i)
+            } else {
+                String::new()
+            };
+            format!("Story number {i}: once upon a time {long}")
+        })
         .collect();
     let body = |p: &str| {
         let mut b = chat_body(p, 24);

@@ -640,36 +640,48 @@ impl Backend for PackedModel {
 }
 
 impl PackedModel {
-    /// One decode step for several sequences at once: `tokens[i]` is the next token of `seqs[i]`. The
-    /// weights are read once for all of them (the prefill kernels' shape) and each sequence attends over
-    /// its own cache. Returns the logits `[seqs.len(), vocab]` through the default head; each row is
-    /// bit-for-bit what [`Backend::forward`] gives that sequence alone.
-    pub fn forward_batch(&self, seqs: &mut [&mut Session], tokens: &[u32]) -> Result<Vec<f32>> {
+    /// One step for several sequences at once: `tokens[i]` are the next tokens of `seqs[i]` (one for a
+    /// decode step, a chunk of its prompt while it prefills). Every token of every sequence goes through
+    /// the weights together (one weight read for all of them, the prefill kernels' shape); each sequence
+    /// attends over its own cache. Returns the logits of each sequence's last token, `[seqs.len(), vocab]`,
+    /// through the default head; each row is bit-for-bit what [`Backend::forward`] gives that sequence
+    /// alone.
+    pub fn forward_batch(&self, seqs: &mut [&mut Session], tokens: &[&[u32]]) -> Result<Vec<f32>> {
         if seqs.len() != tokens.len() {
             return Err(ModelError::Config {
                 field: "batch".into(),
-                reason: format!("{} sequences but {} tokens", seqs.len(), tokens.len()),
+                reason: format!("{} sequences but {} token lists", seqs.len(), tokens.len()),
+            });
+        }
+        if let Some(i) = tokens.iter().position(|t| t.is_empty()) {
+            return Err(ModelError::Config {
+                field: "batch".into(),
+                reason: format!("sequence {i} has no tokens"),
             });
         }
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
         for (s, t) in seqs.iter().zip(tokens) {
-            check_tokens(&self.config, s, std::slice::from_ref(t))?;
+            check_tokens(&self.config, s, t)?;
         }
         let h = self.config.hidden_size;
-        let n = tokens.len();
+        let counts: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
+        let n: usize = counts.iter().sum();
         let mut x = vec![0f32; n * h];
-        for (t, &tok) in tokens.iter().enumerate() {
+        for (t, &tok) in tokens.iter().flat_map(|t| t.iter()).enumerate() {
             self.embed_row(tok, &mut x[t * h..(t + 1) * h]);
         }
-        let counts = vec![1; n];
         self.run_layers(0..self.layers.len(), &mut x, seqs, &counts, None);
-        for s in seqs.iter_mut() {
-            s.pos += 1;
+        let mut last = Vec::with_capacity(tokens.len() * h);
+        let mut end = 0;
+        for (s, &c) in seqs.iter_mut().zip(&counts) {
+            s.pos += c;
+            end += c;
+            last.extend_from_slice(&x[(end - 1) * h..end * h]);
         }
         Ok(self
-            .finish(&x, LogitsMode::All, self.default_head, None)?
+            .finish(&last, LogitsMode::All, self.default_head, None)?
             .logits)
     }
 

@@ -249,7 +249,8 @@ fn a_batched_decode_step_gives_each_sequence_its_solo_bits() {
                 sessions.push(s);
             }
             let mut refs: Vec<&mut bitnet_model::Session> = sessions.iter_mut().collect();
-            let batched = m.forward_batch(&mut refs, &next).unwrap();
+            let lists: Vec<&[u32]> = next.chunks(1).collect();
+            let batched = m.forward_batch(&mut refs, &lists).unwrap();
             let v = m.config().vocab_size;
             for (i, want) in solo.iter().enumerate() {
                 let got = &batched[i * v..(i + 1) * v];
@@ -262,5 +263,53 @@ fn a_batched_decode_step_gives_each_sequence_its_solo_bits() {
                 assert_eq!(sessions[i].pos, prompts[i].len() + 1);
             }
         }
+    }
+}
+
+#[test]
+fn prompts_prefilled_together_with_decoding_sequences_give_their_solo_bits() {
+    use bitnet_kernels::Kernels;
+    use bitnet_kernels::dispatch::NAMES;
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "bitnet-llama3-tiny";
+    let (prompts, _) = expected(name);
+    let base = load(name, tmp.path(), bitnet_convert::LmHead::Int8);
+    let file = Arc::new(BitnetFile::open(base.file().path().unwrap()).unwrap());
+    for k in NAMES.iter().filter(|n| Kernels::supported(n)) {
+        let m = PackedModel::load_with(file.clone(), Kernels::by_name(k).unwrap(), 2).unwrap();
+        let p: Vec<u32> = prompts.concat();
+        // Two sequences already holding a prefix (they decode one token), two starting their prompts
+        // (chunks of 5 and 11 tokens: both kernel paths, ragged token blocks).
+        let cut = [3, 6, 0, 0];
+        let take = [1, 1, 5, 11];
+        let mut sessions: Vec<_> = (0..4).map(|_| m.session(64)).collect();
+        for (s, &c) in sessions.iter_mut().zip(&cut) {
+            if c > 0 {
+                m.forward(s, &p[..c], LogitsMode::Last, None).unwrap();
+            }
+        }
+        let lists: Vec<&[u32]> = (0..4).map(|i| &p[cut[i]..cut[i] + take[i]]).collect();
+        let solo: Vec<Vec<f32>> = (0..4)
+            .map(|i| {
+                let mut s = sessions[i].clone();
+                m.forward(&mut s, lists[i], LogitsMode::Last, None)
+                    .unwrap()
+                    .logits
+            })
+            .collect();
+        let mut refs: Vec<&mut bitnet_model::Session> = sessions.iter_mut().collect();
+        let batched = m.forward_batch(&mut refs, &lists).unwrap();
+        let v = m.config().vocab_size;
+        for (i, want) in solo.iter().enumerate() {
+            assert!(
+                want.iter()
+                    .zip(&batched[i * v..(i + 1) * v])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{k}: sequence {i} differs in the mixed batch"
+            );
+            assert_eq!(sessions[i].pos, cut[i] + take[i]);
+        }
+        let mut none: Vec<&mut bitnet_model::Session> = sessions.iter_mut().take(1).collect();
+        assert!(m.forward_batch(&mut none, &[&[]]).is_err());
     }
 }
