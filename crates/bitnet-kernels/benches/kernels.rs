@@ -101,7 +101,14 @@ fn head_int8(bencher: Bencher, kernel: &str) {
     let mut out = vec![0f32; rows];
     bencher
         .counter(ItemsCount::new(rows * cols))
-        .bench_local(|| (k.int8)(black_box(&m), black_box(&q), 0..rows, &mut out));
+        .bench_local(|| {
+            (k.int8)(
+                black_box(&m),
+                black_box(std::slice::from_ref(&q)),
+                0..rows,
+                &mut out,
+            )
+        });
 }
 
 /// The bf16 LM head, 128256 x 2560 (items = weights).

@@ -9,8 +9,8 @@ use crate::{Bf16Matrix, Int8Matrix, TernaryMatrix};
 
 /// Ternary matmul over a tile range: see [`scalar::ternary_matmul`].
 pub type TernaryFn = fn(&TernaryMatrix<'_>, &QuantizedBatch, Range<usize>, &mut [f32], usize);
-/// int8 LM head over a row range: see [`scalar::int8_matvec`].
-pub type Int8Fn = fn(&Int8Matrix<'_>, &BlockQuantized, Range<usize>, &mut [f32]);
+/// int8 LM head over a row range for several vectors: see [`scalar::int8_matmul`].
+pub type Int8Fn = fn(&Int8Matrix<'_>, &[BlockQuantized], Range<usize>, &mut [f32]);
 /// bf16 LM head over a row range: see [`scalar::bf16_matvec`].
 pub type Bf16Fn = fn(&Bf16Matrix<'_>, &[f32], Range<usize>, &mut [f32]);
 
@@ -63,13 +63,16 @@ mod wrap {
         // SAFETY: see the module note: avx2 was detected.
         unsafe { x86::ternary_matmul_avx2(m, x, t, o, s) }
     }
-    pub fn int8_avx512(m: &Int8Matrix<'_>, x: &BlockQuantized, r: Range<usize>, o: &mut [f32]) {
+    pub fn int8_avx512(m: &Int8Matrix<'_>, x: &[BlockQuantized], r: Range<usize>, o: &mut [f32]) {
         // SAFETY: see the module note: avx512f, avx512bw and avx512vnni were detected.
-        unsafe { x86::int8_matvec_avx512vnni(m, x, r, o) }
+        unsafe { x86::int8_matmul_avx512vnni(m, x, r, o) }
     }
-    pub fn int8_avx2(m: &Int8Matrix<'_>, x: &BlockQuantized, r: Range<usize>, o: &mut [f32]) {
-        // SAFETY: see the module note: avx2 was detected.
-        unsafe { x86::int8_matvec_avx2(m, x, r, o) }
+    pub fn int8_avx2(m: &Int8Matrix<'_>, x: &[BlockQuantized], r: Range<usize>, o: &mut [f32]) {
+        let w = r.len().max(1);
+        for (x, o) in x.iter().zip(o.chunks_mut(w)) {
+            // SAFETY: see the module note: avx2 was detected.
+            unsafe { x86::int8_matvec_avx2(m, x, r.clone(), o) }
+        }
     }
     pub fn bf16_avx512(m: &Bf16Matrix<'_>, x: &[f32], r: Range<usize>, o: &mut [f32]) {
         // SAFETY: see the module note: avx512f, avx512bw and avx2 were detected.
@@ -87,7 +90,7 @@ impl Kernels {
         Kernels {
             name: "scalar",
             ternary: scalar::ternary_matmul,
-            int8: scalar::int8_matvec,
+            int8: scalar::int8_matmul,
             bf16: scalar::bf16_matvec,
         }
     }

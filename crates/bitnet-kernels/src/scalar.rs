@@ -139,6 +139,15 @@ pub fn int8_matvec(m: &Int8Matrix<'_>, x: &BlockQuantized, rows: Range<usize>, o
     }
 }
 
+/// [`int8_matvec`] for several quantized vectors: `out` is `[xs.len(), rows.len()]`, token-major.
+pub fn int8_matmul(m: &Int8Matrix<'_>, xs: &[BlockQuantized], rows: Range<usize>, out: &mut [f32]) {
+    let w = rows.len();
+    assert!(out.len() >= xs.len() * w, "output of the int8 head");
+    for (x, o) in xs.iter().zip(out.chunks_mut(w.max(1))) {
+        int8_matvec(m, x, rows.clone(), o);
+    }
+}
+
 /// Lanes of the canonical float dot product.
 pub const DOT_LANES: usize = 16;
 

@@ -372,6 +372,112 @@ pub unsafe fn int8_matvec_avx512vnni(
     }
 }
 
+/// One row tile of the int8 head for `NT` (2 to 4) vectors: each 64-byte chunk is loaded once and fed to
+/// every vector's `vpdpbusd` (two accumulators per vector, even and odd chunks, so the chains overlap);
+/// each vector's blocks are then summed in the scalar's float order. Returns the 16 rows' values per vector.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn int8_tile_multi<const NT: usize>(
+    base: *const u8,
+    scales: *const f32,
+    chunks: usize,
+    xs: &[BlockQuantized],
+) -> [[f32; TILE]; NT] {
+    let mut total = [_mm512_setzero_ps(); NT];
+    let blocks = xs[0].step.len();
+    for b in 0..blocks {
+        let c0 = b * HEAD_BLOCK / 4;
+        let c1 = ((b + 1) * HEAD_BLOCK / 4).min(chunks);
+        let mut acc = [[_mm512_setzero_si512(); 2]; NT];
+        for c in c0..c1 {
+            // SAFETY: the caller guarantees `chunks` chunks at `base` and kp bytes in every x.q.
+            unsafe {
+                let v = _mm512_loadu_si512(base.add(64 * c) as *const _);
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * c + PREFETCH) as *const i8);
+                for (a, x) in acc.iter_mut().zip(xs) {
+                    let xb = _mm512_set1_epi32(load_i32(x.q.as_ptr().add(4 * c)));
+                    a[c & 1] = _mm512_dpbusd_epi32(a[c & 1], v, xb);
+                }
+            }
+        }
+        for ((t, a), x) in total.iter_mut().zip(&acc).zip(xs) {
+            let sum = _mm512_add_epi32(a[0], a[1]);
+            let exact = _mm512_sub_epi32(sum, _mm512_set1_epi32(128 * x.sum[b]));
+            *t = _mm512_add_ps(
+                *t,
+                _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(x.step[b])),
+            );
+        }
+    }
+    // SAFETY: the caller guarantees 16 row scales at `scales`.
+    let s = unsafe { _mm512_loadu_ps(scales) };
+    let mut out = [[0f32; TILE]; NT];
+    for (o, t) in out.iter_mut().zip(&total) {
+        // SAFETY: `o` holds 16 f32.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_mul_ps(*t, s)) };
+    }
+    out
+}
+
+/// AVX-512 VNNI int8 head for several vectors with the contract of [`crate::scalar::int8_matmul`]: one
+/// vector runs [`int8_matvec_avx512vnni`]; several go through each row tile together, up to 4 per pass,
+/// so the head is read from memory once for all of them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn int8_matmul_avx512vnni(
+    m: &Int8Matrix<'_>,
+    xs: &[BlockQuantized],
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    let w = rows.len();
+    assert!(out.len() >= xs.len() * w, "output of the int8 head");
+    if xs.len() == 1 {
+        // SAFETY: the features this function enables are the ones the single-vector kernel needs.
+        unsafe { int8_matvec_avx512vnni(m, &xs[0], rows, out) };
+        return;
+    }
+    let (rp, kp) = (pad16(m.rows), pad16(m.cols));
+    assert!(m.data.len() >= rp * kp + 4 * rp, "int8 head shapes");
+    for x in xs {
+        assert!(
+            x.q.len() >= kp && x.sum.len() == x.step.len() && x.step.len() == xs[0].step.len(),
+            "quantized inputs of the int8 head"
+        );
+    }
+    let chunks = kp / 4;
+    for tile in rows.start / TILE..rows.end.div_ceil(TILE) {
+        let base = m.data[tile * TILE * kp..].as_ptr();
+        let scales = m.data[rp * kp + 4 * tile * TILE..].as_ptr() as *const f32;
+        let mut t0 = 0;
+        while t0 < xs.len() {
+            let nt = (xs.len() - t0).min(4);
+            let group = &xs[t0..t0 + nt];
+            let mut put = |j: usize, lanes: &[f32; TILE]| {
+                for (r, v) in lanes.iter().enumerate() {
+                    let row = tile * TILE + r;
+                    if rows.contains(&row) {
+                        out[(t0 + j) * w + row - rows.start] = *v;
+                    }
+                }
+            };
+            macro_rules! multi {
+                ($nt:literal) => {{
+                    // SAFETY: the tile's chunks and 16 row scales are inside `m.data` (asserted above);
+                    // every x.q has kp bytes.
+                    let r = unsafe { int8_tile_multi::<$nt>(base, scales, chunks, group) };
+                    r.iter().enumerate().for_each(|(j, l)| put(j, l));
+                }};
+            }
+            match nt {
+                1 => multi!(1),
+                2 => multi!(2),
+                3 => multi!(3),
+                _ => multi!(4),
+            }
+            t0 += nt;
+        }
+    }
+}
+
 /// AVX2 int8 head with the contract of [`crate::scalar::int8_matvec`]: bytes widened to i16 (`u - 128`),
 /// multiplied with `vpmaddwd`, pairs of columns summed per row.
 #[target_feature(enable = "avx2")]

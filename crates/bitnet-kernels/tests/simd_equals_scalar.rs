@@ -59,23 +59,28 @@ proptest! {
     }
 
     #[test]
-    fn int8_head_kernels_equal_scalar(rows in 1usize..70, cols in 1usize..700, seed in any::<u64>()) {
+    fn int8_head_kernels_equal_scalar(rows in 1usize..70, cols in 1usize..700, n in 1usize..7, seed in any::<u64>()) {
         let mut r = lcg(seed);
         let w: Vec<i8> = (0..rows * cols).map(|_| ((r() % 255) as i16 - 127) as i8).collect();
         let s: Vec<f32> = (0..rows).map(|_| (r() % 1000 + 1) as f32 * 1e-4).collect();
         let data = layout::pack_int8(&w, &s, rows, cols);
         let m = Int8Matrix { data: &data, rows, cols };
-        let x: Vec<f32> = (0..cols).map(|_| (r() % 20001) as f32 / 1000.0 - 10.0).collect();
-        let mut q = BlockQuantized::default();
-        q.quantize(&x);
+        let qs: Vec<BlockQuantized> = (0..n)
+            .map(|_| {
+                let x: Vec<f32> = (0..cols).map(|_| (r() % 20001) as f32 / 1000.0 - 10.0).collect();
+                let mut q = BlockQuantized::default();
+                q.quantize(&x);
+                q
+            })
+            .collect();
         let r0 = (r() as usize) % rows;
         let r1 = r0 + 1 + (r() as usize) % (rows - r0);
-        let mut want = vec![f32::NAN; r1 - r0];
-        (Kernels::scalar().int8)(&m, &q, r0..r1, &mut want);
+        let mut want = vec![f32::NAN; n * (r1 - r0)];
+        (Kernels::scalar().int8)(&m, &qs, r0..r1, &mut want);
         for k in kernel_sets() {
-            let mut got = vec![f32::NAN; r1 - r0];
-            (k.int8)(&m, &q, r0..r1, &mut got);
-            prop_assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{} {}x{} rows {}..{}: {:?} vs {:?}", k.name, rows, cols, r0, r1, want, got);
+            let mut got = vec![f32::NAN; n * (r1 - r0)];
+            (k.int8)(&m, &qs, r0..r1, &mut got);
+            prop_assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{} {}x{} n {} rows {}..{}: {:?} vs {:?}", k.name, rows, cols, n, r0, r1, want, got);
         }
     }
 

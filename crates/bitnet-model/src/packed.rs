@@ -48,8 +48,9 @@ struct Layer {
     down: Ternary,
 }
 
-/// Rows of the LM head a thread runs every token of a batch over before moving on: 64 rows of 2B4T's
-/// head are 160 KiB int8 or 320 KiB bf16, which stay in L2 while the tokens pass over them.
+/// Rows of the exact LM head a thread runs every token of a batch over before moving on: 64 rows of
+/// 2B4T's head are 320 KiB of bf16, which stay in L2 while the tokens pass over them. (The int8 kernels
+/// take all tokens at once.)
 const HEAD_BLOCK: usize = 64;
 
 /// A head kernel for one token over a block of rows: `(token, rows, out)`.
@@ -335,9 +336,9 @@ impl PackedModel {
 
     /// Logits of final-norm hidden states `[m, hidden]` through the chosen head: `[m, vocab]`.
     ///
-    /// One pool dispatch for all `m` rows: each thread walks its share of the head in blocks of
-    /// [`HEAD_BLOCK`] rows and runs every token over a block while it is in cache, so the head is read
-    /// from memory once per call, not once per token.
+    /// One pool dispatch for all `m` rows, and the head read from memory once per call, not once per
+    /// token: the int8 kernels take every token at once; for the exact head each thread walks its share
+    /// in blocks of [`HEAD_BLOCK`] rows and runs every token over a block while it is in cache.
     pub fn head_logits(&self, hidden: &[f32], head: HeadKind) -> Result<Vec<f32>> {
         let (v, h) = (self.config.vocab_size, self.config.hidden_size);
         let m = hidden.len() / h;
@@ -405,8 +406,32 @@ impl PackedModel {
                     })
                     .collect();
                 let int8 = self.kernels.int8;
-                self.pool
-                    .run(&|tid| blocked(tid, &|t, rows, o| int8(&im, &bqs[t], rows, o)));
+                // The int8 kernels take every token at once (each chunk of the head loaded once for all).
+                self.pool.run(&|tid| {
+                    let rows = Pool::split(v, threads, tid, 16);
+                    if rows.is_empty() {
+                        return;
+                    }
+                    if m == 1 {
+                        // SAFETY: `Pool::split` gives each thread a disjoint row range.
+                        int8(&im, &bqs, rows.clone(), unsafe { out.range(rows) });
+                        return;
+                    }
+                    thread_local! {
+                        static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+                    }
+                    BUF.with(|b| {
+                        let mut buf = b.borrow_mut();
+                        let w = rows.len();
+                        buf.resize(m * w, 0.0);
+                        int8(&im, &bqs, rows.clone(), &mut buf);
+                        for t in 0..m {
+                            // SAFETY: rows of token t in this thread's range belong to it alone.
+                            let o = unsafe { out.range(t * v + rows.start..t * v + rows.end) };
+                            o.copy_from_slice(&buf[t * w..(t + 1) * w]);
+                        }
+                    });
+                });
             }
         }
         Ok(logits)
@@ -522,45 +547,66 @@ impl PackedModel {
         Ok(best.1)
     }
 
-    /// Causal attention of `n` query tokens at positions `pos ..` over the cache, heads split across the
-    /// pool: `q` and `out` are `[n, num_heads * head_dim]`.
-    fn attention(&self, q: &[f32], keys: &[f32], values: &[f32], pos: usize, out: &mut [f32]) {
+    /// Causal attention of every sequence's new tokens over its own cache, in one pool dispatch: `q` and
+    /// `out` are `[n, num_heads * head_dim]`, `counts[i]` consecutive tokens belonging to `seqs[i]` (whose
+    /// cache already holds them, at positions `pos ..`). The (sequence, head) pairs are split across
+    /// the threads in contiguous ranges.
+    fn attention(
+        &self,
+        q: &[f32],
+        seqs: &[&mut Session],
+        counts: &[usize],
+        li: usize,
+        out: &mut [f32],
+    ) {
         thread_local! {
             static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         let c = &self.config;
         let (hd, nh) = (c.head_dim, c.num_heads);
         let qd = nh * hd;
-        let n = q.len() / qd;
         let out = SharedMut::new(out);
         let threads = self.pool.threads();
         self.pool.run(&|tid| {
-            let heads = Pool::split(nh, threads, tid, 1);
-            if heads.is_empty() {
+            let items = Pool::split(nh * seqs.len(), threads, tid, 1);
+            if items.is_empty() {
                 return;
             }
             SCORES.with(|sc| {
                 let mut sc = sc.borrow_mut();
-                if sc.len() < pos + n {
-                    sc.resize(pos + n, 0.0);
-                }
-                for t in 0..n {
-                    // SAFETY: threads own disjoint head ranges, so disjoint slices of each token's output.
-                    let o =
-                        unsafe { out.range(t * qd + heads.start * hd..t * qd + heads.end * hd) };
-                    let qt = &q[t * qd..(t + 1) * qd];
-                    ops::attention(
-                        qt,
-                        keys,
-                        values,
-                        pos + t + 1,
-                        nh,
-                        c.num_kv_heads,
-                        hd,
-                        heads.clone(),
-                        &mut sc,
-                        o,
-                    );
+                let mut t0 = 0;
+                for (i, (session, &n)) in seqs.iter().zip(counts).enumerate() {
+                    let mine = items.start.max(i * nh)..items.end.min((i + 1) * nh);
+                    if mine.is_empty() {
+                        t0 += n;
+                        continue;
+                    }
+                    let heads = mine.start - i * nh..mine.end - i * nh;
+                    let (keys, values) = session.layer(li);
+                    let pos = session.pos;
+                    if sc.len() < pos + n {
+                        sc.resize(pos + n, 0.0);
+                    }
+                    for t in t0..t0 + n {
+                        // SAFETY: threads own disjoint (sequence, head) ranges, so disjoint slices of
+                        // each token's output.
+                        let o = unsafe {
+                            out.range(t * qd + heads.start * hd..t * qd + heads.end * hd)
+                        };
+                        ops::attention(
+                            &q[t * qd..(t + 1) * qd],
+                            keys,
+                            values,
+                            pos + t - t0 + 1,
+                            nh,
+                            c.num_kv_heads,
+                            hd,
+                            heads.clone(),
+                            &mut sc,
+                            o,
+                        );
+                    }
+                    t0 += n;
                 }
             });
         });
@@ -758,11 +804,9 @@ impl PackedModel {
                     ops::apply_rope(&mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
                     session.push(li, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
                 }
-                let (keys, values) = session.layer(li);
-                let span = t0 * qd..(t0 + cnt) * qd;
-                self.attention(&q[span.clone()], keys, values, session.pos, &mut attn[span]);
                 t0 += cnt;
             }
+            self.attention(&q[..n * qd], seqs, counts, li, &mut attn[..n * qd]);
             rec(&mut trace, li_, "attn", qd, attn);
             for t in 0..n {
                 ops::rms_norm(
