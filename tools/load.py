@@ -4,8 +4,10 @@
     python3 tools/load.py http://127.0.0.1:8080 --clients 1 2 4 --max-tokens 64
 
 Each client sends one greedy chat completion with `stream: true` and timestamps every content chunk (one
-per token). Aggregate decode tokens/s is the chunks after each client's first, over the span from the
-earliest first token to the latest last one, so prompt processing is left out. Standard library only.
+per token). Two aggregate figures: `tok/s all` counts the chunks after each client's first over the span
+from the earliest first token to the latest last one (so it includes the ramp while later clients still
+prefill); `tok/s steady` counts the chunks that arrived while every client was decoding (from the latest
+first token to the earliest last one) over that window. Standard library only.
 """
 
 import argparse
@@ -71,10 +73,14 @@ def run(url, clients, max_tokens, key):
     tokens = sum(max(len(r["stamps"]) - 1, 0) for r in results)
     span = max(lasts) - min(firsts)
     gaps = [b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:])]
+    w0, w1 = max(firsts), min(lasts)
+    steady = sum(1 for r in results for t in r["stamps"] if w0 < t <= w1)
+    steady_tok_s = steady / (w1 - w0) if w1 > w0 else 0.0
     return {
         "clients": clients,
         "decode_tokens": tokens,
         "aggregate_decode_tok_s": tokens / span if span > 0 else 0.0,
+        "steady_decode_tok_s": steady_tok_s,
         "median_gap_ms": 1e3 * statistics.median(gaps) if gaps else 0.0,
         "ttft_s": [round(r["stamps"][0] - r["start"], 3) for r in results if r["stamps"]],
     }
@@ -92,13 +98,16 @@ def main():
     base = rows[0]["aggregate_decode_tok_s"]
     for r in rows:
         r["vs_first"] = r["aggregate_decode_tok_s"] / base if base else 0.0
+        r["steady_vs_first"] = r["steady_decode_tok_s"] / base if base else 0.0
     if a.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'clients':>7} {'tokens':>7} {'tok/s all':>10} {'x first':>8} {'gap ms':>8}  TTFT s")
+    print(f"{'clients':>7} {'tokens':>7} {'tok/s all':>10} {'x first':>8} {'tok/s steady':>13} {'x first':>8} "
+          f"{'gap ms':>7}  TTFT s")
     for r in rows:
         print(f"{r['clients']:>7} {r['decode_tokens']:>7} {r['aggregate_decode_tok_s']:>10.2f} "
-              f"{r['vs_first']:>8.2f} {r['median_gap_ms']:>8.1f}  {r['ttft_s']}")
+              f"{r['vs_first']:>8.2f} {r['steady_decode_tok_s']:>13.2f} {r['steady_vs_first']:>8.2f} "
+              f"{r['median_gap_ms']:>7.1f}  {r['ttft_s']}")
 
 
 if __name__ == "__main__":
