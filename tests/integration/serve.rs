@@ -477,6 +477,31 @@ fn a_client_that_hangs_up_is_cancelled_and_a_slow_one_stalls_nobody() {
     }
     drop(slow);
     assert!(wait_until(20, || s.metric("bitnet_cancelled_total") == 2.0));
+
+    // A non-streaming client that hangs up before the answer is cancelled too.
+    {
+        use std::io::Write;
+        let body = json!({"prompt": "a", "max_tokens": 100000, "temperature": 1.0}).to_string();
+        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+        write!(
+            c,
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        assert!(wait_until(10, || s.get("/stats").json()["active"] == 1));
+    }
+    assert!(
+        wait_until(20, || s.metric("bitnet_cancelled_total") == 3.0),
+        "{}",
+        s.get("/metrics").text()
+    );
+    assert_eq!(
+        s.post("/v1/completions", &json!({"prompt": "b", "max_tokens": 2}))
+            .status,
+        200
+    );
 }
 
 #[test]
