@@ -53,6 +53,9 @@ struct Layer {
 /// take all tokens at once.)
 const HEAD_BLOCK: usize = 64;
 
+/// Row tiles (16 rows each) per unit of work the pool's threads claim in [`PackedModel::bitlinears`].
+const UNIT_TILES: usize = 8;
+
 /// A head kernel for one token over a block of rows: `(token, rows, out)`.
 type RowKernel<'a> = dyn Fn(usize, Range<usize>, &mut [f32]) + 'a;
 
@@ -437,8 +440,10 @@ impl PackedModel {
         Ok(logits)
     }
 
-    /// Runs `N` BitLinears on the same quantized input in one pool dispatch (QKV, gate+up fused): each
-    /// thread computes a contiguous share of every matrix's tiles; `outs[i]` is `[n, mats[i].rows]`.
+    /// Runs `N` BitLinears on the same quantized input in one pool dispatch (QKV, gate+up fused). The
+    /// matrices' row tiles are cut into units of [`UNIT_TILES`] tiles that the threads claim one by one
+    /// from a shared counter, so a thread slowed by the other's memory traffic or by the OS takes fewer
+    /// units instead of keeping the other waiting at the end. `outs[i]` is `[n, mats[i].rows]`.
     fn bitlinears<const N: usize>(
         &self,
         x: &QuantizedBatch,
@@ -448,17 +453,26 @@ impl PackedModel {
         let ms = mats.map(|t| self.ternary(t));
         let outs = outs.map(SharedMut::new);
         let kern = self.kernels.ternary;
-        let threads = self.pool.threads();
         let n = x.n;
-        self.pool.run(&|tid| {
-            for (m, out) in ms.iter().zip(&outs) {
-                let tiles = Pool::split(pad16(m.rows) / 16, threads, tid, 1);
-                if tiles.is_empty() {
-                    continue;
+        let units: [usize; N] = ms.map(|m| (pad16(m.rows) / 16).div_ceil(UNIT_TILES));
+        let total: usize = units.iter().sum();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        self.pool.run(&|_tid| {
+            loop {
+                let mut u = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if u >= total {
+                    break;
                 }
+                let mut i = 0;
+                while u >= units[i] {
+                    u -= units[i];
+                    i += 1;
+                }
+                let (m, out) = (&ms[i], &outs[i]);
+                let tiles = u * UNIT_TILES..((u + 1) * UNIT_TILES).min(pad16(m.rows) / 16);
                 let (r0, r1) = (tiles.start * 16, (tiles.end * 16).min(m.rows));
                 if n == 1 {
-                    // SAFETY: each thread's tile range, so its row range, is disjoint from the others'.
+                    // SAFETY: each unit, so its row range, is claimed by one thread only.
                     kern(m, x, tiles, unsafe { out.range(r0..r1) }, r1 - r0);
                 } else {
                     thread_local! {
@@ -470,7 +484,7 @@ impl PackedModel {
                         buf.resize(n * width, 0.0);
                         kern(m, x, tiles, &mut buf, width);
                         for t in 0..n {
-                            // SAFETY: rows r0..r1 of token t belong to this thread alone.
+                            // SAFETY: rows r0..r1 of token t belong to this unit alone.
                             let o = unsafe { out.range(t * m.rows + r0..t * m.rows + r1) };
                             o.copy_from_slice(&buf[t * width..(t + 1) * width]);
                         }
