@@ -24,20 +24,28 @@ impl QuantizedBatch {
     /// Quantizes `x` (`[n, k]` row-major) into this batch, reusing its buffers.
     pub fn quantize(&mut self, x: &[f32], k: usize) {
         assert!(k > 0 && x.len().is_multiple_of(k), "x must be [n, k]");
-        let n = x.len() / k;
-        let kp = pad16(k);
-        self.k = k;
-        self.kp = kp;
-        self.n = n;
-        self.q.clear();
-        self.q.resize(n * kp, 0);
-        self.scale.clear();
-        self.sum.clear();
+        self.reset(x.len() / k, k);
+        let kp = self.kp;
         for (t, row) in x.chunks_exact(k).enumerate() {
             let (a, s) = quantize_row(row, &mut self.q[t * kp..t * kp + k]);
-            self.scale.push(a);
-            self.sum.push(s);
+            self.scale[t] = a;
+            self.sum[t] = s;
         }
+    }
+
+    /// Sizes the batch for `n` tokens of width `k` (values zeroed), for filling token by token with
+    /// [`quantize_row`] (as threads do, each on its own tokens).
+    pub fn reset(&mut self, n: usize, k: usize) {
+        assert!(k > 0, "width must be positive");
+        self.k = k;
+        self.kp = pad16(k);
+        self.n = n;
+        self.q.clear();
+        self.q.resize(n * self.kp, 0);
+        self.scale.clear();
+        self.scale.resize(n, 0.0);
+        self.sum.clear();
+        self.sum.resize(n, 0);
     }
 
     /// The int8 values of token `t` (`kp` long, zero-padded).

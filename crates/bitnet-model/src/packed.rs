@@ -745,6 +745,50 @@ impl PackedModel {
             .logits)
     }
 
+    /// RMSNorm of every token of `x` (`[n, k]`, `k = weight.len()`) into `normed`, then its int8
+    /// quantization into `qb`: on one thread for a single token, split by tokens across the pool for more.
+    fn norm_quantize(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        normed: &mut [f32],
+        qb: &mut QuantizedBatch,
+    ) {
+        let k = weight.len();
+        let n = x.len() / k;
+        qb.reset(n, k);
+        let kp = qb.kp;
+        let one = |t: usize, o: &mut [f32], q: &mut [i8]| {
+            ops::rms_norm(&x[t * k..(t + 1) * k], weight, self.eps, o);
+            bitnet_kernels::quant::quantize_row(o, &mut q[..k])
+        };
+        if n == 1 {
+            let (a, s) = one(0, normed, &mut qb.q);
+            qb.scale[0] = a;
+            qb.sum[0] = s;
+            return;
+        }
+        let normed = SharedMut::new(normed);
+        let q = SharedMut::new(&mut qb.q);
+        let scale = SharedMut::new(&mut qb.scale);
+        let sum = SharedMut::new(&mut qb.sum);
+        let threads = self.pool.threads();
+        self.pool.run(&|tid| {
+            for t in Pool::split(n, threads, tid, 1) {
+                // SAFETY: `Pool::split` gives each thread its own tokens, so disjoint rows of every output.
+                let (o, qt, a, s) = unsafe {
+                    (
+                        normed.range(t * k..(t + 1) * k),
+                        q.range(t * kp..(t + 1) * kp),
+                        scale.range(t..t + 1),
+                        sum.range(t..t + 1),
+                    )
+                };
+                (a[0], s[0]) = one(t, o, qt);
+            }
+        });
+    }
+
     /// Runs `layers` on the residual stream `x` (`[n, hidden]`): `counts[i]` consecutive tokens of `x`
     /// belong to `seqs[i]`, at its positions `pos ..`. Every matmul runs all `n` tokens at once; attention
     /// runs per sequence over its own cache. Positions are not advanced.
@@ -796,16 +840,8 @@ impl PackedModel {
         for li in layers {
             let l = &self.layers[li];
             let li_ = Some(li);
-            for t in 0..n {
-                ops::rms_norm(
-                    &x[t * h..(t + 1) * h],
-                    &l.attn_norm,
-                    self.eps,
-                    &mut a[t * h..(t + 1) * h],
-                );
-            }
+            self.norm_quantize(x, &l.attn_norm, &mut a[..n * h], qb);
             rec(&mut trace, li_, "attn_norm", h, &a[..n * h]);
-            qb.quantize(&a[..n * h], h);
             self.bitlinears(qb, [&l.q, &l.k, &l.v], [&mut q[..], &mut k[..], &mut v[..]]);
             rec(&mut trace, li_, "attn_q", qd, q);
             rec(&mut trace, li_, "attn_k", kvd, k);
@@ -822,30 +858,14 @@ impl PackedModel {
             }
             self.attention(&q[..n * qd], seqs, counts, li, &mut attn[..n * qd]);
             rec(&mut trace, li_, "attn", qd, attn);
-            for t in 0..n {
-                ops::rms_norm(
-                    &attn[t * qd..(t + 1) * qd],
-                    &l.attn_sub_norm,
-                    self.eps,
-                    &mut s[t * qd..(t + 1) * qd],
-                );
-            }
+            self.norm_quantize(&attn[..n * qd], &l.attn_sub_norm, &mut s[..n * qd], qb);
             rec(&mut trace, li_, "attn_sub_norm", qd, &s[..n * qd]);
-            qb.quantize(&s[..n * qd], qd);
             self.bitlinears(qb, [&l.o], [&mut proj[..]]);
             rec(&mut trace, li_, "attn_output", h, proj);
             x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
             rec(&mut trace, li_, "attn_residual", h, x);
-            for t in 0..n {
-                ops::rms_norm(
-                    &x[t * h..(t + 1) * h],
-                    &l.ffn_norm,
-                    self.eps,
-                    &mut a[t * h..(t + 1) * h],
-                );
-            }
+            self.norm_quantize(x, &l.ffn_norm, &mut a[..n * h], qb);
             rec(&mut trace, li_, "ffn_norm", h, &a[..n * h]);
-            qb.quantize(&a[..n * h], h);
             self.bitlinears(qb, [&l.gate, &l.up], [&mut g[..], &mut u[..]]);
             rec(&mut trace, li_, "ffn_gate", f, g);
             rec(&mut trace, li_, "ffn_up", f, u);
@@ -854,16 +874,8 @@ impl PackedModel {
                 Activation::Silu => ops::silu_mul(g, u),
             }
             rec(&mut trace, li_, "ffn_act", f, g);
-            for t in 0..n {
-                ops::rms_norm(
-                    &g[t * f..(t + 1) * f],
-                    &l.ffn_sub_norm,
-                    self.eps,
-                    &mut s[t * f..(t + 1) * f],
-                );
-            }
+            self.norm_quantize(&g[..n * f], &l.ffn_sub_norm, &mut s[..n * f], qb);
             rec(&mut trace, li_, "ffn_sub_norm", f, &s[..n * f]);
-            qb.quantize(&s[..n * f], f);
             self.bitlinears(qb, [&l.down], [&mut proj[..]]);
             rec(&mut trace, li_, "ffn_down", h, proj);
             x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
