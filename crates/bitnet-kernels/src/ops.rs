@@ -83,7 +83,7 @@ pub fn attention(
         };
     }
     attention_body(
-        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out,
+        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, dot,
     )
 }
 
@@ -103,9 +103,43 @@ unsafe fn attention_avx2(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    let d = |a: &[f32], b: &[f32]| {
+        // SAFETY: this function runs only where AVX2 was detected, so its callees may use it.
+        unsafe { dot_avx2(a, b) }
+    };
     attention_body(
-        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out,
+        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, d,
     )
+}
+
+/// [`dot`] with 256-bit vectors: lanes 0-7 and 8-15 in two registers, multiply then add (no FMA), the
+/// same canonical reduction and tail: the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let full = n / 16 * 16;
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for c in (0..full).step_by(16) {
+        // SAFETY: c + 16 <= full <= the length of both slices.
+        unsafe {
+            let (pa, pb) = (a.as_ptr().add(c), b.as_ptr().add(c));
+            lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb)));
+            hi = _mm256_add_ps(
+                hi,
+                _mm256_mul_ps(_mm256_loadu_ps(pa.add(8)), _mm256_loadu_ps(pb.add(8))),
+            );
+        }
+    }
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+    }
+    let tail: f32 = a[full..n].iter().zip(&b[full..n]).map(|(x, y)| x * y).sum();
+    crate::scalar::reduce_lanes(lanes) + tail
 }
 
 /// The portable body of [`attention`].
@@ -122,6 +156,7 @@ pub fn attention_body(
     heads: std::ops::Range<usize>,
     scores: &mut [f32],
     out: &mut [f32],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
 ) {
     let kv_dim = n_kv_heads * head_dim;
     let group = n_heads / n_kv_heads;
@@ -165,6 +200,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ca.zip(cb) {
+        // Fixed-size views: no bounds checks, so the 16 lanes compile to whole vectors.
+        let (x, y): (&[f32; 16], &[f32; 16]) = match (x.try_into(), y.try_into()) {
+            (Ok(x), Ok(y)) => (x, y),
+            _ => unreachable!("chunks_exact(16) yields 16 elements"),
+        };
         for i in 0..16 {
             lanes[i] += x[i] * y[i];
         }
@@ -238,6 +278,7 @@ mod tests {
                 1..6,
                 &mut s1,
                 &mut o1,
+                dot,
             );
             attention(
                 &q,
@@ -255,6 +296,25 @@ mod tests {
                 o1.iter().zip(&o2).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "n_ctx {n_ctx}"
             );
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_dot_gives_the_portable_bits_on_every_length() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let a: Vec<f32> = (0..70)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let b: Vec<f32> = (0..70)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 3.0)
+            .collect();
+        for n in 0..70 {
+            // SAFETY: AVX2 was detected above.
+            let got = unsafe { dot_avx2(&a[..n], &b[..n]) };
+            assert_eq!(got.to_bits(), dot(&a[..n], &b[..n]).to_bits(), "length {n}");
         }
     }
 
