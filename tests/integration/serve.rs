@@ -556,3 +556,36 @@ fn eight_concurrent_streams_each_get_the_text_they_get_alone() {
     assert!(seqs > 1.3 * steps, "{seqs} sequences in {steps} steps");
     assert_eq!(s.metric("bitnet_generations_total"), 16.0);
 }
+
+#[test]
+fn bad_serve_flags_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = model(&dir);
+    let f = file.to_str().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let missing = dir.path().join("missing.bitnet");
+    let other = fixture("bitnet-tiny-tied");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["serve", f, "--reference", other.to_str().unwrap()],
+            "--reference",
+        ),
+        (vec!["serve", missing.to_str().unwrap()], "missing.bitnet"),
+        (vec!["serve", f, "--parallel", "0"], "--parallel"),
+        (vec!["serve", f, "--threads", "0"], "--threads"),
+        (vec!["serve", f, "--port", &port], &port),
+        (vec!["serve", f, "--kernel", "quantum"], "quantum"),
+    ];
+    for (args, needle) in cases {
+        let o = crate::util::run(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            crate::util::stderr(&o)
+        );
+        let err = crate::util::stderr(&o);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
