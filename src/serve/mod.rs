@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use std::future::IntoFuture;
+
 use anyhow::Context;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -34,9 +36,12 @@ use crate::cli::{GenArgs, ServeArgs};
 use crate::engine::Engine;
 use api::{ApiError, Common, Prompt};
 use metrics::{Metrics, proc_status_bytes};
-use scheduler::{Event, Finish, Job, Worker};
+use scheduler::{Event, Finish, Job, Refused, Worker};
 
 const PAGE: &str = include_str!("page.html");
+
+/// How long open requests may run on after Ctrl-C or SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Everything the handlers share.
 struct App {
@@ -147,7 +152,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let addr = format!("{}:{}", args.host, args.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -166,11 +171,31 @@ pub fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
         if !local.ip().is_loopback() && app.api_key.is_none() {
             eprintln!("warning: listening beyond this machine without --api-key");
         }
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown())
-            .await
-            .context("serving")
-    })?;
+        // On Ctrl-C or SIGTERM: stop accepting, give open requests a few seconds, then exit (a stream
+        // can run for minutes; its sequence ends with the process).
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
+        let server = tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stopped.notified().await })
+                .into_future(),
+        );
+        shutdown().await;
+        stop.notify_one();
+        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            Ok(joined) => joined.context("the server task")?.context("serving"),
+            Err(_) => {
+                eprintln!(
+                    "requests still open after {} s: closing them",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                Ok(())
+            }
+        }
+    });
+    // Open streams and idle blocking threads are not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    served?;
     Ok(Outcome::Success)
 }
 
@@ -514,12 +539,19 @@ async fn generate(
             events: tx,
             received: Instant::now(),
         })
-        .map_err(|_| {
-            ApiError::bad("the server is busy: its queue is full; retry shortly").with(
+        .map_err(|r| match r {
+            Refused::QueueFull => {
+                ApiError::bad("the server is busy: its queue is full; retry shortly").with(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "queue_full",
+                )
+            }
+            Refused::Stopped => ApiError::bad("the engine has stopped: restart the server").with(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
-                "queue_full",
-            )
+                "engine_stopped",
+            ),
         })?;
     let ch = Chunks {
         id: request_id(kind),

@@ -58,20 +58,25 @@ pub struct Worker {
     max_queue: usize,
 }
 
-/// The queue is full: the request is refused (HTTP 503).
-#[derive(Debug)]
-pub struct QueueFull;
+/// Why a job was refused (HTTP 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `--max-queue` jobs already wait.
+    QueueFull,
+    /// The worker thread is gone (it failed).
+    Stopped,
+}
 
 impl Worker {
-    /// Queues `job`, or refuses it when `max_queue` jobs already wait.
-    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
+    /// Queues `job`, or refuses it when `max_queue` jobs already wait or the worker is gone.
+    pub fn submit(&self, job: Job) -> Result<(), Refused> {
         if self.queued.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
             self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(QueueFull);
+            return Err(Refused::QueueFull);
         }
         if self.tx.send(job).is_err() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(QueueFull);
+            return Err(Refused::Stopped);
         }
         Ok(())
     }

@@ -55,6 +55,24 @@ impl Server {
         Server { child, addr, log }
     }
 
+    /// Sends SIGTERM and waits up to `secs` for the process to end; its exit status, if it did.
+    pub fn terminate(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(secs) {
+            if let Some(status) = self.child.try_wait().expect("wait for bitnet serve") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// What the server printed on stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

@@ -589,3 +589,18 @@ fn bad_serve_flags_are_clear_errors() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn sigterm_stops_the_server_even_with_a_stream_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // One scalar thread: the endless stream outlives the shutdown grace period.
+    let mut s = Server::start(&model(&dir), &["--threads", "1", "--kernel", "scalar"]);
+    let endless = json!({"prompt": "a", "max_tokens": 100000, "temperature": 1.0, "stream": true});
+    let mut st = Stream::open(&s.addr, "/v1/completions", &[], &endless);
+    assert!(st.next_event().is_some());
+    let status = s.terminate(20).expect("the server ended within 20 s");
+    assert!(status.success(), "{status:?}\n{}", s.log());
+    assert!(s.log().contains("shutting down"), "{}", s.log());
+    // The stream ends (closed by the server), never hangs.
+    let _ = st.rest();
+}
