@@ -13,7 +13,7 @@ use bitnet_chat::{
 use bitnet_convert::{ConvertOptions, HubEnv};
 use bitnet_format::BitnetFile;
 use bitnet_kernels::Kernels;
-use bitnet_model::{Backend, HeadKind, LogitsMode, PackedModel, Session};
+use bitnet_model::{Backend, HeadKind, PackedModel, Session};
 use sha2::Digest;
 
 use crate::cli::{GenArgs, HeadArg};
@@ -284,10 +284,8 @@ impl Engine {
         let new = &ids[common..];
         let mut dec = SeqDecoder::new(self, params, stops)?;
         let t0 = Instant::now();
-        let mut logits = self
-            .model
-            .forward(session, new, LogitsMode::Last, None)?
-            .logits;
+        let mut logits = Vec::new();
+        self.model.forward_logits(session, new, &mut logits)?;
         cached.extend_from_slice(new);
         let prefill_s = t0.elapsed().as_secs_f64();
         let mut first_token_s = 0.0;
@@ -305,10 +303,7 @@ impl Engine {
             match (step.stop, step.token) {
                 (Some(stop), _) => break stop,
                 (None, Some(next)) => {
-                    logits = self
-                        .model
-                        .forward(session, &[next], LogitsMode::Last, None)?
-                        .logits;
+                    self.model.forward_logits(session, &[next], &mut logits)?;
                     cached.push(next);
                 }
                 (None, None) => unreachable!("a step without a stop has a token to feed"),

@@ -219,16 +219,13 @@ fn time_runs(backend: &dyn Backend, args: &BenchArgs) -> anyhow::Result<(Vec<f64
     for r in 0..args.repeat {
         let mut s = backend.session(ctx);
         let t0 = Instant::now();
-        let mut logits = backend
-            .forward(&mut s, &prompt, LogitsMode::Last, None)?
-            .logits;
+        let mut logits = Vec::new();
+        backend.forward_logits(&mut s, &prompt, &mut logits)?;
         let t_pre = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         for _ in 0..args.gen_tokens {
             let next = argmax(&logits);
-            logits = backend
-                .forward(&mut s, &[next], LogitsMode::Last, None)?
-                .logits;
+            backend.forward_logits(&mut s, &[next], &mut logits)?;
         }
         let t_dec = t1.elapsed().as_secs_f64();
         pre.push(args.prompt_tokens as f64 / t_pre);
@@ -267,10 +264,11 @@ fn time_parallel(model: &PackedModel, args: &BenchArgs, n: usize) -> anyhow::Res
             next.push(argmax(&l));
         }
         let t0 = Instant::now();
+        let mut logits = Vec::new();
         for _ in 0..args.gen_tokens {
             let mut refs: Vec<&mut bitnet_model::Session> = sessions.iter_mut().collect();
             let lists: Vec<&[u32]> = next.chunks(1).collect();
-            let logits = model.forward_batch(&mut refs, &lists)?;
+            model.forward_batch_into(&mut refs, &lists, &mut logits)?;
             next = (0..n)
                 .map(|i| argmax(&logits[i * c.vocab_size..(i + 1) * c.vocab_size]))
                 .collect();

@@ -223,6 +223,7 @@ fn packed_loop(
     let v = model.config().vocab_size;
     let mut slots: Vec<Slot> = Vec::new();
     let mut active: Vec<Active<'_>> = Vec::new();
+    let mut logits = Vec::new();
     loop {
         // Admit waiting jobs into free slots; block only when there is nothing to run.
         while active.len() < parallel {
@@ -289,10 +290,10 @@ fn packed_loop(
                 sessions.push(&mut s.session);
             }
         }
-        let result = model.forward_batch(&mut sessions, &lists);
+        let result = model.forward_batch_into(&mut sessions, &lists, &mut logits);
         let fed: Vec<usize> = lists.iter().map(|l| l.len()).collect();
-        let logits = match result {
-            Ok(l) => l,
+        match result {
+            Ok(()) => {}
             Err(e) => {
                 for a in active.drain(..) {
                     send(&a.job, Event::Failed(format!("the model failed: {e}")));

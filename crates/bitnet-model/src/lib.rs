@@ -71,6 +71,20 @@ pub trait Backend {
         trace: Option<&mut Trace>,
     ) -> Result<Forward>;
 
+    /// [`Backend::forward`] of `tokens` into `logits` (the last token's, `[vocab]`), reusing the caller's
+    /// buffer: the packed backend allocates nothing per decoded token this way.
+    fn forward_logits(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        *logits = self
+            .forward(session, tokens, LogitsMode::Last, None)?
+            .logits;
+        Ok(())
+    }
+
     /// Runs layer `layer` alone on `x` (`[n, hidden]`, the residual stream entering it) at positions
     /// `0..n` with a fresh cache; returns the residual stream leaving it. Comparing backends layer by layer
     /// on the same input keeps one layer's rounding differences from compounding through the next.
@@ -114,16 +128,13 @@ pub fn argmax(logits: &[f32]) -> u32 {
 pub fn greedy(backend: &dyn Backend, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
     let mut session = backend.session(prompt.len() + n);
     let mut out = Vec::with_capacity(n);
-    let mut logits = backend
-        .forward(&mut session, prompt, LogitsMode::Last, None)?
-        .logits;
+    let mut logits = Vec::new();
+    backend.forward_logits(&mut session, prompt, &mut logits)?;
     for i in 0..n {
         let next = argmax(&logits);
         out.push(next);
         if i + 1 < n {
-            logits = backend
-                .forward(&mut session, &[next], LogitsMode::Last, None)?
-                .logits;
+            backend.forward_logits(&mut session, &[next], &mut logits)?;
         }
     }
     Ok(out)

@@ -343,11 +343,26 @@ impl PackedModel {
     /// token: the int8 kernels take every token at once; for the exact head each thread walks its share
     /// in blocks of [`HEAD_BLOCK`] rows and runs every token over a block while it is in cache.
     pub fn head_logits(&self, hidden: &[f32], head: HeadKind) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        self.head_logits_into(hidden, head, &mut Vec::new(), &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`PackedModel::head_logits`] into `logits`, with `head_in` as the buffer of the int8 head's
+    /// quantized inputs: both reused, nothing allocated once they have grown.
+    fn head_logits_into(
+        &self,
+        hidden: &[f32],
+        head: HeadKind,
+        head_in: &mut Vec<BlockQuantized>,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let (v, h) = (self.config.vocab_size, self.config.hidden_size);
         let m = hidden.len() / h;
-        let mut logits = vec![0f32; m * v];
+        logits.clear();
+        logits.resize(m * v, 0.0);
         let threads = self.pool.threads();
-        let out = SharedMut::new(&mut logits);
+        let out = SharedMut::new(logits);
         // Runs `row_kernel(token, rows, out)` over this thread's rows, block by block.
         let blocked = |tid: usize, row_kernel: &RowKernel<'_>| {
             let rows = Pool::split(v, threads, tid, 16);
@@ -400,14 +415,11 @@ impl PackedModel {
                     rows: v,
                     cols: h,
                 };
-                let bqs: Vec<BlockQuantized> = hidden
-                    .chunks_exact(h)
-                    .map(|x| {
-                        let mut bq = BlockQuantized::default();
-                        bq.quantize(x);
-                        bq
-                    })
-                    .collect();
+                head_in.resize_with(m, BlockQuantized::default);
+                for (bq, x) in head_in.iter_mut().zip(hidden.chunks_exact(h)) {
+                    bq.quantize(x);
+                }
+                let bqs = &head_in[..m];
                 let int8 = self.kernels.int8;
                 // The int8 kernels take every token at once (each chunk of the head loaded once for all).
                 self.pool.run(&|tid| {
@@ -417,7 +429,7 @@ impl PackedModel {
                     }
                     if m == 1 {
                         // SAFETY: `Pool::split` gives each thread a disjoint row range.
-                        int8(&im, &bqs, rows.clone(), unsafe { out.range(rows) });
+                        int8(&im, bqs, rows.clone(), unsafe { out.range(rows) });
                         return;
                     }
                     thread_local! {
@@ -427,7 +439,7 @@ impl PackedModel {
                         let mut buf = b.borrow_mut();
                         let w = rows.len();
                         buf.resize(m * w, 0.0);
-                        int8(&im, &bqs, rows.clone(), &mut buf);
+                        int8(&im, bqs, rows.clone(), &mut buf);
                         for t in 0..m {
                             // SAFETY: rows of token t in this thread's range belong to it alone.
                             let o = unsafe { out.range(t * v + rows.start..t * v + rows.end) };
@@ -437,7 +449,7 @@ impl PackedModel {
                 });
             }
         }
-        Ok(logits)
+        Ok(())
     }
 
     /// Runs `N` BitLinears on the same quantized input in one pool dispatch (QKV, gate+up fused). The
@@ -599,6 +611,9 @@ impl PackedModel {
                     let (keys, values) = session.layer(li);
                     let pos = session.pos;
                     if sc.len() < pos + n {
+                        // Room for the whole context at once, so later positions allocate nothing.
+                        let want = session.max_ctx.max(pos + n) - sc.len();
+                        sc.reserve_exact(want);
                         sc.resize(pos + n, 0.0);
                     }
                     for t in t0..t0 + n {
@@ -679,6 +694,20 @@ impl Backend for PackedModel {
         self.finish(&x, mode, self.default_head, trace)
     }
 
+    fn forward_logits(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        if tokens.is_empty() {
+            check_tokens(&self.config, session, tokens)?;
+            logits.clear();
+            return Ok(());
+        }
+        self.forward_batch_into(&mut [session], &[tokens], logits)
+    }
+
     fn forward_layer(
         &self,
         layer: usize,
@@ -707,6 +736,19 @@ impl PackedModel {
     /// through the default head; each row is bit-for-bit what [`Backend::forward`] gives that sequence
     /// alone.
     pub fn forward_batch(&self, seqs: &mut [&mut Session], tokens: &[&[u32]]) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        self.forward_batch_into(seqs, tokens, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`PackedModel::forward_batch`] into `logits`, reusing it and the first session's buffers: a
+    /// steady decode step allocates nothing.
+    pub fn forward_batch_into(
+        &self,
+        seqs: &mut [&mut Session],
+        tokens: &[&[u32]],
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         if seqs.len() != tokens.len() {
             return Err(ModelError::Config {
                 field: "batch".into(),
@@ -719,30 +761,58 @@ impl PackedModel {
                 reason: format!("sequence {i} has no tokens"),
             });
         }
+        logits.clear();
         if tokens.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         for (s, t) in seqs.iter().zip(tokens) {
             check_tokens(&self.config, s, t)?;
         }
         let h = self.config.hidden_size;
-        let counts: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
-        let n: usize = counts.iter().sum();
-        let mut x = vec![0f32; n * h];
+        let n: usize = tokens.iter().map(|t| t.len()).sum();
+        let (mut x, mut hidden, mut head_in) = {
+            let sc = &mut seqs[0].scratch;
+            (
+                std::mem::take(&mut sc.x),
+                std::mem::take(&mut sc.hidden),
+                std::mem::take(&mut sc.head_in),
+            )
+        };
+        x.clear();
+        x.resize(n * h, 0.0);
         for (t, &tok) in tokens.iter().flat_map(|t| t.iter()).enumerate() {
             self.embed_row(tok, &mut x[t * h..(t + 1) * h]);
         }
-        self.run_layers(0..self.layers.len(), &mut x, seqs, &counts, None);
-        let mut last = Vec::with_capacity(tokens.len() * h);
+        let one = [n];
+        // Counts per sequence without allocating for the common single-sequence case.
+        let many: Vec<usize>;
+        let counts: &[usize] = if tokens.len() == 1 {
+            &one
+        } else {
+            many = tokens.iter().map(|t| t.len()).collect();
+            &many
+        };
+        self.run_layers(0..self.layers.len(), &mut x, seqs, counts, None);
+        // Keep each sequence's last token's row, in place at the front of `x`.
         let mut end = 0;
-        for (s, &c) in seqs.iter_mut().zip(&counts) {
+        for (i, (s, &c)) in seqs.iter_mut().zip(counts).enumerate() {
             s.pos += c;
             end += c;
-            last.extend_from_slice(&x[(end - 1) * h..end * h]);
+            x.copy_within((end - 1) * h..end * h, i * h);
         }
-        Ok(self
-            .finish(&last, LogitsMode::All, self.default_head, None)?
-            .logits)
+        x.truncate(tokens.len() * h);
+        let r = self.finish_into(
+            &x,
+            LogitsMode::All,
+            self.default_head,
+            None,
+            &mut hidden,
+            &mut head_in,
+            logits,
+        );
+        let sc = &mut seqs[0].scratch;
+        (sc.x, sc.hidden, sc.head_in) = (x, hidden, head_in);
+        r
     }
 
     /// RMSNorm of every token of `x` (`[n, k]`, `k = weight.len()`) into `normed`, then its int8
@@ -820,6 +890,7 @@ impl PackedModel {
             s,
             cos,
             sin,
+            ..
         } = &mut sc;
         for (buf, len) in [
             (&mut *a, n * h.max(qd)),
@@ -890,15 +961,41 @@ impl PackedModel {
         x: &[f32],
         mode: LogitsMode,
         head: HeadKind,
-        mut trace: Option<&mut Trace>,
+        trace: Option<&mut Trace>,
     ) -> Result<Forward> {
+        let (mut hidden, mut logits) = (Vec::new(), Vec::new());
+        self.finish_into(
+            x,
+            mode,
+            head,
+            trace,
+            &mut hidden,
+            &mut Vec::new(),
+            &mut logits,
+        )?;
+        Ok(Forward { hidden, logits })
+    }
+
+    /// [`PackedModel::finish`] into reused buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_into(
+        &self,
+        x: &[f32],
+        mode: LogitsMode,
+        head: HeadKind,
+        mut trace: Option<&mut Trace>,
+        hidden: &mut Vec<f32>,
+        head_in: &mut Vec<BlockQuantized>,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let h = self.config.hidden_size;
         let n = x.len() / h;
         let first = match mode {
             LogitsMode::All => 0,
             LogitsMode::Last => n - 1,
         };
-        let mut hidden = vec![0f32; (n - first) * h];
+        hidden.clear();
+        hidden.resize((n - first) * h, 0.0);
         for (i, t) in (first..n).enumerate() {
             ops::rms_norm(
                 &x[t * h..(t + 1) * h],
@@ -907,8 +1004,7 @@ impl PackedModel {
                 &mut hidden[i * h..(i + 1) * h],
             );
         }
-        rec(&mut trace, None, "output_norm", h, &hidden);
-        let logits = self.head_logits(&hidden, head)?;
-        Ok(Forward { hidden, logits })
+        rec(&mut trace, None, "output_norm", h, hidden);
+        self.head_logits_into(hidden, head, head_in, logits)
     }
 }

@@ -18,6 +18,11 @@ pub struct Scratch {
     pub(crate) s: Vec<f32>,
     pub(crate) cos: Vec<f32>,
     pub(crate) sin: Vec<f32>,
+    /// The residual stream of the tokens in flight, the final-norm hidden states, the LM head's quantized
+    /// inputs: kept here so a decode step allocates nothing.
+    pub(crate) x: Vec<f32>,
+    pub(crate) hidden: Vec<f32>,
+    pub(crate) head_in: Vec<bitnet_kernels::scalar::BlockQuantized>,
 }
 
 /// The KV cache of one sequence: per layer, `[positions, kv_dim]` keys and values in f32.
@@ -40,8 +45,14 @@ impl Session {
             pos: 0,
             max_ctx,
             kv_dim,
-            keys: vec![Vec::with_capacity(max_ctx.min(4096) * kv_dim); layers],
-            values: vec![Vec::with_capacity(max_ctx.min(4096) * kv_dim); layers],
+            // One `with_capacity` per layer: `vec![v; n]` would clone `v`, and a clone of an empty Vec
+            // has no capacity.
+            keys: (0..layers)
+                .map(|_| Vec::with_capacity(max_ctx.min(4096) * kv_dim))
+                .collect(),
+            values: (0..layers)
+                .map(|_| Vec::with_capacity(max_ctx.min(4096) * kv_dim))
+                .collect(),
             scratch: Scratch::default(),
         }
     }
