@@ -280,18 +280,45 @@ impl Engine {
         cancel: &AtomicBool,
         emit: &mut dyn FnMut(&str) -> anyhow::Result<()>,
     ) -> anyhow::Result<Generation> {
+        let cancelled = || cancel.load(Ordering::Relaxed);
+        self.generate_on(
+            &self.model,
+            session,
+            cached,
+            ids,
+            params,
+            stops,
+            &cancelled,
+            emit,
+        )
+    }
+
+    /// [`Engine::generate`] on any backend (the FP32 reference too), with this engine's tokenizer and stop
+    /// ids; `cancelled` is asked before each token.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_on(
+        &self,
+        backend: &dyn Backend,
+        session: &mut Session,
+        cached: &mut Vec<u32>,
+        ids: &[u32],
+        params: &SamplingParams,
+        stops: &[String],
+        cancelled: &dyn Fn() -> bool,
+        emit: &mut dyn FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Generation> {
         let common = reuse_prefix(session, cached, ids);
         let new = &ids[common..];
         let mut dec = SeqDecoder::new(self, params, stops)?;
         let t0 = Instant::now();
         let mut logits = Vec::new();
-        self.model.forward_logits(session, new, &mut logits)?;
+        backend.forward_logits(session, new, &mut logits)?;
         cached.extend_from_slice(new);
         let prefill_s = t0.elapsed().as_secs_f64();
         let mut first_token_s = 0.0;
         let t1 = Instant::now();
         let stop = loop {
-            if cancel.load(Ordering::Relaxed) {
+            if cancelled() {
                 emit(&dec.cancel()?)?;
                 break StopReason::Cancelled;
             }
@@ -303,7 +330,7 @@ impl Engine {
             match (step.stop, step.token) {
                 (Some(stop), _) => break stop,
                 (None, Some(next)) => {
-                    self.model.forward_logits(session, &[next], &mut logits)?;
+                    backend.forward_logits(session, &[next], &mut logits)?;
                     cached.push(next);
                 }
                 (None, None) => unreachable!("a step without a stop has a token to feed"),

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use bitnet_chat::SamplingParams;
-use bitnet_model::{Backend, LogitsMode, Session};
+use bitnet_model::{Backend, Session};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
@@ -127,6 +127,25 @@ impl Active<'_> {
     }
 }
 
+/// Starts a worker thread named `name` running `body` over the jobs it receives.
+fn spawn_worker(
+    name: &str,
+    max_queue: usize,
+    body: impl FnOnce(mpsc::Receiver<Job>, &AtomicUsize) + Send + 'static,
+) -> std::io::Result<Worker> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let q = queued.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || body(rx, &q))?;
+    Ok(Worker {
+        tx,
+        queued,
+        max_queue,
+    })
+}
+
 /// Starts the packed worker: up to `parallel` sequences decoded together.
 pub fn spawn_packed(
     engine: Arc<Engine>,
@@ -134,16 +153,8 @@ pub fn spawn_packed(
     max_queue: usize,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<Worker> {
-    let (tx, rx) = mpsc::channel::<Job>();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let q = queued.clone();
-    std::thread::Builder::new()
-        .name("bitnet-packed".into())
-        .spawn(move || packed_loop(&engine, parallel.max(1), &rx, &q, &metrics))?;
-    Ok(Worker {
-        tx,
-        queued,
-        max_queue,
+    spawn_worker("bitnet-packed", max_queue, move |rx, q| {
+        packed_loop(&engine, parallel.max(1), &rx, q, &metrics)
     })
 }
 
@@ -154,21 +165,11 @@ pub fn spawn_single(
     max_queue: usize,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<Worker> {
-    let (tx, rx) = mpsc::channel::<Job>();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let q = queued.clone();
-    std::thread::Builder::new()
-        .name("bitnet-reference".into())
-        .spawn(move || {
-            while let Ok(job) = rx.recv() {
-                q.fetch_sub(1, Ordering::SeqCst);
-                run_single(&engine, backend.as_ref(), job, &metrics);
-            }
-        })?;
-    Ok(Worker {
-        tx,
-        queued,
-        max_queue,
+    spawn_worker("bitnet-reference", max_queue, move |rx, q| {
+        while let Ok(job) = rx.recv() {
+            q.fetch_sub(1, Ordering::SeqCst);
+            run_single(&engine, backend.as_ref(), job, &metrics);
+        }
     })
 }
 
@@ -386,55 +387,43 @@ fn pick_slot(
         .expect("fewer than `parallel` sequences are active, so a slot is free")
 }
 
-/// Runs one job to its end on `backend` (no batching).
+/// Runs one job to its end on `backend` (no batching), with the loop `run` and `chat` use.
 fn run_single(engine: &Engine, backend: &dyn Backend, job: Job, metrics: &Metrics) {
-    let ctx = engine.context();
-    let mut dec = match SeqDecoder::new(engine, &job.params, &job.stops) {
-        Ok(d) => d,
-        Err(e) => {
-            send(&job, Event::Failed(format!("{e:#}")));
-            return;
-        }
-    };
-    let mut session = backend.session(ctx);
-    let mut history = job.prompt.clone();
-    let mut logits = match backend.forward(&mut session, &job.prompt, LogitsMode::Last, None) {
-        Ok(f) => f.logits,
-        Err(e) => {
-            send(&job, Event::Failed(format!("{e}")));
-            return;
-        }
-    };
-    metrics.prefilled(job.prompt.len());
-    let first_token = Instant::now();
-    let first_token_s = job.received.elapsed().as_secs_f64();
-    let timing = (0, first_token_s, first_token);
-    loop {
-        if job.events.is_closed() {
-            metrics.cancelled();
-            return;
-        }
-        let step = match dec.next(&logits, &history, session.pos < session.max_ctx) {
-            Ok(s) => s,
-            Err(e) => {
-                send(&job, Event::Failed(format!("sampling failed: {e}")));
-                return;
-            }
-        };
+    let mut session = backend.session(engine.context());
+    let waited = job.received.elapsed().as_secs_f64();
+    let cancelled = || job.events.is_closed();
+    let mut emit = |text: &str| {
         metrics.decoded(1);
-        if !report(&job, metrics, step.text, step.stop, |s| {
-            finish(&job, &dec, s, timing)
-        }) {
-            return;
+        if !text.is_empty() {
+            send(&job, Event::Text(text.to_string()));
         }
-        let next = step.token.expect("a step that goes on has a token");
-        logits = match backend.forward(&mut session, &[next], LogitsMode::Last, None) {
-            Ok(f) => f.logits,
-            Err(e) => {
-                send(&job, Event::Failed(format!("the model failed: {e}")));
-                return;
-            }
-        };
-        history.push(next);
+        Ok(())
+    };
+    let generated = engine.generate_on(
+        backend,
+        &mut session,
+        &mut Vec::new(),
+        &job.prompt,
+        &job.params,
+        &job.stops,
+        &cancelled,
+        &mut emit,
+    );
+    match generated {
+        Err(e) => send(&job, Event::Failed(format!("{e:#}"))),
+        Ok(g) if g.stop == StopReason::Cancelled => metrics.cancelled(),
+        Ok(g) => {
+            metrics.prefilled(g.prompt_tokens);
+            let f = Finish {
+                stop: g.stop,
+                prompt_tokens: g.prompt_tokens,
+                cached_tokens: g.reused_tokens,
+                completion_tokens: g.ids.len(),
+                first_token_s: waited + g.first_token_s,
+                decode_s: g.decode_s,
+            };
+            metrics.completed(&f);
+            send(&job, Event::Done(f));
+        }
     }
 }

@@ -56,6 +56,34 @@ const HEAD_BLOCK: usize = 64;
 /// Row tiles (16 rows each) per unit of work the pool's threads claim in [`PackedModel::bitlinears`].
 const UNIT_TILES: usize = 8;
 
+/// Runs `fill` on this thread's buffer of `[n, rows.len()]` (token-major), then copies each token's rows
+/// into `out` (`[n, stride]`): for kernels that write several tokens' rows contiguously.
+///
+/// # Safety
+/// Rows `rows` of every token of `out` must be written by this thread alone while it runs.
+unsafe fn scatter_rows(
+    out: &SharedMut<'_, f32>,
+    n: usize,
+    stride: usize,
+    rows: Range<usize>,
+    fill: impl FnOnce(&mut [f32]),
+) {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|b| {
+        let mut buf = b.borrow_mut();
+        let w = rows.len();
+        buf.resize(n * w, 0.0);
+        fill(&mut buf);
+        for t in 0..n {
+            // SAFETY: the caller owns rows `rows` of token t.
+            let o = unsafe { out.range(t * stride + rows.start..t * stride + rows.end) };
+            o.copy_from_slice(&buf[t * w..(t + 1) * w]);
+        }
+    });
+}
+
 /// A head kernel for one token over a block of rows: `(token, rows, out)`.
 type RowKernel<'a> = dyn Fn(usize, Range<usize>, &mut [f32]) + 'a;
 
@@ -432,20 +460,12 @@ impl PackedModel {
                         int8(&im, bqs, rows.clone(), unsafe { out.range(rows) });
                         return;
                     }
-                    thread_local! {
-                        static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-                    }
-                    BUF.with(|b| {
-                        let mut buf = b.borrow_mut();
-                        let w = rows.len();
-                        buf.resize(m * w, 0.0);
-                        int8(&im, bqs, rows.clone(), &mut buf);
-                        for t in 0..m {
-                            // SAFETY: rows of token t in this thread's range belong to it alone.
-                            let o = unsafe { out.range(t * v + rows.start..t * v + rows.end) };
-                            o.copy_from_slice(&buf[t * w..(t + 1) * w]);
-                        }
-                    });
+                    // SAFETY: `Pool::split` gives each thread a disjoint row range of every token.
+                    unsafe {
+                        scatter_rows(&out, m, v, rows.clone(), |buf| {
+                            int8(&im, bqs, rows.clone(), buf)
+                        })
+                    };
                 });
             }
         }
@@ -487,20 +507,12 @@ impl PackedModel {
                     // SAFETY: each unit, so its row range, is claimed by one thread only.
                     kern(m, x, tiles, unsafe { out.range(r0..r1) }, r1 - r0);
                 } else {
-                    thread_local! {
-                        static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-                    }
-                    let width = r1 - r0;
-                    BUF.with(|b| {
-                        let mut buf = b.borrow_mut();
-                        buf.resize(n * width, 0.0);
-                        kern(m, x, tiles, &mut buf, width);
-                        for t in 0..n {
-                            // SAFETY: rows r0..r1 of token t belong to this unit alone.
-                            let o = unsafe { out.range(t * m.rows + r0..t * m.rows + r1) };
-                            o.copy_from_slice(&buf[t * width..(t + 1) * width]);
-                        }
-                    });
+                    // SAFETY: rows r0..r1 of every token belong to this unit alone.
+                    unsafe {
+                        scatter_rows(out, n, m.rows, r0..r1, |buf| {
+                            kern(m, x, tiles, buf, r1 - r0)
+                        })
+                    };
                 }
             }
         });
