@@ -1,10 +1,64 @@
 //! The float operations between BitLinears: RMSNorm, rotary embeddings, attention, FFN activations.
 
+/// Lanes of the f64 sum of squares in [`rms_norm`].
+const NORM_LANES: usize = 16;
+
 /// RMSNorm as transformers computes it in f32: `x / sqrt(mean(x^2) + eps) * weight`.
 ///
-/// The mean of squares is accumulated in f64 and rounded once (close to PyTorch's pairwise f32 sum).
+/// The sum of squares is accumulated in f64 (every square of an f32 is exact there) and rounded once
+/// (close to PyTorch's pairwise f32 sum), in a fixed order so that it vectorizes: lane `j` of 16 sums the
+/// elements `i = j (mod 16)` in order, the lanes are added in the canonical halving order (8, 4, 2, 1),
+/// then the tail in order. On a CPU with AVX-512 or AVX2 the same code runs compiled for it: the same
+/// operations in the same order, the same bits.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was just detected.
+            return unsafe { rms_norm_avx512(x, weight, eps, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was just detected.
+            return unsafe { rms_norm_avx2(x, weight, eps, out) };
+        }
+    }
+    rms_norm_body(x, weight, eps, out)
+}
+
+/// [`rms_norm`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rms_norm_avx512(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    rms_norm_body(x, weight, eps, out)
+}
+
+/// [`rms_norm`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rms_norm_avx2(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    rms_norm_body(x, weight, eps, out)
+}
+
+/// The portable body of [`rms_norm`].
+#[inline(always)]
+pub fn rms_norm_body(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mut lanes = [0f64; NORM_LANES];
+    let (chunks, tail) = x.as_chunks::<NORM_LANES>();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += (v as f64) * (v as f64);
+        }
+    }
+    let mut w = NORM_LANES / 2;
+    while w > 0 {
+        for i in 0..w {
+            lanes[i] += lanes[i + w];
+        }
+        w /= 2;
+    }
+    let ss = tail
+        .iter()
+        .fold(lanes[0], |s, &v| s + (v as f64) * (v as f64));
     let var = (ss as f32) / x.len() as f32;
     let r = 1.0f32 / (var + eps).sqrt();
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
@@ -315,6 +369,47 @@ mod tests {
             // SAFETY: AVX2 was detected above.
             let got = unsafe { dot_avx2(&a[..n], &b[..n]) };
             assert_eq!(got.to_bits(), dot(&a[..n], &b[..n]).to_bits(), "length {n}");
+        }
+    }
+
+    #[test]
+    fn every_build_of_rms_norm_gives_the_portable_bits() {
+        let x: Vec<f32> = (0..300)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 1.37e-3 * (1 + i % 5) as f32)
+            .collect();
+        let w: Vec<f32> = (0..300).map(|i| 0.5 + (i % 13) as f32 * 0.11).collect();
+        for n in [1, 2, 15, 16, 17, 31, 64, 100, 257, 300] {
+            let mut want = vec![0f32; n];
+            rms_norm_body(&x[..n], &w[..n], 1e-5, &mut want);
+            let mut got = vec![0f32; n];
+            rms_norm(&x[..n], &w[..n], 1e-5, &mut got);
+            assert!(
+                want.iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "length {n}"
+            );
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 was just detected.
+                unsafe { rms_norm_avx2(&x[..n], &w[..n], 1e-5, &mut got) };
+                assert!(
+                    want.iter()
+                        .zip(&got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "avx2, length {n}"
+                );
+            }
+            // The fixed lane order stays within an f32 rounding of the sequential f64 sum.
+            let ss: f64 = x[..n].iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let r = 1.0f32 / ((ss as f32) / n as f32 + 1e-5).sqrt();
+            for i in 0..n {
+                let seq = w[i] * (x[i] * r);
+                assert!(
+                    (seq - want[i]).abs() <= seq.abs() * 2e-7,
+                    "length {n}, element {i}"
+                );
+            }
         }
     }
 

@@ -154,45 +154,80 @@ pub unsafe fn ternary_matmul_avx512vnni(
     assert!(x.q.len() >= x.n * kp, "activation rows");
     let groups = kp / 16;
     let row0 = tiles.start * TILE;
+    let last_row = (tiles.end * TILE).min(m.rows).max(row0);
+    assert!(
+        x.n == 0 || out.len() >= (x.n - 1) * out_stride + last_row - row0,
+        "output too short"
+    );
     for tile in tiles {
         let base = m.data[tile * 4 * kp..].as_ptr();
         let valid = m.rows.saturating_sub(tile * TILE).min(TILE);
-        let mut store = |t: usize, lanes: &[i32; TILE]| {
-            store_tile(
-                lanes,
-                x.sum[t],
-                m.scale / x.scale[t],
-                out,
-                t * out_stride + tile * TILE - row0,
-                valid,
-            );
-        };
+        let off = tile * TILE - row0;
         let mut t0 = 0;
         while t0 < x.n {
             let left = x.n - t0;
-            let done = if left >= TOKEN_BLOCK {
-                // SAFETY: the tile's `groups` chunks are inside `m.data` and every token row of `x.q` has
-                // kp bytes (both asserted above); tokens t0..t0 + 8 are below x.n.
-                let r = unsafe { tile_shifted8(base, groups, x, t0) };
-                r.iter().enumerate().for_each(|(j, l)| store(t0 + j, l));
-                TOKEN_BLOCK
-            } else {
-                macro_rules! masked {
-                    ($nt:literal) => {{
-                        // SAFETY: as for `tile_shifted8`, for tokens t0..t0 + $nt (at most `left`).
-                        let r = unsafe { tile_masked::<$nt>(base, groups, x, t0) };
-                        r.iter().enumerate().for_each(|(j, l)| store(t0 + j, l));
-                        $nt
-                    }};
-                }
-                match left {
-                    1 => masked!(1),
-                    2 => masked!(2),
-                    3 => masked!(3),
-                    _ => masked!(4),
+            // SAFETY (every call below): the tile's `groups` chunks are inside `m.data` and every token
+            // row of `x.q` has kp bytes (both asserted above); the tokens passed are below x.n; rows
+            // `off..off + valid` of each token's output are inside `out` (asserted above: `valid` rows
+            // past `off` are at most the tile range's rows).
+            let done = unsafe {
+                if left >= TOKEN_BLOCK {
+                    let r = tile_shifted8(base, groups, x, t0);
+                    store_tokens(&r, m.scale, x, t0, out, out_stride, off, valid);
+                    TOKEN_BLOCK
+                } else {
+                    macro_rules! masked {
+                        ($nt:literal) => {{
+                            let r = tile_masked::<$nt>(base, groups, x, t0);
+                            store_tokens(&r, m.scale, x, t0, out, out_stride, off, valid);
+                            $nt
+                        }};
+                    }
+                    match left {
+                        1 => masked!(1),
+                        2 => masked!(2),
+                        3 => masked!(3),
+                        _ => masked!(4),
+                    }
                 }
             };
             t0 += done;
+        }
+    }
+}
+
+/// The epilogue of one tile for the tokens `t0..t0 + NT` in 16 lanes: `(acc - sum) as f32 * factor`, as
+/// [`crate::scalar::ternary_epilogue`] (`vcvtdq2ps` rounds to nearest even, as `as f32` does), stored to
+/// rows `off..off + valid` of each token's output.
+///
+/// # Safety
+/// AVX-512F; `(t0 + NT - 1) * out_stride + off + valid <= out.len()` and tokens below `x.n`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_tokens<const NT: usize>(
+    acc: &[[i32; TILE]; NT],
+    scale: f32,
+    x: &QuantizedBatch,
+    t0: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    off: usize,
+    valid: usize,
+) {
+    let mask: __mmask16 = ((1u32 << valid) - 1) as u16;
+    for (j, lanes) in acc.iter().enumerate() {
+        let t = t0 + j;
+        let at = t * out_stride + off;
+        debug_assert!(at + valid <= out.len());
+        // SAFETY: `lanes` holds 16 i32; the caller guarantees `valid` floats writable at `at` (the mask
+        // writes no others).
+        unsafe {
+            let d = _mm512_sub_epi32(
+                _mm512_loadu_si512(lanes.as_ptr() as *const _),
+                _mm512_set1_epi32(x.sum[t]),
+            );
+            let f = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(scale / x.scale[t]));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), mask, f);
         }
     }
 }

@@ -48,11 +48,15 @@ proptest! {
         let t0 = (r() as usize) % tiles;
         let t1 = t0 + 1 + (r() as usize) % (tiles - t0);
         let width = (t1 * 16).min(rows) - t0 * 16;
-        let mut want = vec![f32::NAN; n * width];
-        (Kernels::scalar().ternary)(&m, &b, t0..t1, &mut want, width);
+        // Token rows of the output may be wider than the tile range (one thread's rows of a wider
+        // matrix); what lies between them must stay untouched (NaN in both).
+        let stride = width + (r() as usize % 3) * 7;
+        let len = (n - 1) * stride + width;
+        let mut want = vec![f32::NAN; len];
+        (Kernels::scalar().ternary)(&m, &b, t0..t1, &mut want, stride);
         for k in kernel_sets() {
-            let mut got = vec![f32::NAN; n * width];
-            (k.ternary)(&m, &b, t0..t1, &mut got, width);
+            let mut got = vec![f32::NAN; len];
+            (k.ternary)(&m, &b, t0..t1, &mut got, stride);
             let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
             prop_assert!(same, "{} differs at rows {}x{} n {} tiles {}..{}", k.name, rows, cols, n, t0, t1);
         }
