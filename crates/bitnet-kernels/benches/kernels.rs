@@ -80,6 +80,15 @@ fn ternary_gemm8<const S: usize>(bencher: Bencher, kernel: &str) {
     ternary_bench(bencher, kernel, SHAPES[S], 8);
 }
 
+/// Prefill of a 128-token prompt against each 2B4T matrix (items = weight-token products).
+#[divan::bench(args = kernel_names(), consts = [0, 2, 3], sample_count = 20)]
+fn ternary_prefill128<const S: usize>(bencher: Bencher, kernel: &str) {
+    if kernel == "scalar" {
+        return; // minutes per sample; the 8-token bench covers it
+    }
+    ternary_bench(bencher, kernel, SHAPES[S], 128);
+}
+
 /// The int8 LM head, 128256 x 2560 (items = weights).
 #[divan::bench(args = kernel_names(), sample_count = 10)]
 fn head_int8(bencher: Bencher, kernel: &str) {

@@ -109,7 +109,10 @@ pub fn quantize_row_body(x: &[f32], q: &mut [i8]) -> (f32, i32) {
             m.max(v.abs())
         });
     let a = 127.0f32 / amax.max(1e-5);
-    let one = |v: f32| round_half_even((v * a).clamp(-128.0, 128.0)).clamp(-128.0, 127.0) as i8;
+    // Through i32: a saturating f32 -> i32 conversion vectorizes, one to i8 does not (the value is
+    // already in i8 range, so both give the same result).
+    let one =
+        |v: f32| round_half_even((v * a).clamp(-128.0, 128.0)).clamp(-128.0, 127.0) as i32 as i8;
     let (qc, qt) = q.as_chunks_mut::<QUANT_LANES>();
     let mut sums = [0i32; QUANT_LANES];
     for (o, c) in qc.iter_mut().zip(chunks) {

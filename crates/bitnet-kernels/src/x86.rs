@@ -21,6 +21,9 @@ const PREFETCH: usize = 4096;
 /// Tokens processed together per pass over a tile (each chunk's planes are decoded once for all of them).
 const TOKEN_BLOCK: usize = 8;
 
+/// Tiles processed together for a block of tokens (each broadcast activation feeds all of them).
+const TILE_GROUP: usize = 2;
+
 #[inline(always)]
 unsafe fn load_i32(p: *const i8) -> i32 {
     // SAFETY: the caller guarantees 4 readable bytes at `p`; the read is unaligned-safe.
@@ -94,49 +97,69 @@ unsafe fn tile_masked<const NT: usize>(
     out
 }
 
-/// One tile for 8 tokens from `t0`: planes decoded once per chunk (shift and mask) and reused by all 8.
+/// `TT` consecutive tiles from `base` for `NT` tokens from `t0`: each chunk's planes are decoded once
+/// (shift and mask) for all `NT` tokens, and each broadcast activation word feeds all `TT` tiles (on this
+/// class of CPU a broadcast costs about as much as a `vpdpbusd`, so sharing it between tiles is what lets
+/// the two VNNI ports run). Returns each tile's `NT` tokens' 16 integer dot products.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_shifted8(
+unsafe fn tiles_shifted<const TT: usize, const NT: usize>(
     base: *const u8,
+    stride: usize,
     groups: usize,
     x: &QuantizedBatch,
     t0: usize,
-) -> [[i32; TILE]; TOKEN_BLOCK] {
+) -> [[[i32; TILE]; NT]; TT] {
     let mask = _mm512_set1_epi8(0x03);
     let kp = x.kp;
-    let mut acc = [_mm512_setzero_si512(); TOKEN_BLOCK];
+    let mut acc = [[_mm512_setzero_si512(); NT]; TT];
+    // SAFETY: the caller guarantees `groups` chunks readable at `base + tt * stride` for tt < TT and
+    // tokens t0..t0 + NT with kp activation bytes each.
+    let xq = unsafe { x.q.as_ptr().add(t0 * kp) };
     for g in 0..groups {
-        // SAFETY: as in `tile_masked`, for tokens t0..t0 + 8.
+        // SAFETY: as above.
         unsafe {
-            let v = _mm512_loadu_si512(base.add(64 * g) as *const _);
-            _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * g + PREFETCH) as *const i8);
-            let p = [
-                _mm512_and_si512(v, mask),
-                _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
-                _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
-            ];
-            for (j, a) in acc.iter_mut().enumerate() {
-                let xq = x.q.as_ptr().add((t0 + j) * kp + 16 * g);
-                for (q, pq) in p.iter().enumerate() {
-                    *a = _mm512_dpbusd_epi32(*a, *pq, _mm512_set1_epi32(load_i32(xq.add(4 * q))));
-                }
+            let mut v = [_mm512_setzero_si512(); TT];
+            for (tt, v) in v.iter_mut().enumerate() {
+                let p = base.add(tt * stride + 64 * g);
+                *v = _mm512_loadu_si512(p as *const _);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
             }
+            macro_rules! plane {
+                ($q:literal, $shift:expr) => {{
+                    let p = v.map(|v| _mm512_and_si512($shift(v), mask));
+                    for j in 0..NT {
+                        let b = _mm512_set1_epi32(load_i32(xq.add(j * kp + 16 * g + 4 * $q)));
+                        for tt in 0..TT {
+                            acc[tt][j] = _mm512_dpbusd_epi32(acc[tt][j], p[tt], b);
+                        }
+                    }
+                }};
+            }
+            plane!(0, |v| v);
+            plane!(1, _mm512_srli_epi16::<2>);
+            plane!(2, _mm512_srli_epi16::<4>);
+            plane!(3, _mm512_srli_epi16::<6>);
         }
     }
-    let mut out = [[0i32; TILE]; TOKEN_BLOCK];
+    let mut out = [[[0i32; TILE]; NT]; TT];
     for (a, o) in acc.iter().zip(out.iter_mut()) {
-        // SAFETY: `o` holds 16 i32.
-        unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut _, *a) };
+        for (a, o) in a.iter().zip(o.iter_mut()) {
+            // SAFETY: `o` holds 16 i32.
+            unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut _, *a) };
+        }
     }
     out
 }
 
 /// AVX-512 VNNI ternary matmul with the contract of [`crate::scalar::ternary_matmul`].
 ///
-/// Tokens go through each tile in blocks: 8 at a time with planes decoded once per chunk (shift and
-/// mask), and the last 1 to 4 (a decode step, or several sequences decoded together) with the mask-only
-/// plane trick, whose independent accumulators keep `vpdpbusd` busy when few tokens share a chunk.
+/// Tokens go through pairs of tiles in blocks of 8, each chunk's planes decoded once (shift and mask) for
+/// the 8 tokens and each broadcast activation word feeding both tiles: 16 accumulators, 64 `vpdpbusd` per
+/// 32 broadcasts. (Measured with `cargo bench -p bitnet-kernels -- ternary_prefill128`, one thread:
+/// one tile at a time ran 150-180 G weight-token products/s, pairs 270-290; groups of 3 tiles or 12
+/// tokens were no faster.) A lone last tile takes blocks of 8 by itself, and the last 1 to 4 tokens (a
+/// decode step, or several sequences decoded together) use the mask-only plane trick, whose independent
+/// accumulators keep `vpdpbusd` busy when few tokens share a chunk.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn ternary_matmul_avx512vnni(
     m: &TernaryMatrix<'_>,
@@ -159,40 +182,73 @@ pub unsafe fn ternary_matmul_avx512vnni(
         x.n == 0 || out.len() >= (x.n - 1) * out_stride + last_row - row0,
         "output too short"
     );
-    for tile in tiles {
-        let base = m.data[tile * 4 * kp..].as_ptr();
-        let valid = m.rows.saturating_sub(tile * TILE).min(TILE);
-        let off = tile * TILE - row0;
+    let stride = 4 * kp;
+    let valid = |tile: usize| m.rows.saturating_sub(tile * TILE).min(TILE);
+    let mut tile = tiles.start;
+    while tile < tiles.end {
+        let span = if tiles.end - tile >= TILE_GROUP {
+            TILE_GROUP
+        } else {
+            1
+        };
+        let base = m.data[tile * stride..].as_ptr();
         let mut t0 = 0;
-        while t0 < x.n {
-            let left = x.n - t0;
-            // SAFETY (every call below): the tile's `groups` chunks are inside `m.data` and every token
-            // row of `x.q` has kp bytes (both asserted above); the tokens passed are below x.n; rows
-            // `off..off + valid` of each token's output are inside `out` (asserted above: `valid` rows
-            // past `off` are at most the tile range's rows).
-            let done = unsafe {
-                if left >= TOKEN_BLOCK {
-                    let r = tile_shifted8(base, groups, x, t0);
-                    store_tokens(&r, m.scale, x, t0, out, out_stride, off, valid);
-                    TOKEN_BLOCK
-                } else {
-                    macro_rules! masked {
-                        ($nt:literal) => {{
-                            let r = tile_masked::<$nt>(base, groups, x, t0);
-                            store_tokens(&r, m.scale, x, t0, out, out_stride, off, valid);
-                            $nt
-                        }};
-                    }
-                    match left {
-                        1 => masked!(1),
-                        2 => masked!(2),
-                        3 => masked!(3),
-                        _ => masked!(4),
+        if span == TILE_GROUP {
+            while x.n - t0 >= TOKEN_BLOCK {
+                // SAFETY: the group's tiles are inside `m.data` and every token row of `x.q` has kp bytes
+                // (both asserted above); tokens t0..t0 + TOKEN_BLOCK are below x.n; each tile's rows of
+                // every token's output are inside `out` (asserted above).
+                unsafe {
+                    let r = tiles_shifted::<TILE_GROUP, TOKEN_BLOCK>(base, stride, groups, x, t0);
+                    for (i, r) in r.iter().enumerate() {
+                        let t = tile + i;
+                        store_tokens(
+                            r,
+                            m.scale,
+                            x,
+                            t0,
+                            out,
+                            out_stride,
+                            t * TILE - row0,
+                            valid(t),
+                        );
                     }
                 }
-            };
-            t0 += done;
+                t0 += TOKEN_BLOCK;
+            }
         }
+        for t in tile..tile + span {
+            let base = m.data[t * stride..].as_ptr();
+            let (off, valid) = (t * TILE - row0, valid(t));
+            let mut t0 = t0;
+            while t0 < x.n {
+                let left = x.n - t0;
+                // SAFETY (every call below): as above, for this one tile and the tokens passed (below x.n).
+                let done = unsafe {
+                    if left >= TOKEN_BLOCK {
+                        let [r] = tiles_shifted::<1, TOKEN_BLOCK>(base, stride, groups, x, t0);
+                        store_tokens(&r, m.scale, x, t0, out, out_stride, off, valid);
+                        TOKEN_BLOCK
+                    } else {
+                        macro_rules! masked {
+                            ($nt:literal) => {{
+                                let r = tile_masked::<$nt>(base, groups, x, t0);
+                                store_tokens(&r, m.scale, x, t0, out, out_stride, off, valid);
+                                $nt
+                            }};
+                        }
+                        match left {
+                            1 => masked!(1),
+                            2 => masked!(2),
+                            3 => masked!(3),
+                            _ => masked!(4),
+                        }
+                    }
+                };
+                t0 += done;
+            }
+        }
+        tile += span;
     }
 }
 
