@@ -174,11 +174,8 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avx2") {
                 let mut got = vec![0i8; n];
                 // SAFETY: AVX2 was just detected.
-                assert_eq!(
-                    unsafe { quantize_row_avx2(&x[..n], &mut got) },
-                    w,
-                    "length {n}"
-                );
+                let r = unsafe { quantize_row_avx2(&x[..n], &mut got) };
+                assert_eq!(r, w, "length {n}");
                 assert_eq!(got, want, "avx2, length {n}");
             }
         }

@@ -223,7 +223,7 @@ pub unsafe fn ternary_matmul_avx512vnni(
             let mut t0 = t0;
             while t0 < x.n {
                 let left = x.n - t0;
-                // SAFETY (every call below): as above, for this one tile and the tokens passed (below x.n).
+                // SAFETY: as above, for this one tile and the tokens each call is given (below x.n).
                 let done = unsafe {
                     if left >= TOKEN_BLOCK {
                         let [r] = tiles_shifted::<1, TOKEN_BLOCK>(base, stride, groups, x, t0);
