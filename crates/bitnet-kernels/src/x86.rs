@@ -45,17 +45,20 @@ fn store_tile(
     }
 }
 
-/// One tile for `NT` (1 to 4) tokens from `t0` with the mask-only plane trick: plane `q` is
-/// `chunk & (3 << 2q)`, a multiple `4^q` of the codes, so it needs no shift; each (token, plane) pair has
-/// its own accumulator (independent `vpdpbusd` chains), shifted back once per tile. Returns each token's
-/// 16 integer dot products.
+/// `TT` consecutive tiles from `base` (`stride` bytes apart) for `NT` (1 to 4) tokens from `t0` with the
+/// mask-only plane trick: plane `q` is `chunk & (3 << 2q)`, a multiple `4^q` of the codes, so it needs no
+/// shift; each (tile, token, plane) has its own accumulator (independent `vpdpbusd` chains), shifted back
+/// once per tile, and each broadcast activation word feeds all `TT` tiles. Returns each tile's tokens' 16
+/// integer dot products.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_masked<const NT: usize>(
+#[allow(clippy::needless_range_loop)] // acc[tt][j][q]: three indices over three arrays read plainest
+unsafe fn tiles_masked<const TT: usize, const NT: usize>(
     base: *const u8,
+    stride: usize,
     groups: usize,
     x: &QuantizedBatch,
     t0: usize,
-) -> [[i32; TILE]; NT] {
+) -> [[[i32; TILE]; NT]; TT] {
     let masks = [
         _mm512_set1_epi8(0x03),
         _mm512_set1_epi8(0x0C),
@@ -63,36 +66,40 @@ unsafe fn tile_masked<const NT: usize>(
         _mm512_set1_epi8(0xC0u8 as i8),
     ];
     let kp = x.kp;
-    let mut acc = [[_mm512_setzero_si512(); 4]; NT];
+    let mut acc = [[[_mm512_setzero_si512(); 4]; NT]; TT];
+    // SAFETY: the caller guarantees `groups` chunks readable at `base + tt * stride` for tt < TT and
+    // tokens t0..t0 + NT with kp activation bytes each.
+    let xq = unsafe { x.q.as_ptr().add(t0 * kp) };
     for g in 0..groups {
-        // SAFETY: the caller guarantees chunk g of this tile is readable at `base` and tokens
-        // t0..t0 + NT have kp activation bytes each.
+        // SAFETY: as above.
         unsafe {
-            let v = _mm512_loadu_si512(base.add(64 * g) as *const _);
-            _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * g + PREFETCH) as *const i8);
-            let planes = [
-                _mm512_and_si512(v, masks[0]),
-                _mm512_and_si512(v, masks[1]),
-                _mm512_and_si512(v, masks[2]),
-                _mm512_and_si512(v, masks[3]),
-            ];
-            for (j, a) in acc.iter_mut().enumerate() {
-                let xq = x.q.as_ptr().add((t0 + j) * kp + 16 * g);
-                for q in 0..4 {
-                    let xb = _mm512_set1_epi32(load_i32(xq.add(4 * q)));
-                    a[q] = _mm512_dpbusd_epi32(a[q], planes[q], xb);
+            let mut v = [_mm512_setzero_si512(); TT];
+            for (tt, v) in v.iter_mut().enumerate() {
+                let p = base.add(tt * stride + 64 * g);
+                *v = _mm512_loadu_si512(p as *const _);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            }
+            for (q, mask) in masks.iter().enumerate() {
+                let p = v.map(|v| _mm512_and_si512(v, *mask));
+                for j in 0..NT {
+                    let b = _mm512_set1_epi32(load_i32(xq.add(j * kp + 16 * g + 4 * q)));
+                    for tt in 0..TT {
+                        acc[tt][j][q] = _mm512_dpbusd_epi32(acc[tt][j][q], p[tt], b);
+                    }
                 }
             }
         }
     }
-    let mut out = [[0i32; TILE]; NT];
+    let mut out = [[[0i32; TILE]; NT]; TT];
     for (a, o) in acc.iter().zip(out.iter_mut()) {
-        let total = _mm512_add_epi32(
-            _mm512_add_epi32(a[0], _mm512_srai_epi32::<2>(a[1])),
-            _mm512_add_epi32(_mm512_srai_epi32::<4>(a[2]), _mm512_srai_epi32::<6>(a[3])),
-        );
-        // SAFETY: `o` holds 16 i32.
-        unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut _, total) };
+        for (a, o) in a.iter().zip(o.iter_mut()) {
+            let total = _mm512_add_epi32(
+                _mm512_add_epi32(a[0], _mm512_srai_epi32::<2>(a[1])),
+                _mm512_add_epi32(_mm512_srai_epi32::<4>(a[2]), _mm512_srai_epi32::<6>(a[3])),
+            );
+            // SAFETY: `o` holds 16 i32.
+            unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut _, total) };
+        }
     }
     out
 }
@@ -193,60 +200,45 @@ pub unsafe fn ternary_matmul_avx512vnni(
         };
         let base = m.data[tile * stride..].as_ptr();
         let mut t0 = 0;
-        if span == TILE_GROUP {
-            while x.n - t0 >= TOKEN_BLOCK {
-                // SAFETY: the group's tiles are inside `m.data` and every token row of `x.q` has kp bytes
-                // (both asserted above); tokens t0..t0 + TOKEN_BLOCK are below x.n; each tile's rows of
-                // every token's output are inside `out` (asserted above).
-                unsafe {
-                    let r = tiles_shifted::<TILE_GROUP, TOKEN_BLOCK>(base, stride, groups, x, t0);
-                    for (i, r) in r.iter().enumerate() {
-                        let t = tile + i;
-                        store_tokens(
-                            r,
-                            m.scale,
-                            x,
-                            t0,
-                            out,
-                            out_stride,
-                            t * TILE - row0,
-                            valid(t),
-                        );
-                    }
+        while t0 < x.n {
+            let left = x.n - t0;
+            // SAFETY: the span's tiles are inside `m.data` and every token row of `x.q` has kp bytes
+            // (both asserted above); the tokens each call is given are below x.n; each tile's rows of
+            // every token's output are inside `out` (asserted above).
+            let done = unsafe {
+                macro_rules! run {
+                    ($kernel:ident, $tt:literal, $nt:expr) => {{
+                        let r = $kernel::<$tt, { $nt }>(base, stride, groups, x, t0);
+                        for (i, r) in r.iter().enumerate() {
+                            let t = tile + i;
+                            store_tokens(
+                                r,
+                                m.scale,
+                                x,
+                                t0,
+                                out,
+                                out_stride,
+                                t * TILE - row0,
+                                valid(t),
+                            );
+                        }
+                        $nt
+                    }};
                 }
-                t0 += TOKEN_BLOCK;
-            }
-        }
-        for t in tile..tile + span {
-            let base = m.data[t * stride..].as_ptr();
-            let (off, valid) = (t * TILE - row0, valid(t));
-            let mut t0 = t0;
-            while t0 < x.n {
-                let left = x.n - t0;
-                // SAFETY: as above, for this one tile and the tokens each call is given (below x.n).
-                let done = unsafe {
-                    if left >= TOKEN_BLOCK {
-                        let [r] = tiles_shifted::<1, TOKEN_BLOCK>(base, stride, groups, x, t0);
-                        store_tokens(&r, m.scale, x, t0, out, out_stride, off, valid);
-                        TOKEN_BLOCK
-                    } else {
-                        macro_rules! masked {
-                            ($nt:literal) => {{
-                                let r = tile_masked::<$nt>(base, groups, x, t0);
-                                store_tokens(&r, m.scale, x, t0, out, out_stride, off, valid);
-                                $nt
-                            }};
-                        }
-                        match left {
-                            1 => masked!(1),
-                            2 => masked!(2),
-                            3 => masked!(3),
-                            _ => masked!(4),
-                        }
-                    }
-                };
-                t0 += done;
-            }
+                match (span, left) {
+                    (TILE_GROUP, TOKEN_BLOCK..) => run!(tiles_shifted, 2, TOKEN_BLOCK),
+                    (TILE_GROUP, 1) => run!(tiles_masked, 2, 1),
+                    (TILE_GROUP, 2) => run!(tiles_masked, 2, 2),
+                    (TILE_GROUP, 3) => run!(tiles_masked, 2, 3),
+                    (TILE_GROUP, _) => run!(tiles_shifted, 2, 4),
+                    (_, TOKEN_BLOCK..) => run!(tiles_shifted, 1, TOKEN_BLOCK),
+                    (_, 1) => run!(tiles_masked, 1, 1),
+                    (_, 2) => run!(tiles_masked, 1, 2),
+                    (_, 3) => run!(tiles_masked, 1, 3),
+                    (_, _) => run!(tiles_masked, 1, 4),
+                }
+            };
+            t0 += done;
         }
         tile += span;
     }
