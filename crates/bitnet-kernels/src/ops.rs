@@ -25,11 +25,44 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     rms_norm_body(x, weight, eps, out)
 }
 
-/// [`rms_norm`] compiled for AVX-512.
+/// [`rms_norm`] in AVX-512 intrinsics: lanes 0-7 and 8-15 of the f64 sum in two registers (the compiler
+/// kept the portable body's lanes in 128-bit pieces), the same halving reduction, then the portable scale.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn rms_norm_avx512(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    rms_norm_body(x, weight, eps, out)
+    use std::arch::x86_64::*;
+    let (chunks, tail) = x.as_chunks::<NORM_LANES>();
+    let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+    for c in chunks {
+        // SAFETY: `c` holds 16 f32 (two halves of 8).
+        let (a, b) = unsafe {
+            (
+                _mm512_cvtps_pd(_mm256_loadu_ps(c.as_ptr())),
+                _mm512_cvtps_pd(_mm256_loadu_ps(c.as_ptr().add(8))),
+            )
+        };
+        lo = _mm512_add_pd(lo, _mm512_mul_pd(a, a));
+        hi = _mm512_add_pd(hi, _mm512_mul_pd(b, b));
+    }
+    // Width 8: lane i + 8 into lane i.
+    let mut lanes = [0f64; 8];
+    // SAFETY: `lanes` holds 8 f64.
+    unsafe { _mm512_storeu_pd(lanes.as_mut_ptr(), _mm512_add_pd(lo, hi)) };
+    let mut w = 4;
+    while w > 0 {
+        for i in 0..w {
+            lanes[i] += lanes[i + w];
+        }
+        w /= 2;
+    }
+    let ss = tail
+        .iter()
+        .fold(lanes[0], |s, &v| s + (v as f64) * (v as f64));
+    let var = (ss as f32) / x.len() as f32;
+    let r = 1.0f32 / (var + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = w * (v * r);
+    }
 }
 
 /// [`rms_norm`] compiled for AVX2.
@@ -112,8 +145,8 @@ pub fn apply_rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
 /// reads kv head `h / (n_heads / n_kv_heads)`. `scores` is scratch of at least `n_ctx`; `out` is
 /// `[heads.len(), head_dim]`.
 ///
-/// On a CPU with AVX2 the same code runs compiled for AVX2 (wider vectors, the same operations in the same
-/// order, no fused multiply-add: the same bits).
+/// On a CPU with AVX-512 or AVX2 the same code runs compiled for it (wider vectors, the same operations in
+/// the same order, no fused multiply-add: the same bits).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
@@ -128,6 +161,15 @@ pub fn attention(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was just detected.
+        return unsafe {
+            attention_avx512(
+                q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out,
+            )
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was just detected.
         return unsafe {
@@ -139,6 +181,54 @@ pub fn attention(
     attention_body(
         q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, dot,
     )
+}
+
+/// [`attention`] compiled for AVX-512: the portable [`dot`]'s 16 lanes are one register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attention_avx512(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n_ctx: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    heads: std::ops::Range<usize>,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = |a: &[f32], b: &[f32]| {
+        // SAFETY: this function runs only where AVX-512F was detected, so its callees may use it.
+        unsafe { dot_avx512(a, b) }
+    };
+    attention_body(
+        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, d,
+    )
+}
+
+/// [`dot`] with its 16 lanes in one 512-bit register: multiply then add (no FMA), the same canonical
+/// reduction and tail: the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let full = n / 16 * 16;
+    let mut acc = _mm512_setzero_ps();
+    for c in (0..full).step_by(16) {
+        // SAFETY: c + 16 <= full <= the length of both slices.
+        unsafe {
+            let (pa, pb) = (a.as_ptr().add(c), b.as_ptr().add(c));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(pa), _mm512_loadu_ps(pb)));
+        }
+    }
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let tail: f32 = a[full..n].iter().zip(&b[full..n]).map(|(x, y)| x * y).sum();
+    crate::scalar::reduce_lanes(lanes) + tail
 }
 
 /// [`attention`] compiled for AVX2.
@@ -230,17 +320,41 @@ pub fn attention_body(
             *s = (*s - max).exp();
             total += *s;
         }
+        for s in scores[..n_ctx].iter_mut() {
+            *s /= total;
+        }
+        // out[d] = sum over positions p in order of w_p * v_p[d], from 0. Output dimensions go in
+        // blocks of 64 held in registers over all positions (the same per-element order, so the same
+        // bits as one position at a time).
         let oh = &mut out[(h - h0) * head_dim..(h - h0 + 1) * head_dim];
-        oh.fill(0.0);
-        for (p, &s) in scores[..n_ctx].iter().enumerate() {
-            let w = s / total;
-            let v = &values[p * kv_dim + kvh * head_dim..p * kv_dim + (kvh + 1) * head_dim];
-            for (o, &vv) in oh.iter_mut().zip(v) {
+        let v0 = kvh * head_dim;
+        let (blocks, rest) = oh.as_chunks_mut::<ATTN_BLOCK>();
+        for (b, ob) in blocks.iter_mut().enumerate() {
+            let mut acc = [0f32; ATTN_BLOCK];
+            for (p, &w) in scores[..n_ctx].iter().enumerate() {
+                let at = p * kv_dim + v0 + b * ATTN_BLOCK;
+                let v: &[f32; ATTN_BLOCK] = values[at..at + ATTN_BLOCK]
+                    .try_into()
+                    .expect("a block of ATTN_BLOCK values");
+                for (a, &vv) in acc.iter_mut().zip(v) {
+                    *a += w * vv;
+                }
+            }
+            *ob = acc;
+        }
+        let d0 = blocks.len() * ATTN_BLOCK;
+        rest.fill(0.0);
+        for (p, &w) in scores[..n_ctx].iter().enumerate() {
+            let v = &values[p * kv_dim + v0 + d0..p * kv_dim + v0 + head_dim];
+            for (o, &vv) in rest.iter_mut().zip(v) {
                 *o += w * vv;
             }
         }
     }
 }
+
+/// Output dimensions of one attention head accumulated together in registers.
+const ATTN_BLOCK: usize = 64;
 
 /// An f32 dot product in 16 independent lanes (so it vectorizes), reduced in a fixed order.
 #[inline(always)]
@@ -306,8 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn the_avx2_build_of_attention_gives_the_portable_bits() {
-        let (heads, kv_heads, hd, ctx) = (6, 2, 40, 37);
+    fn every_build_of_attention_gives_the_portable_bits() {
         let mut r = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = || {
             r ^= r << 13;
@@ -315,47 +428,77 @@ mod tests {
             r ^= r << 17;
             (r % 2001) as f32 / 1000.0 - 1.0
         };
-        let q: Vec<f32> = (0..heads * hd).map(|_| next()).collect();
-        let k: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| next()).collect();
-        let v: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| next()).collect();
-        for n_ctx in [1, 2, 17, ctx] {
-            let (mut s1, mut s2) = (vec![0f32; ctx], vec![0f32; ctx]);
-            let (mut o1, mut o2) = (vec![0f32; 5 * hd], vec![0f32; 5 * hd]);
-            attention_body(
-                &q,
-                &k,
-                &v,
-                n_ctx,
-                heads,
-                kv_heads,
-                hd,
-                1..6,
-                &mut s1,
-                &mut o1,
-                dot,
-            );
-            attention(
-                &q,
-                &k,
-                &v,
-                n_ctx,
-                heads,
-                kv_heads,
-                hd,
-                1..6,
-                &mut s2,
-                &mut o2,
-            );
-            assert!(
-                o1.iter().zip(&o2).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "n_ctx {n_ctx}"
-            );
+        // Head sizes below one register block, and 2B4T's 128 plus a ragged tail.
+        for (heads, kv_heads, hd, ctx) in [(6, 2, 40, 37), (4, 1, 136, 21), (2, 2, 128, 9)] {
+            let q: Vec<f32> = (0..heads * hd).map(|_| next()).collect();
+            let k: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| next()).collect();
+            let v: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| next()).collect();
+            for n_ctx in [1, 2, 7, ctx] {
+                let run = |build: &str| {
+                    let mut s = vec![0f32; ctx];
+                    let mut o = vec![f32::NAN; (heads - 1) * hd];
+                    let args = (&q[..], &k[..], &v[..], n_ctx, heads, kv_heads, hd, 1..heads);
+                    let (q, k, v, n, nh, nkv, hd, hs) = args;
+                    match build {
+                        "portable" => {
+                            attention_body(q, k, v, n, nh, nkv, hd, hs, &mut s, &mut o, dot)
+                        }
+                        "dispatch" => attention(q, k, v, n, nh, nkv, hd, hs, &mut s, &mut o),
+                        #[cfg(target_arch = "x86_64")]
+                        "avx512" if std::arch::is_x86_feature_detected!("avx512f") => {
+                            // SAFETY: AVX-512F was just detected.
+                            unsafe { attention_avx512(q, k, v, n, nh, nkv, hd, hs, &mut s, &mut o) }
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        "avx2" if std::arch::is_x86_feature_detected!("avx2") => {
+                            // SAFETY: AVX2 was just detected.
+                            unsafe { attention_avx2(q, k, v, n, nh, nkv, hd, hs, &mut s, &mut o) }
+                        }
+                        _ => return None,
+                    }
+                    Some(o)
+                };
+                let want = run("portable").unwrap();
+                assert!(want.iter().all(|v| v.is_finite()), "every output written");
+                for build in ["dispatch", "avx512", "avx2"] {
+                    if let Some(got) = run(build) {
+                        assert!(
+                            want.iter()
+                                .zip(&got)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{build}: head_dim {hd}, n_ctx {n_ctx}"
+                        );
+                    }
+                }
+                // Against the plain definition: a softmax-weighted sum of the values.
+                for h in 1..heads {
+                    let kvh = h / (heads / kv_heads);
+                    let qh = &q[h * hd..(h + 1) * hd];
+                    let sc: Vec<f64> = (0..n_ctx)
+                        .map(|p| {
+                            let kp = &k[p * kv_heads * hd + kvh * hd..][..hd];
+                            let d: f64 = qh.iter().zip(kp).map(|(a, b)| (a * b) as f64).sum();
+                            d / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
+                    let t: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        let o: f64 = (0..n_ctx)
+                            .map(|p| e[p] / t * v[p * kv_heads * hd + kvh * hd + d] as f64)
+                            .sum();
+                        let got = want[(h - 1) * hd + d] as f64;
+                        assert!((o - got).abs() < 1e-5, "head {h} dim {d}: {got} vs {o}");
+                    }
+                }
+            }
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn the_avx2_dot_gives_the_portable_bits_on_every_length() {
+    fn the_simd_dots_give_the_portable_bits_on_every_length() {
         if !std::arch::is_x86_feature_detected!("avx2") {
             return;
         }
@@ -369,6 +512,15 @@ mod tests {
             // SAFETY: AVX2 was detected above.
             let got = unsafe { dot_avx2(&a[..n], &b[..n]) };
             assert_eq!(got.to_bits(), dot(&a[..n], &b[..n]).to_bits(), "length {n}");
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F was just detected.
+                let got = unsafe { dot_avx512(&a[..n], &b[..n]) };
+                assert_eq!(
+                    got.to_bits(),
+                    dot(&a[..n], &b[..n]).to_bits(),
+                    "avx512, length {n}"
+                );
+            }
         }
     }
 
@@ -390,7 +542,20 @@ mod tests {
                 "length {n}"
             );
             #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                got.fill(0.0);
+                // SAFETY: AVX-512F was just detected.
+                unsafe { rms_norm_avx512(&x[..n], &w[..n], 1e-5, &mut got) };
+                assert!(
+                    want.iter()
+                        .zip(&got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "avx512, length {n}"
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2") {
+                got.fill(0.0);
                 // SAFETY: AVX2 was just detected.
                 unsafe { rms_norm_avx2(&x[..n], &w[..n], 1e-5, &mut got) };
                 assert!(
