@@ -160,7 +160,7 @@ pub struct BenchArgs {
     /// Repetitions of prefill + decode (figures are medians).
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
-    /// Force a kernel set (scalar, avx2, avx512vnni); default: the best this CPU runs (or BITNET_KERNEL).
+    /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni); default: the best this CPU runs (or BITNET_KERNEL).
     #[arg(long)]
     pub kernel: Option<String>,
     /// For the reference backend: the Hugging Face checkpoint (default: the packed file's weights in f32).
@@ -214,7 +214,7 @@ pub struct GenArgs {
     /// Threads (default: one per core, or one if two measure slower at load).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Force a kernel set (scalar, avx2, avx512vnni).
+    /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni).
     #[arg(long)]
     pub kernel: Option<String>,
     /// LM head (default: int8 when the file has one, else exact).
@@ -288,7 +288,7 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1 and /metrics.
     #[arg(long, env = "BITNET_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Force a kernel set (scalar, avx2, avx512vnni).
+    /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni).
     #[arg(long)]
     pub kernel: Option<String>,
     /// LM head (default: int8 when the file has one, else exact).

@@ -40,7 +40,7 @@ fn bench_reports_every_figure_for_every_kernel() {
         tmp.path(),
         &["--lm-head", "int8"],
     );
-    for kernel in ["scalar", "avx2", "avx512vnni"] {
+    for kernel in ["scalar", "avx2", "avxvnni", "avxvnni-evex", "avx512vnni"] {
         let o = run(&[
             "bench",
             file.to_str().unwrap(),

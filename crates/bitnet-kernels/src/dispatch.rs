@@ -33,8 +33,10 @@ impl std::fmt::Debug for Kernels {
     }
 }
 
-/// Every kernel set this build knows, best first.
-pub const NAMES: &[&str] = &["avx512vnni", "avx2", "scalar"];
+/// Every kernel set this build knows, best first. `avxvnni-evex` is `avxvnni` built with the EVEX
+/// encoding of the same instructions: never better than `avx512vnni` where it runs, it is there so that
+/// the AVX-VNNI code is tested on AVX-512 machines.
+pub const NAMES: &[&str] = &["avx512vnni", "avxvnni", "avxvnni-evex", "avx2", "scalar"];
 
 #[cfg(target_arch = "x86_64")]
 mod wrap {
@@ -62,6 +64,26 @@ mod wrap {
     ) {
         // SAFETY: see the module note: avx2 was detected.
         unsafe { x86::ternary_matmul_avx2(m, x, t, o, s) }
+    }
+    pub fn ternary_avxvnni(
+        m: &TernaryMatrix<'_>,
+        x: &QuantizedBatch,
+        t: Range<usize>,
+        o: &mut [f32],
+        s: usize,
+    ) {
+        // SAFETY: see the module note: avx2 and avxvnni were detected.
+        unsafe { x86::ternary_matmul_avxvnni(m, x, t, o, s) }
+    }
+    pub fn ternary_avxvnni_evex(
+        m: &TernaryMatrix<'_>,
+        x: &QuantizedBatch,
+        t: Range<usize>,
+        o: &mut [f32],
+        s: usize,
+    ) {
+        // SAFETY: see the module note: avx2, avx512f, avx512vl and avx512vnni were detected.
+        unsafe { x86::ternary_matmul_avxvnni_evex(m, x, t, o, s) }
     }
     pub fn int8_avx512(m: &Int8Matrix<'_>, x: &[BlockQuantized], r: Range<usize>, o: &mut [f32]) {
         // SAFETY: see the module note: avx512f, avx512bw and avx512vnni were detected.
@@ -108,6 +130,15 @@ impl Kernels {
                     && is_x86_feature_detected!("avx512vnni")
                     && is_x86_feature_detected!("avx2")
             }
+            #[cfg(target_arch = "x86_64")]
+            "avxvnni" => is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            "avxvnni-evex" => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("avx2")
+            }
             _ => false,
         }
     }
@@ -138,6 +169,20 @@ impl Kernels {
                 ternary: wrap::ternary_avx512,
                 int8: wrap::int8_avx512,
                 bf16: wrap::bf16_avx512,
+            },
+            #[cfg(target_arch = "x86_64")]
+            "avxvnni" => Kernels {
+                name: "avxvnni",
+                ternary: wrap::ternary_avxvnni,
+                int8: wrap::int8_avx2,
+                bf16: wrap::bf16_avx2,
+            },
+            #[cfg(target_arch = "x86_64")]
+            "avxvnni-evex" => Kernels {
+                name: "avxvnni-evex",
+                ternary: wrap::ternary_avxvnni_evex,
+                int8: wrap::int8_avx2,
+                bf16: wrap::bf16_avx2,
             },
             #[cfg(target_arch = "x86_64")]
             "avx2" => Kernels {

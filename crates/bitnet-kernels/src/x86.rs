@@ -365,6 +365,171 @@ pub unsafe fn ternary_matmul_avx2(
     }
 }
 
+/// Stamps out the 256-bit VNNI ternary matmul for one encoding of `vpdpbusd ymm`: `$features` and the
+/// intrinsic `$dpbusd` (VEX `{vex} vpdpbusd` for AVX-VNNI CPUs without AVX-512, or the EVEX form of
+/// AVX512-VNNI + VL, the same operation, so the code can be tested bit for bit on an AVX-512 machine).
+macro_rules! ternary_ymm_vnni {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $dpbusd:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(
+            m: &TernaryMatrix<'_>,
+            x: &QuantizedBatch,
+            tiles: Range<usize>,
+            out: &mut [f32],
+            out_stride: usize,
+        ) {
+            /// One tile (two ymm halves: rows 0-7, 8-15) for `NT` tokens from `t0`, planes decoded
+            /// with shift and mask once per chunk for all of them; each broadcast feeds both halves.
+            #[target_feature(enable = $features)]
+            unsafe fn shifted<const NT: usize>(
+                base: *const u8,
+                groups: usize,
+                x: &QuantizedBatch,
+                t0: usize,
+            ) -> [[i32; TILE]; NT] {
+                let mask = _mm256_set1_epi8(0x03);
+                let kp = x.kp;
+                let mut acc = [[_mm256_setzero_si256(); 2]; NT];
+                // SAFETY: the caller guarantees the tile's chunks and tokens t0..t0 + NT.
+                let xq = unsafe { x.q.as_ptr().add(t0 * kp) };
+                for g in 0..groups {
+                    // SAFETY: as above.
+                    unsafe {
+                        let p = base.add(64 * g);
+                        let v = [
+                            _mm256_loadu_si256(p as *const __m256i),
+                            _mm256_loadu_si256(p.add(32) as *const __m256i),
+                        ];
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+                        for q in 0..4 {
+                            let pl = v.map(|v| {
+                                let s = match q {
+                                    0 => v,
+                                    1 => _mm256_srli_epi16::<2>(v),
+                                    2 => _mm256_srli_epi16::<4>(v),
+                                    _ => _mm256_srli_epi16::<6>(v),
+                                };
+                                _mm256_and_si256(s, mask)
+                            });
+                            for (j, a) in acc.iter_mut().enumerate() {
+                                let b = _mm256_set1_epi32(load_i32(xq.add(j * kp + 16 * g + 4 * q)));
+                                a[0] = $dpbusd(a[0], pl[0], b);
+                                a[1] = $dpbusd(a[1], pl[1], b);
+                            }
+                        }
+                    }
+                }
+                let mut out = [[0i32; TILE]; NT];
+                for (a, o) in acc.iter().zip(out.iter_mut()) {
+                    // SAFETY: `o` holds 16 i32: 8 from each half.
+                    unsafe {
+                        _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, a[0]);
+                        _mm256_storeu_si256(o.as_mut_ptr().add(8) as *mut __m256i, a[1]);
+                    }
+                }
+                out
+            }
+
+            /// One tile for one token with the mask-only plane trick: 8 independent accumulators
+            /// (half, plane), shifted back once.
+            #[target_feature(enable = $features)]
+            unsafe fn masked1(base: *const u8, groups: usize, x: &QuantizedBatch, t: usize) -> [i32; TILE] {
+                let masks = [0x03u8, 0x0C, 0x30, 0xC0].map(|b| _mm256_set1_epi8(b as i8));
+                let mut acc = [[_mm256_setzero_si256(); 4]; 2];
+                // SAFETY: the caller guarantees the tile's chunks and token t.
+                let xq = unsafe { x.q.as_ptr().add(t * x.kp) };
+                for g in 0..groups {
+                    // SAFETY: as above.
+                    unsafe {
+                        let p = base.add(64 * g);
+                        let v = [
+                            _mm256_loadu_si256(p as *const __m256i),
+                            _mm256_loadu_si256(p.add(32) as *const __m256i),
+                        ];
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+                        for (q, mask) in masks.iter().enumerate() {
+                            let b = _mm256_set1_epi32(load_i32(xq.add(16 * g + 4 * q)));
+                            for h in 0..2 {
+                                acc[h][q] = $dpbusd(acc[h][q], _mm256_and_si256(v[h], *mask), b);
+                            }
+                        }
+                    }
+                }
+                let mut out = [0i32; TILE];
+                for (h, a) in acc.iter().enumerate() {
+                    let total = _mm256_add_epi32(
+                        _mm256_add_epi32(a[0], _mm256_srai_epi32::<2>(a[1])),
+                        _mm256_add_epi32(_mm256_srai_epi32::<4>(a[2]), _mm256_srai_epi32::<6>(a[3])),
+                    );
+                    // SAFETY: `out` holds 16 i32; this half writes 8 of them.
+                    unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(8 * h) as *mut __m256i, total) };
+                }
+                out
+            }
+
+            let kp = pad16(m.cols);
+            assert_eq!(x.kp, kp, "activation width must match the matrix");
+            assert!(m.data.len() >= tiles.end * 4 * kp, "tile range past the data");
+            assert!(x.q.len() >= x.n * kp, "activation rows");
+            let groups = kp / 16;
+            let row0 = tiles.start * TILE;
+            for tile in tiles {
+                let base = m.data[tile * 4 * kp..].as_ptr();
+                let valid = m.rows.saturating_sub(tile * TILE).min(TILE);
+                let at = |t: usize| t * out_stride + tile * TILE - row0;
+                let mut t0 = 0;
+                while t0 < x.n {
+                    // SAFETY: (every call) the tile's chunks are inside `m.data` and every token row of
+                    // `x.q` has kp bytes (asserted above); the tokens each call is given are below x.n.
+                    let done = unsafe {
+                        macro_rules! run {
+                            ($nt:literal) => {{
+                                let r = shifted::<$nt>(base, groups, x, t0);
+                                for (j, r) in r.iter().enumerate() {
+                                    let t = t0 + j;
+                                    store_tile(r, x.sum[t], m.scale / x.scale[t], out, at(t), valid);
+                                }
+                                $nt
+                            }};
+                        }
+                        match x.n - t0 {
+                            1 => {
+                                let r = masked1(base, groups, x, t0);
+                                store_tile(&r, x.sum[t0], m.scale / x.scale[t0], out, at(t0), valid);
+                                1
+                            }
+                            2 => run!(2),
+                            3 => run!(3),
+                            _ => run!(4),
+                        }
+                    };
+                    t0 += done;
+                }
+            }
+        }
+    };
+}
+
+ternary_ymm_vnni!(
+    /// AVX-VNNI ternary matmul (256-bit `{vex} vpdpbusd`, for CPUs with AVX-VNNI but no AVX-512, such as
+    /// Alder Lake and later client cores) with the contract of [`crate::scalar::ternary_matmul`]: each
+    /// 64-byte chunk is two ymm halves (rows 0-7, 8-15) sharing every broadcast activation word; up to 4
+    /// tokens per pass with planes decoded once per chunk (shift and mask), a lone token with the
+    /// mask-only plane trick.
+    ternary_matmul_avxvnni,
+    "avx2,avxvnni",
+    _mm256_dpbusd_avx_epi32
+);
+
+ternary_ymm_vnni!(
+    /// [`ternary_matmul_avxvnni`] compiled with the EVEX encoding of the same 256-bit `vpdpbusd`
+    /// (AVX512-VNNI + VL): the identical code, runnable (so testable) on AVX-512 machines.
+    ternary_matmul_avxvnni_evex,
+    "avx2,avx512f,avx512vl,avx512vnni",
+    _mm256_dpbusd_epi32
+);
+
 /// AVX-512 VNNI int8 head with the contract of [`crate::scalar::int8_matvec`]: one `vpdpbusd` per 64-byte
 /// chunk (16 rows x 4 columns, bytes `w + 128`), corrected by `128 * sum(x)` per 256-column block, then the
 /// scalar's float sequence on 16 row lanes at once.
