@@ -179,11 +179,140 @@ pub fn attention(
         };
     }
     attention_body(
-        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, dot,
+        q,
+        keys,
+        values,
+        n_ctx,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        heads,
+        scores,
+        out,
+        scores_portable,
     )
 }
 
-/// [`attention`] compiled for AVX-512: the portable [`dot`]'s 16 lanes are one register.
+/// The attention scores of one query head `qh` against every cached key (the `score` argument of
+/// [`attention_body`]): `scores[p] = dot(qh, k_p) * scale`, with `k_p = keys[p * kv_dim + koff..]
+/// [..qh.len()]` for `p < scores.len()`; one position at a time with [`dot`].
+pub fn scores_portable(
+    qh: &[f32],
+    keys: &[f32],
+    kv_dim: usize,
+    koff: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    scores_each(qh, keys, kv_dim, koff, scale, scores, dot)
+}
+
+/// [`scores_portable`] with the given dot product.
+#[inline(always)]
+fn scores_each(
+    qh: &[f32],
+    keys: &[f32],
+    kv_dim: usize,
+    koff: usize,
+    scale: f32,
+    scores: &mut [f32],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+) {
+    let hd = qh.len();
+    for (p, s) in scores.iter_mut().enumerate() {
+        let at = p * kv_dim + koff;
+        *s = dot(qh, &keys[at..at + hd]) * scale;
+    }
+}
+
+/// [`scores_portable`] for AVX-512: 16 positions at a time, each position's 16 dot-product lanes in one register
+/// (lane `i` sums dimensions `i (mod 16)` in order, as [`dot`]); the 16 registers are then reduced
+/// together by shuffles that add exactly the pairs [`crate::scalar::reduce_lanes`] adds (lanes `i` and
+/// `i + 8`, then `i + 4`, `i + 2`, `i + 1`), so every score has [`dot`]'s bits, at a fraction of the
+/// cost of reducing each register on its own. Head sizes that are not a multiple of 16, and the last
+/// positions, go one at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_avx512(
+    qh: &[f32],
+    keys: &[f32],
+    kv_dim: usize,
+    koff: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = qh.len();
+    let n = scores.len();
+    let mut p0 = 0;
+    if hd.is_multiple_of(16) && hd > 0 {
+        assert!(
+            n == 0 || keys.len() >= (n - 1) * kv_dim + koff + hd,
+            "keys too short"
+        );
+        // The empty tail of `dot`, added as it does (an f32 sum of nothing).
+        let tail: f32 = qh[hd..].iter().map(|x| x * x).sum();
+        let (tail, vscale) = (_mm512_set1_ps(tail), _mm512_set1_ps(scale));
+        // Lane 4k + m of the reduced register holds position 4m + k.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        while p0 + 16 <= n {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for c in (0..hd).step_by(16) {
+                // SAFETY: c + 16 <= hd, and positions p0..p0 + 16 are below n, so every key row read
+                // is inside `keys` (asserted above).
+                unsafe {
+                    let qv = _mm512_loadu_ps(qh.as_ptr().add(c));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let k = keys.as_ptr().add((p0 + j) * kv_dim + koff + c);
+                        *a = _mm512_add_ps(*a, _mm512_mul_ps(qv, _mm512_loadu_ps(k)));
+                    }
+                }
+            }
+            // Width 8: register j holds position 2j in lanes 0-7 and 2j + 1 in lanes 8-15.
+            let b: [__m512; 8] = std::array::from_fn(|j| {
+                let (x, y) = (acc[2 * j], acc[2 * j + 1]);
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0x44>(x, y),
+                    _mm512_shuffle_f32x4::<0xEE>(x, y),
+                )
+            });
+            // Width 4: quarter k of register j holds position 4j + k.
+            let c: [__m512; 4] = std::array::from_fn(|j| {
+                let (x, y) = (b[2 * j], b[2 * j + 1]);
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0x88>(x, y),
+                    _mm512_shuffle_f32x4::<0xDD>(x, y),
+                )
+            });
+            // Width 2: quarter k of register j holds positions 8j + k (elements 0, 1) and 8j + 4 + k.
+            let d: [__m512; 2] = std::array::from_fn(|j| {
+                let (x, y) = (c[2 * j], c[2 * j + 1]);
+                _mm512_add_ps(
+                    _mm512_shuffle_ps::<0x44>(x, y),
+                    _mm512_shuffle_ps::<0xEE>(x, y),
+                )
+            });
+            // Width 1: element m of quarter k holds position 4m + k.
+            let e = _mm512_add_ps(
+                _mm512_shuffle_ps::<0x88>(d[0], d[1]),
+                _mm512_shuffle_ps::<0xDD>(d[0], d[1]),
+            );
+            let e = _mm512_permutexvar_ps(order, e);
+            let v = _mm512_mul_ps(_mm512_add_ps(e, tail), vscale);
+            // SAFETY: p0 + 16 <= n = scores.len().
+            unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(p0), v) };
+            p0 += 16;
+        }
+    }
+    let d = |a: &[f32], b: &[f32]| {
+        // SAFETY: this function runs only where AVX-512F was detected.
+        unsafe { dot_avx512(a, b) }
+    };
+    let rest = &mut scores[p0..];
+    scores_each(qh, &keys[p0 * kv_dim..], kv_dim, koff, scale, rest, d);
+}
+
+/// [`attention`] compiled for AVX-512, with [`scores_avx512`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -199,12 +328,12 @@ unsafe fn attention_avx512(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let d = |a: &[f32], b: &[f32]| {
+    let score = |qh: &[f32], k: &[f32], kd: usize, ko: usize, sc: f32, s: &mut [f32]| {
         // SAFETY: this function runs only where AVX-512F was detected, so its callees may use it.
-        unsafe { dot_avx512(a, b) }
+        unsafe { scores_avx512(qh, k, kd, ko, sc, s) }
     };
     attention_body(
-        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, d,
+        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, score,
     )
 }
 
@@ -251,8 +380,11 @@ unsafe fn attention_avx2(
         // SAFETY: this function runs only where AVX2 was detected, so its callees may use it.
         unsafe { dot_avx2(a, b) }
     };
+    let score = |qh: &[f32], k: &[f32], kd: usize, ko: usize, sc: f32, s: &mut [f32]| {
+        scores_each(qh, k, kd, ko, sc, s, d)
+    };
     attention_body(
-        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, d,
+        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, score,
     )
 }
 
@@ -300,7 +432,7 @@ pub fn attention_body(
     heads: std::ops::Range<usize>,
     scores: &mut [f32],
     out: &mut [f32],
-    dot: impl Fn(&[f32], &[f32]) -> f32,
+    score: impl Fn(&[f32], &[f32], usize, usize, f32, &mut [f32]),
 ) {
     let kv_dim = n_kv_heads * head_dim;
     let group = n_heads / n_kv_heads;
@@ -309,12 +441,17 @@ pub fn attention_body(
     for h in heads {
         let kvh = h / group;
         let qh = &q[h * head_dim..(h + 1) * head_dim];
-        let mut max = f32::NEG_INFINITY;
-        for (p, s) in scores[..n_ctx].iter_mut().enumerate() {
-            let k = &keys[p * kv_dim + kvh * head_dim..p * kv_dim + (kvh + 1) * head_dim];
-            *s = dot(qh, k) * scale;
-            max = max.max(*s);
-        }
+        score(
+            qh,
+            keys,
+            kv_dim,
+            kvh * head_dim,
+            scale,
+            &mut scores[..n_ctx],
+        );
+        let max = scores[..n_ctx]
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut total = 0f32;
         for s in scores[..n_ctx].iter_mut() {
             *s = (*s - max).exp();
@@ -428,8 +565,15 @@ mod tests {
             r ^= r << 17;
             (r % 2001) as f32 / 1000.0 - 1.0
         };
-        // Head sizes below one register block, and 2B4T's 128 plus a ragged tail.
-        for (heads, kv_heads, hd, ctx) in [(6, 2, 40, 37), (4, 1, 136, 21), (2, 2, 128, 9)] {
+        // Head sizes below one register block, ragged ones, and multiples of 16 (2B4T's 128) with
+        // contexts of several 16-position blocks plus a tail.
+        let shapes = [
+            (6, 2, 40, 37),
+            (4, 1, 136, 21),
+            (2, 2, 128, 40),
+            (3, 1, 32, 50),
+        ];
+        for (heads, kv_heads, hd, ctx) in shapes {
             let q: Vec<f32> = (0..heads * hd).map(|_| next()).collect();
             let k: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| next()).collect();
             let v: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| next()).collect();
@@ -440,9 +584,19 @@ mod tests {
                     let args = (&q[..], &k[..], &v[..], n_ctx, heads, kv_heads, hd, 1..heads);
                     let (q, k, v, n, nh, nkv, hd, hs) = args;
                     match build {
-                        "portable" => {
-                            attention_body(q, k, v, n, nh, nkv, hd, hs, &mut s, &mut o, dot)
-                        }
+                        "portable" => attention_body(
+                            q,
+                            k,
+                            v,
+                            n,
+                            nh,
+                            nkv,
+                            hd,
+                            hs,
+                            &mut s,
+                            &mut o,
+                            scores_portable,
+                        ),
                         "dispatch" => attention(q, k, v, n, nh, nkv, hd, hs, &mut s, &mut o),
                         #[cfg(target_arch = "x86_64")]
                         "avx512" if std::arch::is_x86_feature_detected!("avx512f") => {
