@@ -139,14 +139,21 @@ pub fn apply_rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// Query heads of one kv head handled together by [`attention`] (each key and value row is read once
+/// for all of them): the scratch `scores` holds this many rows of `n_ctx`.
+pub const ATTN_GROUP: usize = 4;
+
 /// Causal attention of one query token over `n_ctx` cached positions, for the query heads `heads`.
 ///
 /// `q` is `[n_heads, head_dim]`; `keys` and `values` are `[n_ctx, n_kv_heads * head_dim]`; query head `h`
-/// reads kv head `h / (n_heads / n_kv_heads)`. `scores` is scratch of at least `n_ctx`; `out` is
-/// `[heads.len(), head_dim]`.
+/// reads kv head `h / (n_heads / n_kv_heads)`. `scores` is scratch of at least `ATTN_GROUP * n_ctx`;
+/// `out` is `[heads.len(), head_dim]`.
 ///
-/// On a CPU with AVX-512 or AVX2 the same code runs compiled for it (wider vectors, the same operations in
-/// the same order, no fused multiply-add: the same bits).
+/// The query heads that share a kv head go through its cached rows together (up to [`ATTN_GROUP`] at a
+/// time), so a long context's keys and values are read from memory once per kv head, not once per query
+/// head. Each head's arithmetic is fixed by the portable code (one position at a time, in order), and on
+/// a CPU with AVX-512 or AVX2 the same operations run in the same order on wider vectors, without fused
+/// multiply-add: the same bits.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
@@ -190,27 +197,32 @@ pub fn attention(
         scores,
         out,
         scores_portable,
+        mix_portable,
     )
 }
 
-/// The attention scores of one query head `qh` against every cached key (the `score` argument of
-/// [`attention_body`]): `scores[p] = dot(qh, k_p) * scale`, with `k_p = keys[p * kv_dim + koff..]
-/// [..qh.len()]` for `p < scores.len()`; one position at a time with [`dot`].
+/// The attention scores of `nq` query heads `qs` (`[nq, hd]`) against every cached key (the `score`
+/// argument of [`attention_body`]): `scores[j * n + p] = dot(q_j, k_p) * scale` for `p < n =
+/// scores.len() / nq`, with `k_p = keys[p * kv_dim + koff..][..hd]`; one head and position at a time with
+/// [`dot`].
 pub fn scores_portable(
-    qh: &[f32],
+    qs: &[f32],
+    nq: usize,
     keys: &[f32],
     kv_dim: usize,
     koff: usize,
     scale: f32,
     scores: &mut [f32],
 ) {
-    scores_each(qh, keys, kv_dim, koff, scale, scores, dot)
+    scores_each(qs, nq, keys, kv_dim, koff, scale, scores, dot)
 }
 
 /// [`scores_portable`] with the given dot product.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn scores_each(
-    qh: &[f32],
+    qs: &[f32],
+    nq: usize,
     keys: &[f32],
     kv_dim: usize,
     koff: usize,
@@ -218,101 +230,130 @@ fn scores_each(
     scores: &mut [f32],
     dot: impl Fn(&[f32], &[f32]) -> f32,
 ) {
-    let hd = qh.len();
-    for (p, s) in scores.iter_mut().enumerate() {
-        let at = p * kv_dim + koff;
-        *s = dot(qh, &keys[at..at + hd]) * scale;
+    let hd = qs.len() / nq;
+    let n = scores.len() / nq;
+    if n == 0 || hd == 0 {
+        return;
     }
-}
-
-/// [`scores_portable`] for AVX-512: 16 positions at a time, each position's 16 dot-product lanes in one register
-/// (lane `i` sums dimensions `i (mod 16)` in order, as [`dot`]); the 16 registers are then reduced
-/// together by shuffles that add exactly the pairs [`crate::scalar::reduce_lanes`] adds (lanes `i` and
-/// `i + 8`, then `i + 4`, `i + 2`, `i + 1`), so every score has [`dot`]'s bits, at a fraction of the
-/// cost of reducing each register on its own. Head sizes that are not a multiple of 16, and the last
-/// positions, go one at a time.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn scores_avx512(
-    qh: &[f32],
-    keys: &[f32],
-    kv_dim: usize,
-    koff: usize,
-    scale: f32,
-    scores: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let hd = qh.len();
-    let n = scores.len();
-    let mut p0 = 0;
-    if hd.is_multiple_of(16) && hd > 0 {
-        assert!(
-            n == 0 || keys.len() >= (n - 1) * kv_dim + koff + hd,
-            "keys too short"
-        );
-        // The empty tail of `dot`, added as it does (an f32 sum of nothing).
-        let tail: f32 = qh[hd..].iter().map(|x| x * x).sum();
-        let (tail, vscale) = (_mm512_set1_ps(tail), _mm512_set1_ps(scale));
-        // Lane 4k + m of the reduced register holds position 4m + k.
-        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-        while p0 + 16 <= n {
-            let mut acc = [_mm512_setzero_ps(); 16];
-            for c in (0..hd).step_by(16) {
-                // SAFETY: c + 16 <= hd, and positions p0..p0 + 16 are below n, so every key row read
-                // is inside `keys` (asserted above).
-                unsafe {
-                    let qv = _mm512_loadu_ps(qh.as_ptr().add(c));
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        let k = keys.as_ptr().add((p0 + j) * kv_dim + koff + c);
-                        *a = _mm512_add_ps(*a, _mm512_mul_ps(qv, _mm512_loadu_ps(k)));
-                    }
-                }
-            }
-            // Width 8: register j holds position 2j in lanes 0-7 and 2j + 1 in lanes 8-15.
-            let b: [__m512; 8] = std::array::from_fn(|j| {
-                let (x, y) = (acc[2 * j], acc[2 * j + 1]);
-                _mm512_add_ps(
-                    _mm512_shuffle_f32x4::<0x44>(x, y),
-                    _mm512_shuffle_f32x4::<0xEE>(x, y),
-                )
-            });
-            // Width 4: quarter k of register j holds position 4j + k.
-            let c: [__m512; 4] = std::array::from_fn(|j| {
-                let (x, y) = (b[2 * j], b[2 * j + 1]);
-                _mm512_add_ps(
-                    _mm512_shuffle_f32x4::<0x88>(x, y),
-                    _mm512_shuffle_f32x4::<0xDD>(x, y),
-                )
-            });
-            // Width 2: quarter k of register j holds positions 8j + k (elements 0, 1) and 8j + 4 + k.
-            let d: [__m512; 2] = std::array::from_fn(|j| {
-                let (x, y) = (c[2 * j], c[2 * j + 1]);
-                _mm512_add_ps(
-                    _mm512_shuffle_ps::<0x44>(x, y),
-                    _mm512_shuffle_ps::<0xEE>(x, y),
-                )
-            });
-            // Width 1: element m of quarter k holds position 4m + k.
-            let e = _mm512_add_ps(
-                _mm512_shuffle_ps::<0x88>(d[0], d[1]),
-                _mm512_shuffle_ps::<0xDD>(d[0], d[1]),
-            );
-            let e = _mm512_permutexvar_ps(order, e);
-            let v = _mm512_mul_ps(_mm512_add_ps(e, tail), vscale);
-            // SAFETY: p0 + 16 <= n = scores.len().
-            unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(p0), v) };
-            p0 += 16;
+    for (qh, sc) in qs.chunks_exact(hd).zip(scores.chunks_exact_mut(n)) {
+        for (p, s) in sc.iter_mut().enumerate() {
+            let at = p * kv_dim + koff;
+            *s = dot(qh, &keys[at..at + hd]) * scale;
         }
     }
-    let d = |a: &[f32], b: &[f32]| {
-        // SAFETY: this function runs only where AVX-512F was detected.
-        unsafe { dot_avx512(a, b) }
-    };
-    let rest = &mut scores[p0..];
-    scores_each(qh, &keys[p0 * kv_dim..], kv_dim, koff, scale, rest, d);
 }
 
-/// [`attention`] compiled for AVX-512, with [`scores_avx512`].
+/// The weighted sums of the cached values for `nq` query heads (the `mix` argument of
+/// [`attention_body`]): `out[j * hd + d] = sum over p in order of w[j * n + p] * v_p[d]`, from 0, with
+/// `v_p = values[p * kv_dim + voff..][..hd]`, `n = w.len() / nq`, `hd = out.len() / nq`.
+pub fn mix_portable(
+    w: &[f32],
+    nq: usize,
+    values: &[f32],
+    kv_dim: usize,
+    voff: usize,
+    out: &mut [f32],
+) {
+    mix_body(w, nq, values, kv_dim, voff, out)
+}
+
+/// The body of [`mix_portable`], inlined into each build.
+#[inline(always)]
+fn mix_body(w: &[f32], nq: usize, values: &[f32], kv_dim: usize, voff: usize, out: &mut [f32]) {
+    let n = w.len() / nq;
+    let hd = out.len() / nq;
+    if hd == 0 {
+        return;
+    }
+    if n == 0 {
+        return out.fill(0.0);
+    }
+    for (wh, oh) in w.chunks_exact(n).zip(out.chunks_exact_mut(hd)) {
+        // Output dimensions go in blocks of 64 held in registers over all positions (the same
+        // per-element order as one position at a time, so the same bits).
+        let (blocks, rest) = oh.as_chunks_mut::<ATTN_BLOCK>();
+        for (b, ob) in blocks.iter_mut().enumerate() {
+            let mut acc = [0f32; ATTN_BLOCK];
+            for (p, &w) in wh.iter().enumerate() {
+                let at = p * kv_dim + voff + b * ATTN_BLOCK;
+                let v: &[f32; ATTN_BLOCK] = values[at..at + ATTN_BLOCK]
+                    .try_into()
+                    .expect("a block of ATTN_BLOCK values");
+                for (a, &vv) in acc.iter_mut().zip(v) {
+                    *a += w * vv;
+                }
+            }
+            *ob = acc;
+        }
+        let d0 = blocks.len() * ATTN_BLOCK;
+        rest.fill(0.0);
+        for (p, &w) in wh.iter().enumerate() {
+            let v = &values[p * kv_dim + voff + d0..p * kv_dim + voff + hd];
+            for (o, &vv) in rest.iter_mut().zip(v) {
+                *o += w * vv;
+            }
+        }
+    }
+}
+
+/// Output dimensions of one attention head accumulated together in registers.
+const ATTN_BLOCK: usize = 64;
+
+/// The portable body of [`attention`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn attention_body(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n_ctx: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    heads: std::ops::Range<usize>,
+    scores: &mut [f32],
+    out: &mut [f32],
+    score: impl Fn(&[f32], usize, &[f32], usize, usize, f32, &mut [f32]),
+    mix: impl Fn(&[f32], usize, &[f32], usize, usize, &mut [f32]),
+) {
+    let kv_dim = n_kv_heads * head_dim;
+    let group = n_heads / n_kv_heads;
+    let scale = 1.0f32 / (head_dim as f32).sqrt();
+    let h0 = heads.start;
+    let mut h = heads.start;
+    while h < heads.end {
+        // The next run of query heads sharing one kv head, at most ATTN_GROUP long.
+        let kvh = h / group;
+        let end = heads.end.min((kvh + 1) * group).min(h + ATTN_GROUP);
+        let nq = end - h;
+        let sc = &mut scores[..nq * n_ctx];
+        score(
+            &q[h * head_dim..end * head_dim],
+            nq,
+            keys,
+            kv_dim,
+            kvh * head_dim,
+            scale,
+            sc,
+        );
+        for sh in sc.chunks_exact_mut(n_ctx) {
+            let max = sh.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut total = 0f32;
+            for s in sh.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            for s in sh.iter_mut() {
+                *s /= total;
+            }
+        }
+        let o = &mut out[(h - h0) * head_dim..(end - h0) * head_dim];
+        mix(sc, nq, values, kv_dim, kvh * head_dim, o);
+        h = end;
+    }
+}
+
+/// [`attention`] compiled for AVX-512, with [`scores_avx512`] and [`mix_avx512`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -328,13 +369,269 @@ unsafe fn attention_avx512(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let score = |qh: &[f32], k: &[f32], kd: usize, ko: usize, sc: f32, s: &mut [f32]| {
+    let score = |qs: &[f32], nq: usize, k: &[f32], kd: usize, ko: usize, sc: f32, s: &mut [f32]| {
         // SAFETY: this function runs only where AVX-512F was detected, so its callees may use it.
-        unsafe { scores_avx512(qh, k, kd, ko, sc, s) }
+        unsafe { scores_avx512(qs, nq, k, kd, ko, sc, s) }
+    };
+    let mix = |w: &[f32], nq: usize, v: &[f32], kd: usize, vo: usize, o: &mut [f32]| {
+        // SAFETY: as above.
+        unsafe { mix_avx512(w, nq, v, kd, vo, o) }
     };
     attention_body(
-        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, score,
+        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, score, mix,
     )
+}
+
+/// [`scores_portable`] for AVX-512. Sixteen (head, position) pairs at a time, `NQ` heads by `16 / NQ`
+/// positions, each pair's 16 dot-product lanes in one register (lane `i` sums dimensions `i (mod 16)` in
+/// order, as [`dot`]), so each key row is loaded once for the heads; the 16 registers are then reduced
+/// together by shuffles that add exactly the pairs [`crate::scalar::reduce_lanes`] adds (lanes `i` and
+/// `i + 8`, then `i + 4`, `i + 2`, `i + 1`): every score has [`dot`]'s bits, at a fraction of the cost
+/// of reducing each register on its own. Head sizes that are not a multiple of 16, and the positions
+/// left over, go one at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_avx512(
+    qs: &[f32],
+    nq: usize,
+    keys: &[f32],
+    kv_dim: usize,
+    koff: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let hd = qs.len() / nq;
+    let n = scores.len() / nq;
+    let d = |a: &[f32], b: &[f32]| {
+        // SAFETY: this function runs only where AVX-512F was detected.
+        unsafe { dot_avx512(a, b) }
+    };
+    if !hd.is_multiple_of(16) || hd == 0 {
+        return scores_each(qs, nq, keys, kv_dim, koff, scale, scores, d);
+    }
+    assert!(
+        n == 0 || keys.len() >= (n - 1) * kv_dim + koff + hd,
+        "keys too short"
+    );
+    let mut j = 0;
+    while j < nq {
+        let take = match nq - j {
+            4.. => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        let (qj, sj) = (
+            &qs[j * hd..(j + take) * hd],
+            &mut scores[j * n..(j + take) * n],
+        );
+        // SAFETY: AVX-512F (this function's own requirement); `keys` covers every row (asserted).
+        let done = unsafe {
+            match take {
+                4 => scores_block::<4, 4>(qj, keys, kv_dim, koff, scale, sj, n),
+                2 => scores_block::<2, 8>(qj, keys, kv_dim, koff, scale, sj, n),
+                _ => scores_block::<1, 16>(qj, keys, kv_dim, koff, scale, sj, n),
+            }
+        };
+        for (qh, sh) in qj.chunks_exact(hd).zip(sj.chunks_exact_mut(n)) {
+            scores_each(
+                qh,
+                1,
+                &keys[done * kv_dim..],
+                kv_dim,
+                koff,
+                scale,
+                &mut sh[done..],
+                d,
+            );
+        }
+        j += take;
+    }
+}
+
+/// Scores of `NQ` heads (`qs`, `[NQ, hd]`, `hd` a multiple of 16) for positions in blocks of `NP` (`NQ
+/// * NP = 16`); returns how many positions it did (the rest are fewer than `NP`).
+///
+/// # Safety
+/// AVX-512F; `keys` holds row `n - 1` up to `koff + hd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_block<const NQ: usize, const NP: usize>(
+    qs: &[f32],
+    keys: &[f32],
+    kv_dim: usize,
+    koff: usize,
+    scale: f32,
+    scores: &mut [f32],
+    n: usize,
+) -> usize {
+    use std::arch::x86_64::*;
+    let hd = qs.len() / NQ;
+    // The empty tail of `dot`, added as it does (an f32 sum of nothing).
+    let tail: f32 = qs[hd..hd].iter().map(|x| x * x).sum();
+    let (tail, vscale) = (_mm512_set1_ps(tail), _mm512_set1_ps(scale));
+    // Register r = j * NP + i holds head j, position i; after the reduction lane 4k + m holds register
+    // 4m + k, which this permutation puts back in lane r.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let mut p0 = 0;
+    while p0 + NP <= n {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for c in (0..hd).step_by(16) {
+            // SAFETY: c + 16 <= hd; positions p0..p0 + NP are below n, so every key row read is inside
+            // `keys` (the caller's guarantee); every head's row of `qs` has hd values.
+            unsafe {
+                let k: [__m512; NP] = std::array::from_fn(|i| {
+                    _mm512_loadu_ps(keys.as_ptr().add((p0 + i) * kv_dim + koff + c))
+                });
+                for j in 0..NQ {
+                    let qv = _mm512_loadu_ps(qs.as_ptr().add(j * hd + c));
+                    for (i, k) in k.iter().enumerate() {
+                        let a = &mut acc[j * NP + i];
+                        *a = _mm512_add_ps(*a, _mm512_mul_ps(qv, *k));
+                    }
+                }
+            }
+        }
+        // Width 8: register j holds register 2j in lanes 0-7 and 2j + 1 in lanes 8-15.
+        let b: [__m512; 8] = std::array::from_fn(|j| {
+            let (x, y) = (acc[2 * j], acc[2 * j + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0x44>(x, y),
+                _mm512_shuffle_f32x4::<0xEE>(x, y),
+            )
+        });
+        // Width 4: quarter k of register j holds register 4j + k.
+        let c: [__m512; 4] = std::array::from_fn(|j| {
+            let (x, y) = (b[2 * j], b[2 * j + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0x88>(x, y),
+                _mm512_shuffle_f32x4::<0xDD>(x, y),
+            )
+        });
+        // Width 2: quarter k of register j holds registers 8j + k (elements 0, 1) and 8j + 4 + k.
+        let d: [__m512; 2] = std::array::from_fn(|j| {
+            let (x, y) = (c[2 * j], c[2 * j + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0x44>(x, y),
+                _mm512_shuffle_ps::<0xEE>(x, y),
+            )
+        });
+        // Width 1: element m of quarter k holds register 4m + k.
+        let e = _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(d[0], d[1]),
+            _mm512_shuffle_ps::<0xDD>(d[0], d[1]),
+        );
+        let e = _mm512_permutexvar_ps(order, e);
+        let mut v = [0f32; 16];
+        // SAFETY: `v` holds 16 f32.
+        unsafe {
+            _mm512_storeu_ps(
+                v.as_mut_ptr(),
+                _mm512_mul_ps(_mm512_add_ps(e, tail), vscale),
+            )
+        };
+        for j in 0..NQ {
+            scores[j * n + p0..j * n + p0 + NP].copy_from_slice(&v[j * NP..(j + 1) * NP]);
+        }
+        p0 += NP;
+    }
+    p0
+}
+
+/// [`mix_portable`] for AVX-512: up to 4 heads by 64 output dimensions (16 registers) at a time, each
+/// value block loaded once for the heads; the same per-element order (positions in order from 0,
+/// multiply then add), so the same bits. Head sizes that are not a multiple of 16 go the portable way.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn mix_avx512(
+    w: &[f32],
+    nq: usize,
+    values: &[f32],
+    kv_dim: usize,
+    voff: usize,
+    out: &mut [f32],
+) {
+    let n = w.len() / nq;
+    let hd = out.len() / nq;
+    if !hd.is_multiple_of(16) || hd == 0 {
+        return mix_body(w, nq, values, kv_dim, voff, out);
+    }
+    assert!(
+        n == 0 || values.len() >= (n - 1) * kv_dim + voff + hd,
+        "values too short"
+    );
+    let mut j = 0;
+    while j < nq {
+        let take = match nq - j {
+            4.. => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        let (wj, oj) = (&w[j * n..(j + take) * n], &mut out[j * hd..(j + take) * hd]);
+        let mut d0 = 0;
+        while d0 < hd {
+            // SAFETY: AVX-512F; `values` covers every row read (asserted above); d0 + 16 * ZB <= hd.
+            unsafe {
+                match (take, (hd - d0) / 16) {
+                    (4, 4..) => mix_block::<4, 4>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                    (4, 3) => mix_block::<4, 3>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                    (4, 2) => mix_block::<4, 2>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                    (4, _) => mix_block::<4, 1>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                    (2, 4..) => mix_block::<2, 4>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                    (2, 3) => mix_block::<2, 3>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                    (2, 2) => mix_block::<2, 2>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                    (2, _) => mix_block::<2, 1>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                    (_, 4..) => mix_block::<1, 4>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                    (_, 3) => mix_block::<1, 3>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                    (_, 2) => mix_block::<1, 2>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                    (_, _) => mix_block::<1, 1>(wj, n, values, kv_dim, voff + d0, oj, hd, d0),
+                }
+            }
+            d0 += 16 * ((hd - d0) / 16).min(4);
+        }
+        j += take;
+    }
+}
+
+/// `NQ` heads' weighted sums over `ZB` registers (16 dimensions each) of the value rows from `voff`,
+/// into `out[j * hd + d0..][..16 * ZB]`.
+///
+/// # Safety
+/// AVX-512F; `values` holds row `n - 1` up to `voff + 16 * ZB`; `d0 + 16 * ZB <= hd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn mix_block<const NQ: usize, const ZB: usize>(
+    w: &[f32],
+    n: usize,
+    values: &[f32],
+    kv_dim: usize,
+    voff: usize,
+    out: &mut [f32],
+    hd: usize,
+    d0: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); ZB]; NQ];
+    for p in 0..n {
+        // SAFETY: row p < n of `values` holds 16 * ZB floats from voff (the caller's guarantee).
+        unsafe {
+            let row = values.as_ptr().add(p * kv_dim + voff);
+            let v: [__m512; ZB] = std::array::from_fn(|b| _mm512_loadu_ps(row.add(16 * b)));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_ps(w[j * n + p]);
+                for (a, v) in a.iter_mut().zip(&v) {
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(wv, *v));
+                }
+            }
+        }
+    }
+    for (j, a) in acc.iter().enumerate() {
+        let o = &mut out[j * hd + d0..j * hd + d0 + 16 * ZB];
+        for (b, a) in a.iter().enumerate() {
+            // SAFETY: `o` holds 16 * ZB floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(16 * b), *a) };
+        }
+    }
 }
 
 /// [`dot`] with its 16 lanes in one 512-bit register: multiply then add (no FMA), the same canonical
@@ -380,11 +677,24 @@ unsafe fn attention_avx2(
         // SAFETY: this function runs only where AVX2 was detected, so its callees may use it.
         unsafe { dot_avx2(a, b) }
     };
-    let score = |qh: &[f32], k: &[f32], kd: usize, ko: usize, sc: f32, s: &mut [f32]| {
-        scores_each(qh, k, kd, ko, sc, s, d)
+    let score = |qs: &[f32], nq: usize, k: &[f32], kd: usize, ko: usize, sc: f32, s: &mut [f32]| {
+        scores_each(qs, nq, k, kd, ko, sc, s, d)
     };
     attention_body(
-        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, score,
+        q,
+        keys,
+        values,
+        n_ctx,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        heads,
+        scores,
+        out,
+        score,
+        |w: &[f32], nq: usize, v: &[f32], kd: usize, vo: usize, o: &mut [f32]| {
+            mix_body(w, nq, v, kd, vo, o)
+        },
     )
 }
 
@@ -417,81 +727,6 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     let tail: f32 = a[full..n].iter().zip(&b[full..n]).map(|(x, y)| x * y).sum();
     crate::scalar::reduce_lanes(lanes) + tail
 }
-
-/// The portable body of [`attention`].
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub fn attention_body(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    n_ctx: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    heads: std::ops::Range<usize>,
-    scores: &mut [f32],
-    out: &mut [f32],
-    score: impl Fn(&[f32], &[f32], usize, usize, f32, &mut [f32]),
-) {
-    let kv_dim = n_kv_heads * head_dim;
-    let group = n_heads / n_kv_heads;
-    let scale = 1.0f32 / (head_dim as f32).sqrt();
-    let h0 = heads.start;
-    for h in heads {
-        let kvh = h / group;
-        let qh = &q[h * head_dim..(h + 1) * head_dim];
-        score(
-            qh,
-            keys,
-            kv_dim,
-            kvh * head_dim,
-            scale,
-            &mut scores[..n_ctx],
-        );
-        let max = scores[..n_ctx]
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut total = 0f32;
-        for s in scores[..n_ctx].iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
-        }
-        for s in scores[..n_ctx].iter_mut() {
-            *s /= total;
-        }
-        // out[d] = sum over positions p in order of w_p * v_p[d], from 0. Output dimensions go in
-        // blocks of 64 held in registers over all positions (the same per-element order, so the same
-        // bits as one position at a time).
-        let oh = &mut out[(h - h0) * head_dim..(h - h0 + 1) * head_dim];
-        let v0 = kvh * head_dim;
-        let (blocks, rest) = oh.as_chunks_mut::<ATTN_BLOCK>();
-        for (b, ob) in blocks.iter_mut().enumerate() {
-            let mut acc = [0f32; ATTN_BLOCK];
-            for (p, &w) in scores[..n_ctx].iter().enumerate() {
-                let at = p * kv_dim + v0 + b * ATTN_BLOCK;
-                let v: &[f32; ATTN_BLOCK] = values[at..at + ATTN_BLOCK]
-                    .try_into()
-                    .expect("a block of ATTN_BLOCK values");
-                for (a, &vv) in acc.iter_mut().zip(v) {
-                    *a += w * vv;
-                }
-            }
-            *ob = acc;
-        }
-        let d0 = blocks.len() * ATTN_BLOCK;
-        rest.fill(0.0);
-        for (p, &w) in scores[..n_ctx].iter().enumerate() {
-            let v = &values[p * kv_dim + v0 + d0..p * kv_dim + v0 + head_dim];
-            for (o, &vv) in rest.iter_mut().zip(v) {
-                *o += w * vv;
-            }
-        }
-    }
-}
-
-/// Output dimensions of one attention head accumulated together in registers.
-const ATTN_BLOCK: usize = 64;
 
 /// An f32 dot product in 16 independent lanes (so it vectorizes), reduced in a fixed order.
 #[inline(always)]
@@ -572,14 +807,16 @@ mod tests {
             (4, 1, 136, 21),
             (2, 2, 128, 40),
             (3, 1, 32, 50),
+            (8, 2, 16, 32),
         ];
         for (heads, kv_heads, hd, ctx) in shapes {
             let q: Vec<f32> = (0..heads * hd).map(|_| next()).collect();
             let k: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| next()).collect();
             let v: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| next()).collect();
-            for n_ctx in [1, 2, 7, ctx] {
+            // Contexts that fill whole blocks of positions (16, 32) and ones that leave a remainder.
+            for n_ctx in [1, 2, 7, 16, 32, ctx].into_iter().filter(|&n| n <= ctx) {
                 let run = |build: &str| {
-                    let mut s = vec![0f32; ctx];
+                    let mut s = vec![0f32; ATTN_GROUP * ctx];
                     let mut o = vec![f32::NAN; (heads - 1) * hd];
                     let args = (&q[..], &k[..], &v[..], n_ctx, heads, kv_heads, hd, 1..heads);
                     let (q, k, v, n, nh, nkv, hd, hs) = args;
@@ -596,6 +833,7 @@ mod tests {
                             &mut s,
                             &mut o,
                             scores_portable,
+                            mix_portable,
                         ),
                         "dispatch" => attention(q, k, v, n, nh, nkv, hd, hs, &mut s, &mut o),
                         #[cfg(target_arch = "x86_64")]

@@ -622,11 +622,12 @@ impl PackedModel {
                     let heads = mine.start - i * nh..mine.end - i * nh;
                     let (keys, values) = session.layer(li);
                     let pos = session.pos;
-                    if sc.len() < pos + n {
+                    let need = ops::ATTN_GROUP * (pos + n);
+                    if sc.len() < need {
                         // Room for the whole context at once, so later positions allocate nothing.
-                        let want = session.max_ctx.max(pos + n) - sc.len();
+                        let want = (ops::ATTN_GROUP * session.max_ctx).max(need) - sc.len();
                         sc.reserve_exact(want);
-                        sc.resize(pos + n, 0.0);
+                        sc.resize(need, 0.0);
                     }
                     for t in t0..t0 + n {
                         // SAFETY: threads own disjoint (sequence, head) ranges, so disjoint slices of
