@@ -160,6 +160,10 @@ pub struct BenchArgs {
     /// Repetitions of prefill + decode (figures are medians).
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    /// Untimed runs (a prefill of the prompt and one decoded token) before the timed ones, so these
+    /// measure the steady state rather than first touches of the map and buffers.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
     /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni); default: the best this CPU runs (or BITNET_KERNEL).
     #[arg(long)]
     pub kernel: Option<String>,

@@ -180,6 +180,7 @@ fn child(path: &Path, args: &BenchArgs, backend: &str) -> anyhow::Result<Value> 
         &args.gen_tokens.to_string(),
     ]);
     cmd.args(["--repeat", &args.repeat.to_string()]);
+    cmd.args(["--warmup", &args.warmup.to_string()]);
     if let Some(t) = args.threads {
         cmd.args(["--threads", &t.to_string()]);
     }
@@ -215,6 +216,21 @@ fn time_runs(backend: &dyn Backend, args: &BenchArgs) -> anyhow::Result<(Vec<f64
         );
     }
     let prompt = prompt_ids(args.prompt_tokens, vocab);
+    for w in 0..args.warmup {
+        let mut s = backend.session(ctx);
+        let t0 = Instant::now();
+        let mut logits = Vec::new();
+        backend.forward_logits(&mut s, &prompt, &mut logits)?;
+        let t_pre = t0.elapsed().as_secs_f64();
+        let next = argmax(&logits);
+        backend.forward_logits(&mut s, &[next], &mut logits)?;
+        eprintln!(
+            "warm-up {}/{} (not counted): prefill {:.1} tok/s",
+            w + 1,
+            args.warmup,
+            args.prompt_tokens as f64 / t_pre
+        );
+    }
     let (mut pre, mut dec) = (Vec::new(), Vec::new());
     for r in 0..args.repeat {
         let mut s = backend.session(ctx);
@@ -365,6 +381,7 @@ fn bench_packed(path: &Path, args: &BenchArgs, kernels: Kernels) -> anyhow::Resu
         "prompt_tokens": args.prompt_tokens,
         "gen_tokens": args.gen_tokens,
         "repeat": args.repeat,
+        "warmup": args.warmup,
         "model": path.display().to_string(),
     });
     merge(&mut v, extra);
@@ -410,6 +427,7 @@ fn bench_reference(path: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
             "repeat": args.repeat,
+            "warmup": args.warmup,
             "model": args.reference.clone().unwrap_or_else(|| path.display().to_string()),
         }),
     );

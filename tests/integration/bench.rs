@@ -77,9 +77,15 @@ fn bench_reports_every_figure_for_every_kernel() {
 fn both_backends_give_ratios() {
     let tmp = tempfile::tempdir().unwrap();
     let file = convert(&fixture("bitnet-tiny-untied-sharded"), tmp.path(), &[]);
-    let v = bench_json(&file, &["--backend", "both", "--threads", "1"]);
+    let v = bench_json(
+        &file,
+        &["--backend", "both", "--threads", "1", "--warmup", "2"],
+    );
     assert_eq!(v["packed"]["backend"], "packed");
     assert_eq!(v["reference"]["backend"], "reference");
+    // The warm-up count reaches both children (and is reported, as it shapes the figures).
+    assert_eq!(v["packed"]["warmup"], 2);
+    assert_eq!(v["reference"]["warmup"], 2);
     assert!(v["decode_speedup"].as_f64().unwrap() > 0.0);
     assert!(v["peak_rss_ratio"].as_f64().unwrap() > 0.0);
 }
