@@ -922,40 +922,32 @@ mod tests {
             .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 1.37e-3 * (1 + i % 5) as f32)
             .collect();
         let w: Vec<f32> = (0..300).map(|i| 0.5 + (i % 13) as f32 * 0.11).collect();
+        let same = |want: &[f32], got: &[f32], what: &str| {
+            let equal = want
+                .iter()
+                .zip(got)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(equal, "{what}, length {}", want.len());
+        };
         for n in [1, 2, 15, 16, 17, 31, 64, 100, 257, 300] {
             let mut want = vec![0f32; n];
             rms_norm_body(&x[..n], &w[..n], 1e-5, &mut want);
             let mut got = vec![0f32; n];
             rms_norm(&x[..n], &w[..n], 1e-5, &mut got);
-            assert!(
-                want.iter()
-                    .zip(&got)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "length {n}"
-            );
+            same(&want, &got, "dispatch");
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx512f") {
                 got.fill(0.0);
                 // SAFETY: AVX-512F was just detected.
                 unsafe { rms_norm_avx512(&x[..n], &w[..n], 1e-5, &mut got) };
-                assert!(
-                    want.iter()
-                        .zip(&got)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "avx512, length {n}"
-                );
+                same(&want, &got, "avx512");
             }
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2") {
                 got.fill(0.0);
                 // SAFETY: AVX2 was just detected.
                 unsafe { rms_norm_avx2(&x[..n], &w[..n], 1e-5, &mut got) };
-                assert!(
-                    want.iter()
-                        .zip(&got)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "avx2, length {n}"
-                );
+                same(&want, &got, "avx2");
             }
             // The fixed lane order stays within an f32 rounding of the sequential f64 sum.
             let ss: f64 = x[..n].iter().map(|&v| (v as f64) * (v as f64)).sum();
