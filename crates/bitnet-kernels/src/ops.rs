@@ -139,14 +139,42 @@ pub fn apply_rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// Where a KV cache keeps element `d` of kv head `h` at position `p`: at `p * pos_stride + h * head_stride
+/// + d` of its key (and value) buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    /// Elements between consecutive positions of one head.
+    pub pos_stride: usize,
+    /// Elements between consecutive kv heads.
+    pub head_stride: usize,
+}
+
+impl KvLayout {
+    /// Rows of `[n_kv_heads * head_dim]`, one per position.
+    pub fn interleaved(n_kv_heads: usize, head_dim: usize) -> KvLayout {
+        KvLayout {
+            pos_stride: n_kv_heads * head_dim,
+            head_stride: head_dim,
+        }
+    }
+
+    /// Each kv head's positions contiguous, `capacity` positions per head.
+    pub fn head_major(capacity: usize, head_dim: usize) -> KvLayout {
+        KvLayout {
+            pos_stride: head_dim,
+            head_stride: capacity * head_dim,
+        }
+    }
+}
+
 /// Query heads of one kv head handled together by [`attention`] (each key and value row is read once
 /// for all of them): the scratch `scores` holds this many rows of `n_ctx`.
 pub const ATTN_GROUP: usize = 4;
 
 /// Causal attention of one query token over `n_ctx` cached positions, for the query heads `heads`.
 ///
-/// `q` is `[n_heads, head_dim]`; `keys` and `values` are `[n_ctx, n_kv_heads * head_dim]`; query head `h`
-/// reads kv head `h / (n_heads / n_kv_heads)`. `scores` is scratch of at least `ATTN_GROUP * n_ctx`;
+/// `q` is `[n_heads, head_dim]`; `keys` and `values` hold `n_ctx` positions of `n_kv_heads` heads in the
+/// layout `kv`; query head `h` reads kv head `h / (n_heads / n_kv_heads)`. `scores` is scratch of at least `ATTN_GROUP * n_ctx`;
 /// `out` is `[heads.len(), head_dim]`.
 ///
 /// The query heads that share a kv head go through its cached rows together (up to [`ATTN_GROUP`] at a
@@ -163,6 +191,7 @@ pub fn attention(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    kv: KvLayout,
     heads: std::ops::Range<usize>,
     scores: &mut [f32],
     out: &mut [f32],
@@ -172,7 +201,7 @@ pub fn attention(
         // SAFETY: AVX-512F was just detected.
         return unsafe {
             attention_avx512(
-                q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out,
+                q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, kv, heads, scores, out,
             )
         };
     }
@@ -181,7 +210,7 @@ pub fn attention(
         // SAFETY: AVX2 was just detected.
         return unsafe {
             attention_avx2(
-                q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out,
+                q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, kv, heads, scores, out,
             )
         };
     }
@@ -193,6 +222,7 @@ pub fn attention(
         n_heads,
         n_kv_heads,
         head_dim,
+        kv,
         heads,
         scores,
         out,
@@ -310,13 +340,13 @@ pub fn attention_body(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    kv: KvLayout,
     heads: std::ops::Range<usize>,
     scores: &mut [f32],
     out: &mut [f32],
     score: impl Fn(&[f32], usize, &[f32], usize, usize, f32, &mut [f32]),
     mix: impl Fn(&[f32], usize, &[f32], usize, usize, &mut [f32]),
 ) {
-    let kv_dim = n_kv_heads * head_dim;
     let group = n_heads / n_kv_heads;
     let scale = 1.0f32 / (head_dim as f32).sqrt();
     let h0 = heads.start;
@@ -331,8 +361,8 @@ pub fn attention_body(
             &q[h * head_dim..end * head_dim],
             nq,
             keys,
-            kv_dim,
-            kvh * head_dim,
+            kv.pos_stride,
+            kvh * kv.head_stride,
             scale,
             sc,
         );
@@ -348,7 +378,7 @@ pub fn attention_body(
             }
         }
         let o = &mut out[(h - h0) * head_dim..(end - h0) * head_dim];
-        mix(sc, nq, values, kv_dim, kvh * head_dim, o);
+        mix(sc, nq, values, kv.pos_stride, kvh * kv.head_stride, o);
         h = end;
     }
 }
@@ -365,6 +395,7 @@ unsafe fn attention_avx512(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    kv: KvLayout,
     heads: std::ops::Range<usize>,
     scores: &mut [f32],
     out: &mut [f32],
@@ -378,7 +409,7 @@ unsafe fn attention_avx512(
         unsafe { mix_avx512(w, nq, v, kd, vo, o) }
     };
     attention_body(
-        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, heads, scores, out, score, mix,
+        q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, kv, heads, scores, out, score, mix,
     )
 }
 
@@ -669,6 +700,7 @@ unsafe fn attention_avx2(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    kv: KvLayout,
     heads: std::ops::Range<usize>,
     scores: &mut [f32],
     out: &mut [f32],
@@ -688,6 +720,7 @@ unsafe fn attention_avx2(
         n_heads,
         n_kv_heads,
         head_dim,
+        kv,
         heads,
         scores,
         out,
@@ -787,7 +820,8 @@ mod tests {
         let (q, k, v) = ([1.0f32, 2.0], [0.5f32, 0.5], [3.0f32, -1.0]);
         let mut scores = [0f32; 1];
         let mut out = [0f32; 2];
-        attention(&q, &k, &v, 1, 1, 1, 2, 0..1, &mut scores, &mut out);
+        let kv = KvLayout::interleaved(1, 2);
+        attention(&q, &k, &v, 1, 1, 1, 2, kv, 0..1, &mut scores, &mut out);
         assert_eq!(out, [3.0, -1.0]);
     }
 
@@ -813,13 +847,31 @@ mod tests {
             let q: Vec<f32> = (0..heads * hd).map(|_| next()).collect();
             let k: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| next()).collect();
             let v: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| next()).collect();
+            // The same cache head-major, with room for more positions than it holds.
+            let cap = ctx + 3;
+            let head_major = |x: &[f32]| {
+                let mut out = vec![f32::NAN; kv_heads * cap * hd];
+                for p in 0..ctx {
+                    for h in 0..kv_heads {
+                        let src = &x[p * kv_heads * hd + h * hd..][..hd];
+                        out[(h * cap + p) * hd..][..hd].copy_from_slice(src);
+                    }
+                }
+                out
+            };
+            let (kh, vh) = (head_major(&k), head_major(&v));
             // Contexts that fill whole blocks of positions (16, 32) and ones that leave a remainder.
             for n_ctx in [1, 2, 7, 16, 32, ctx].into_iter().filter(|&n| n <= ctx) {
-                let run = |build: &str| {
+                let run = |build: &str, major: bool| {
                     let mut s = vec![0f32; ATTN_GROUP * ctx];
                     let mut o = vec![f32::NAN; (heads - 1) * hd];
-                    let args = (&q[..], &k[..], &v[..], n_ctx, heads, kv_heads, hd, 1..heads);
-                    let (q, k, v, n, nh, nkv, hd, hs) = args;
+                    let (k, v, kv) = if major {
+                        (&kh[..], &vh[..], KvLayout::head_major(cap, hd))
+                    } else {
+                        (&k[..], &v[..], KvLayout::interleaved(kv_heads, hd))
+                    };
+                    let args = (&q[..], k, v, n_ctx, heads, kv_heads, hd, kv, 1..heads);
+                    let (q, k, v, n, nh, nkv, hd, kv, hs) = args;
                     match build {
                         "portable" => attention_body(
                             q,
@@ -829,37 +881,44 @@ mod tests {
                             nh,
                             nkv,
                             hd,
+                            kv,
                             hs,
                             &mut s,
                             &mut o,
                             scores_portable,
                             mix_portable,
                         ),
-                        "dispatch" => attention(q, k, v, n, nh, nkv, hd, hs, &mut s, &mut o),
+                        "dispatch" => attention(q, k, v, n, nh, nkv, hd, kv, hs, &mut s, &mut o),
                         #[cfg(target_arch = "x86_64")]
                         "avx512" if std::arch::is_x86_feature_detected!("avx512f") => {
                             // SAFETY: AVX-512F was just detected.
-                            unsafe { attention_avx512(q, k, v, n, nh, nkv, hd, hs, &mut s, &mut o) }
+                            unsafe {
+                                attention_avx512(q, k, v, n, nh, nkv, hd, kv, hs, &mut s, &mut o)
+                            }
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx2" if std::arch::is_x86_feature_detected!("avx2") => {
                             // SAFETY: AVX2 was just detected.
-                            unsafe { attention_avx2(q, k, v, n, nh, nkv, hd, hs, &mut s, &mut o) }
+                            unsafe {
+                                attention_avx2(q, k, v, n, nh, nkv, hd, kv, hs, &mut s, &mut o)
+                            }
                         }
                         _ => return None,
                     }
                     Some(o)
                 };
-                let want = run("portable").unwrap();
+                let want = run("portable", false).unwrap();
                 assert!(want.iter().all(|v| v.is_finite()), "every output written");
-                for build in ["dispatch", "avx512", "avx2"] {
-                    if let Some(got) = run(build) {
-                        assert!(
-                            want.iter()
-                                .zip(&got)
-                                .all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{build}: head_dim {hd}, n_ctx {n_ctx}"
-                        );
+                for build in ["portable", "dispatch", "avx512", "avx2"] {
+                    for major in [false, true] {
+                        if let Some(got) = run(build, major) {
+                            assert!(
+                                want.iter()
+                                    .zip(&got)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{build} (head-major {major}): head_dim {hd}, n_ctx {n_ctx}"
+                            );
+                        }
                     }
                 }
                 // Against the plain definition: a softmax-weighted sum of the values.

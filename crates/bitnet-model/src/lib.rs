@@ -57,7 +57,8 @@ pub trait Backend {
         let c = self.config();
         Session::new(
             c.num_layers,
-            c.num_kv_heads * c.head_dim,
+            c.num_kv_heads,
+            c.head_dim,
             max_ctx.min(c.max_position_embeddings),
         )
     }

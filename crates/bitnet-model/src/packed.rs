@@ -643,6 +643,7 @@ impl PackedModel {
                             nh,
                             c.num_kv_heads,
                             hd,
+                            session.kv_layout(),
                             heads.clone(),
                             &mut sc,
                             o,
@@ -936,7 +937,13 @@ impl PackedModel {
                     self.rope.tables(session.pos + t - t0, cos, sin);
                     ops::apply_rope(&mut q[t * qd..(t + 1) * qd], hd, cos, sin);
                     ops::apply_rope(&mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
-                    session.push(li, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+                    let pos = session.pos + t - t0;
+                    session.push(
+                        li,
+                        pos,
+                        &k[t * kvd..(t + 1) * kvd],
+                        &v[t * kvd..(t + 1) * kvd],
+                    );
                 }
                 t0 += cnt;
             }

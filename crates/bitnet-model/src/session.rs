@@ -25,34 +25,34 @@ pub struct Scratch {
     pub(crate) head_in: Vec<bitnet_kernels::scalar::BlockQuantized>,
 }
 
-/// The KV cache of one sequence: per layer, `[positions, kv_dim]` keys and values in f32.
+/// The KV cache of one sequence: per layer, keys and values in f32, head-major (`[kv_heads, max_ctx,
+/// head_dim]`), so that one kv head's cached rows are contiguous and attention streams them.
 #[derive(Debug, Clone)]
 pub struct Session {
     /// Positions processed so far (the next token's position).
     pub pos: usize,
     /// The context limit.
     pub max_ctx: usize,
-    kv_dim: usize,
+    kv_heads: usize,
+    head_dim: usize,
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     pub(crate) scratch: Scratch,
 }
 
 impl Session {
-    /// An empty session for a model of `layers` layers and `kv_dim` key width.
-    pub fn new(layers: usize, kv_dim: usize, max_ctx: usize) -> Session {
+    /// An empty session for a model of `layers` layers with `kv_heads` kv heads of `head_dim`, with room
+    /// for `max_ctx` positions. The buffers are zeroed allocations: the system commits their pages only
+    /// as positions are written.
+    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, max_ctx: usize) -> Session {
+        let len = kv_heads * max_ctx * head_dim;
         Session {
             pos: 0,
             max_ctx,
-            kv_dim,
-            // One `with_capacity` per layer: `vec![v; n]` would clone `v`, and a clone of an empty Vec
-            // has no capacity.
-            keys: (0..layers)
-                .map(|_| Vec::with_capacity(max_ctx.min(4096) * kv_dim))
-                .collect(),
-            values: (0..layers)
-                .map(|_| Vec::with_capacity(max_ctx.min(4096) * kv_dim))
-                .collect(),
+            kv_heads,
+            head_dim,
+            keys: (0..layers).map(|_| vec![0f32; len]).collect(),
+            values: (0..layers).map(|_| vec![0f32; len]).collect(),
             scratch: Scratch::default(),
         }
     }
@@ -60,37 +60,53 @@ impl Session {
     /// Forgets every position (the buffers are kept).
     pub fn reset(&mut self) {
         self.pos = 0;
-        for v in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            v.clear();
-        }
     }
 
     /// Drops positions from `pos` on (for reusing a shared prefix).
     pub fn truncate(&mut self, pos: usize) {
-        let pos = pos.min(self.pos);
-        self.pos = pos;
-        for v in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            v.truncate(pos * self.kv_dim);
+        self.pos = pos.min(self.pos);
+    }
+
+    /// Stores position `pos`'s key and value (`[kv_heads * head_dim]` each, heads in order) in `layer`.
+    ///
+    /// # Panics
+    /// If `pos` is past the context limit (callers check the room first).
+    pub fn push(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        assert!(
+            pos < self.max_ctx,
+            "position {pos} past the context of {}",
+            self.max_ctx
+        );
+        let hd = self.head_dim;
+        for (buf, src) in [(&mut self.keys[layer], k), (&mut self.values[layer], v)] {
+            for (h, row) in src.chunks_exact(hd).take(self.kv_heads).enumerate() {
+                let at = (h * self.max_ctx + pos) * hd;
+                buf[at..at + hd].copy_from_slice(row);
+            }
         }
     }
 
-    /// Appends one position's key and value to `layer`.
-    pub fn push(&mut self, layer: usize, k: &[f32], v: &[f32]) {
-        self.keys[layer].extend_from_slice(k);
-        self.values[layer].extend_from_slice(v);
-    }
-
-    /// The cached keys and values of `layer`: `[positions, kv_dim]` each.
+    /// The cached keys and values of `layer` (every slot, in the layout [`Session::kv_layout`] gives;
+    /// positions from `pos` on hold stale or zero values).
     pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
         (&self.keys[layer], &self.values[layer])
     }
 
-    /// Bytes held by the cache.
+    /// Where the cache keeps element `d` of kv head `h` at position `p`: `p * pos_stride + h * head_stride
+    /// + d`.
+    pub fn kv_layout(&self) -> bitnet_kernels::ops::KvLayout {
+        bitnet_kernels::ops::KvLayout {
+            pos_stride: self.head_dim,
+            head_stride: self.max_ctx * self.head_dim,
+        }
+    }
+
+    /// Bytes the cache has reserved (pages are committed only as positions are written).
     pub fn bytes(&self) -> usize {
         self.keys
             .iter()
             .chain(&self.values)
-            .map(|v| v.capacity() * 4)
+            .map(|v| v.len() * 4)
             .sum()
     }
 }

@@ -510,9 +510,17 @@ impl ReferenceModel {
                         }
                     }
                 }
-                session.push(li, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+                let pos = session.pos + t;
+                session.push(
+                    li,
+                    pos,
+                    &k[t * kvd..(t + 1) * kvd],
+                    &v[t * kvd..(t + 1) * kvd],
+                );
             }
             let (keys, values) = session.layer(li);
+            let kv = session.kv_layout();
+            let row = |p: usize, kvh: usize| p * kv.pos_stride + kvh * kv.head_stride;
             let mut attn = vec![0f32; n * qd];
             let scale = 1.0 / (hd as f32).sqrt();
             for t in 0..n {
@@ -521,9 +529,7 @@ impl ReferenceModel {
                     let kvh = head / (nh / nkv);
                     let qh = &q[t * qd + head * hd..t * qd + (head + 1) * hd];
                     let scores: Vec<f32> = (0..ctx)
-                        .map(|p| {
-                            dot(qh, &keys[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd]) * scale
-                        })
+                        .map(|p| dot(qh, &keys[row(p, kvh)..row(p, kvh) + hd]) * scale)
                         .collect();
                     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                     let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -531,10 +537,7 @@ impl ReferenceModel {
                     let out = &mut attn[t * qd + head * hd..t * qd + (head + 1) * hd];
                     for (p, e) in exps.iter().enumerate() {
                         let w = e / total;
-                        for (o, vv) in out
-                            .iter_mut()
-                            .zip(&values[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd])
-                        {
+                        for (o, vv) in out.iter_mut().zip(&values[row(p, kvh)..row(p, kvh) + hd]) {
                             *o += w * vv;
                         }
                     }
