@@ -76,8 +76,8 @@ enum Job {
 
 /// Converts the checkpoint `input` (a folder, or a repo id in the Hugging Face cache) into `output`.
 ///
-/// `on_temp` is called with the temporary file's path as soon as it exists, so a caller can remove it if
-/// the process is interrupted; any error removes it too.
+/// `on_temp` is called with the temporary file's path just before it is created, so a caller can remove
+/// it if the process is interrupted; any error removes it too.
 pub fn convert(
     input: &str,
     output: &Path,
@@ -165,8 +165,10 @@ pub fn convert(
         tensors: Vec::new(),
     };
     let n_tensors = specs.len();
+    // The caller learns the temporary path before the file exists: an interrupt between its creation
+    // and this call would otherwise leave it behind.
+    on_temp(&FileWriter::temp_path_for(output)?);
     let mut writer = FileWriter::create(output, header, specs)?;
-    on_temp(writer.temp_path());
     progress(Progress::Begin { total });
     for job in jobs {
         match job {

@@ -99,22 +99,7 @@ impl FileWriter {
             pos = e.offset + e.length;
         }
 
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if dest.is_dir() {
-            return Err(FormatError::io(
-                &dest,
-                std::io::Error::other("is a directory; give a file name"),
-            ));
-        }
-        let file_name = dest
-            .file_name()
-            .ok_or_else(|| FormatError::io(&dest, std::io::Error::other("has no file name")))?
-            .to_string_lossy()
-            .into_owned();
-        let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+        let tmp = Self::temp_path_for(&dest)?;
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -140,6 +125,27 @@ impl FileWriter {
     /// The temporary file being written (removed if the writer is dropped before `finish`).
     pub fn temp_path(&self) -> &Path {
         &self.tmp
+    }
+
+    /// The temporary file [`FileWriter::create`] will write for `dest` (beside it, hidden, named after
+    /// this process): known before it exists, so an interrupt handler can be told first.
+    pub fn temp_path_for(dest: &Path) -> Result<PathBuf> {
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if dest.is_dir() {
+            return Err(FormatError::io(
+                dest,
+                std::io::Error::other("is a directory; give a file name"),
+            ));
+        }
+        let file_name = dest
+            .file_name()
+            .ok_or_else(|| FormatError::io(dest, std::io::Error::other("has no file name")))?
+            .to_string_lossy()
+            .into_owned();
+        Ok(dir.join(format!(".{file_name}.tmp-{}", std::process::id())))
     }
 
     /// The planned directory (offsets are final; checksums and scales are filled in as tensors are written).
