@@ -74,6 +74,13 @@ fn ternary_gemv<const S: usize>(bencher: Bencher, kernel: &str) {
     ternary_bench(bencher, kernel, SHAPES[S], 1);
 }
 
+/// Four sequences decoded together (`serve --parallel 4`): 4 tokens against each 2B4T matrix (items =
+/// weight-token products).
+#[divan::bench(args = kernel_names(), consts = [0, 2, 3])]
+fn ternary_batch4<const S: usize>(bencher: Bencher, kernel: &str) {
+    ternary_bench(bencher, kernel, SHAPES[S], 4);
+}
+
 /// Prefill: 8 tokens against each 2B4T matrix (items = weight-token products).
 #[divan::bench(args = kernel_names(), consts = [0, 2, 3])]
 fn ternary_gemm8<const S: usize>(bencher: Bencher, kernel: &str) {
