@@ -629,25 +629,32 @@ impl PackedModel {
                         sc.reserve_exact(want);
                         sc.resize(need, 0.0);
                     }
-                    for t in t0..t0 + n {
-                        // SAFETY: threads own disjoint (sequence, head) ranges, so disjoint slices of
-                        // each token's output.
-                        let o = unsafe {
-                            out.range(t * qd + heads.start * hd..t * qd + heads.end * hd)
-                        };
-                        ops::attention(
-                            &q[t * qd..(t + 1) * qd],
-                            keys,
-                            values,
-                            pos + t - t0 + 1,
-                            nh,
-                            c.num_kv_heads,
-                            hd,
-                            session.kv_layout(),
-                            heads.clone(),
-                            &mut sc,
-                            o,
-                        );
+                    // The heads of one kv head go through every token before the next kv head's:
+                    // that kv head's cached rows (1 MiB for 2B4T at 1024 positions) stay in cache
+                    // across a prompt's tokens instead of all heads' rows streaming per token.
+                    let group = nh / c.num_kv_heads;
+                    let mut h = heads.start;
+                    while h < heads.end {
+                        let end = heads.end.min((h / group + 1) * group);
+                        for t in t0..t0 + n {
+                            // SAFETY: threads own disjoint (sequence, head) ranges, so disjoint slices
+                            // of each token's output.
+                            let o = unsafe { out.range(t * qd + h * hd..t * qd + end * hd) };
+                            ops::attention(
+                                &q[t * qd..(t + 1) * qd],
+                                keys,
+                                values,
+                                pos + t - t0 + 1,
+                                nh,
+                                c.num_kv_heads,
+                                hd,
+                                session.kv_layout(),
+                                h..end,
+                                &mut sc,
+                                o,
+                            );
+                        }
+                        h = end;
                     }
                     t0 += n;
                 }
