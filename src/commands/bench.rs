@@ -153,6 +153,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         &report
     };
     if !args.json
+        && let (Some(kv), Some(with_kv)) = (
+            packed["kv_bytes_per_token"].as_f64(),
+            packed["roof_fraction_with_kv"].as_f64(),
+        )
+    {
+        writeln!(
+            out,
+            "the KV cache adds {:.1} MB per decoded token on average: {:.0}% of the roof with it",
+            kv / 1e6,
+            100.0 * with_kv
+        )?;
+    }
+    if !args.json
         && let Some(n) = packed["parallel"].as_u64()
     {
         writeln!(
@@ -365,6 +378,12 @@ fn bench_packed(path: &Path, args: &BenchArgs, kernels: Kernels) -> anyhow::Resu
     let c = model.config();
     let kv_bytes =
         2 * 4 * c.num_layers * c.num_kv_heads * c.head_dim * (args.prompt_tokens + args.gen_tokens);
+    // Each decode step also reads the keys and values of every cached position: on average over the
+    // generated tokens, prompt + (gen + 1) / 2 positions.
+    let kv_read = 2.0
+        * 4.0
+        * (c.num_layers * c.num_kv_heads * c.head_dim) as f64
+        * (args.prompt_tokens as f64 + (args.gen_tokens as f64 + 1.0) / 2.0);
     let extra = json!({
         "backend": "packed",
         "kernel": model.kernels().name,
@@ -375,6 +394,8 @@ fn bench_packed(path: &Path, args: &BenchArgs, kernels: Kernels) -> anyhow::Resu
         "bandwidth_gb_s": bandwidth / 1e9,
         "roof_tok_s": bandwidth / bytes as f64,
         "roof_fraction": decode * bytes as f64 / bandwidth,
+        "kv_bytes_per_token": kv_read,
+        "roof_fraction_with_kv": decode * (bytes as f64 + kv_read) / bandwidth,
         "peak_rss_bytes": peak_rss(),
         "file_bytes": file.len(),
         "kv_cache_bytes": kv_bytes,

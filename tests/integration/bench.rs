@@ -70,6 +70,19 @@ fn bench_reports_every_figure_for_every_kernel() {
         );
         assert!(v["bandwidth_gb_s"].as_f64().unwrap() > 0.1);
         assert_eq!(v["lm_head"], "int8");
+        // Keys and values read per decoded token: f32, both, every layer and kv head, over the average
+        // context of the 4 generated tokens after the 8-token prompt (8 + 5 / 2 positions).
+        let c: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture("bitnet-tiny-tied").join("config.json")).unwrap(),
+        )
+        .unwrap();
+        let n = |k: &str| c[k].as_f64().unwrap();
+        let hd = n("hidden_size") / n("num_attention_heads");
+        let want = 2.0 * 4.0 * n("num_hidden_layers") * n("num_key_value_heads") * hd * 10.5;
+        assert_eq!(v["kv_bytes_per_token"].as_f64().unwrap(), want);
+        assert!(
+            v["roof_fraction_with_kv"].as_f64().unwrap() > v["roof_fraction"].as_f64().unwrap()
+        );
     }
 }
 
