@@ -44,11 +44,25 @@ unsafe fn rms_norm_avx512(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) 
         lo = _mm512_add_pd(lo, _mm512_mul_pd(a, a));
         hi = _mm512_add_pd(hi, _mm512_mul_pd(b, b));
     }
-    // Width 8: lane i + 8 into lane i.
+    // Width 8 done in registers: lane i + 8 into lane i.
     let mut lanes = [0f64; 8];
     // SAFETY: `lanes` holds 8 f64.
     unsafe { _mm512_storeu_pd(lanes.as_mut_ptr(), _mm512_add_pd(lo, hi)) };
-    let mut w = 4;
+    rms_norm_finish(&mut lanes, tail, x, weight, eps, out)
+}
+
+/// The rest of [`rms_norm`] from lane sums: halve the lanes down to one (adding lane `i + w` to lane
+/// `i`), add the tail's squares in order, and scale.
+#[inline(always)]
+fn rms_norm_finish(
+    lanes: &mut [f64],
+    tail: &[f32],
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) {
+    let mut w = lanes.len() / 2;
     while w > 0 {
         for i in 0..w {
             lanes[i] += lanes[i + w];
@@ -82,21 +96,7 @@ pub fn rms_norm_body(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
             *l += (v as f64) * (v as f64);
         }
     }
-    let mut w = NORM_LANES / 2;
-    while w > 0 {
-        for i in 0..w {
-            lanes[i] += lanes[i + w];
-        }
-        w /= 2;
-    }
-    let ss = tail
-        .iter()
-        .fold(lanes[0], |s, &v| s + (v as f64) * (v as f64));
-    let var = (ss as f32) / x.len() as f32;
-    let r = 1.0f32 / (var + eps).sqrt();
-    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
-        *o = w * (v * r);
-    }
+    rms_norm_finish(&mut lanes, tail, x, weight, eps, out)
 }
 
 /// Rotary embedding tables for one position: `cos` and `sin` of `pos * inv_freq[i]`, for `i < head_dim / 2`.
