@@ -229,14 +229,23 @@ fn time_runs(backend: &dyn Backend, args: &BenchArgs) -> anyhow::Result<(Vec<f64
         );
     }
     let prompt = prompt_ids(args.prompt_tokens, vocab);
-    for w in 0..args.warmup {
+    // One run on a fresh session: prefill the prompt, then decode `tokens` tokens; (prefill s, decode s).
+    let run = |tokens: usize| -> anyhow::Result<(f64, f64)> {
         let mut s = backend.session(ctx);
         let t0 = Instant::now();
         let mut logits = Vec::new();
         backend.forward_logits(&mut s, &prompt, &mut logits)?;
         let t_pre = t0.elapsed().as_secs_f64();
-        let next = argmax(&logits);
-        backend.forward_logits(&mut s, &[next], &mut logits)?;
+        let t1 = Instant::now();
+        for _ in 0..tokens {
+            let next = argmax(&logits);
+            backend.forward_logits(&mut s, &[next], &mut logits)?;
+        }
+        Ok((t_pre, t1.elapsed().as_secs_f64()))
+    };
+    for w in 0..args.warmup {
+        // A prefill and one decoded token (none when none fit the session).
+        let (t_pre, _) = run(args.gen_tokens.min(1))?;
         eprintln!(
             "warm-up {}/{} (not counted): prefill {:.1} tok/s",
             w + 1,
@@ -246,17 +255,7 @@ fn time_runs(backend: &dyn Backend, args: &BenchArgs) -> anyhow::Result<(Vec<f64
     }
     let (mut pre, mut dec) = (Vec::new(), Vec::new());
     for r in 0..args.repeat {
-        let mut s = backend.session(ctx);
-        let t0 = Instant::now();
-        let mut logits = Vec::new();
-        backend.forward_logits(&mut s, &prompt, &mut logits)?;
-        let t_pre = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        for _ in 0..args.gen_tokens {
-            let next = argmax(&logits);
-            backend.forward_logits(&mut s, &[next], &mut logits)?;
-        }
-        let t_dec = t1.elapsed().as_secs_f64();
+        let (t_pre, t_dec) = run(args.gen_tokens)?;
         pre.push(args.prompt_tokens as f64 / t_pre);
         dec.push(if args.gen_tokens == 0 {
             0.0

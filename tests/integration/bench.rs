@@ -87,6 +87,28 @@ fn bench_reports_every_figure_for_every_kernel() {
 }
 
 #[test]
+fn prefill_only_runs_with_the_warm_up() {
+    // The warm-up decodes a token only when the session has room for one.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("bitnet-tiny-tied"), tmp.path(), &[]);
+    let o = run(&[
+        "bench",
+        file.to_str().unwrap(),
+        "--json",
+        "--repeat",
+        "1",
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["prefill_tok_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["warmup"], 1);
+}
+
+#[test]
 fn both_backends_give_ratios() {
     let tmp = tempfile::tempdir().unwrap();
     let file = convert(&fixture("bitnet-tiny-untied-sharded"), tmp.path(), &[]);
