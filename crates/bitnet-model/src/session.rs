@@ -95,10 +95,7 @@ impl Session {
     /// Where the cache keeps element `d` of kv head `h` at position `p`: `p * pos_stride + h * head_stride
     /// + d`.
     pub fn kv_layout(&self) -> bitnet_kernels::ops::KvLayout {
-        bitnet_kernels::ops::KvLayout {
-            pos_stride: self.head_dim,
-            head_stride: self.max_ctx * self.head_dim,
-        }
+        bitnet_kernels::ops::KvLayout::head_major(self.max_ctx, self.head_dim)
     }
 
     /// Bytes the cache has reserved (pages are committed only as positions are written).
