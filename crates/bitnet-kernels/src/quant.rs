@@ -218,6 +218,26 @@ mod tests {
         garbage[5] = f32::NAN;
         garbage[20] = f32::INFINITY;
         garbage[290] = f32::NAN;
+        type Build = Box<dyn Fn(&[f32], &mut [i8]) -> (f32, i32)>;
+        let mut builds: Vec<(&str, Build)> = vec![
+            ("dispatch", Box::new(quantize_row)),
+            ("portable", Box::new(quantize_row_body)),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            // SAFETY: AVX-512F and BW were just detected.
+            builds.push((
+                "avx512",
+                Box::new(|x, q| unsafe { quantize_row_avx512(x, q) }),
+            ));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was just detected.
+            builds.push(("avx2", Box::new(|x, q| unsafe { quantize_row_avx2(x, q) })));
+        }
         for (x, n) in [1, 2, 15, 16, 17, 33, 100, 255, 300]
             .into_iter()
             .map(|n| (&x, n))
@@ -225,27 +245,10 @@ mod tests {
         {
             let mut want = vec![0i8; n];
             let w = sequential(&x[..n], &mut want);
-            let mut got = vec![0i8; n];
-            assert_eq!(quantize_row(&x[..n], &mut got), w, "length {n}");
-            assert_eq!(got, want, "length {n}");
-            let mut got = vec![0i8; n];
-            assert_eq!(quantize_row_body(&x[..n], &mut got), w, "length {n}");
-            assert_eq!(got, want, "length {n}");
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512bw") {
+            for (name, build) in &builds {
                 let mut got = vec![0i8; n];
-                // SAFETY: AVX-512F and BW were just detected.
-                let r = unsafe { quantize_row_avx512(&x[..n], &mut got) };
-                assert_eq!(r, w, "length {n}");
-                assert_eq!(got, want, "avx512, length {n}");
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                let mut got = vec![0i8; n];
-                // SAFETY: AVX2 was just detected.
-                let r = unsafe { quantize_row_avx2(&x[..n], &mut got) };
-                assert_eq!(r, w, "length {n}");
-                assert_eq!(got, want, "avx2, length {n}");
+                assert_eq!(build(&x[..n], &mut got), w, "{name}, length {n}");
+                assert_eq!(got, want, "{name}, length {n}");
             }
         }
     }

@@ -379,6 +379,23 @@ macro_rules! ternary_ymm_vnni {
             out: &mut [f32],
             out_stride: usize,
         ) {
+            /// One 64-byte chunk as its two ymm halves (rows 0-7, 8-15), prefetching ahead.
+            ///
+            /// # Safety
+            /// The CPU features above; 64 readable bytes at `p`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn chunk(p: *const u8) -> [__m256i; 2] {
+                // SAFETY: the caller guarantees 64 readable bytes at `p`; the prefetch may point anywhere.
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+                    [
+                        _mm256_loadu_si256(p as *const __m256i),
+                        _mm256_loadu_si256(p.add(32) as *const __m256i),
+                    ]
+                }
+            }
+
             /// One tile (two ymm halves: rows 0-7, 8-15) for `NT` tokens from `t0`, planes decoded
             /// with shift and mask once per chunk for all of them; each broadcast feeds both halves.
             #[target_feature(enable = $features)]
@@ -396,12 +413,7 @@ macro_rules! ternary_ymm_vnni {
                 for g in 0..groups {
                     // SAFETY: as above.
                     unsafe {
-                        let p = base.add(64 * g);
-                        let v = [
-                            _mm256_loadu_si256(p as *const __m256i),
-                            _mm256_loadu_si256(p.add(32) as *const __m256i),
-                        ];
-                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+                        let v = chunk(base.add(64 * g));
                         for q in 0..4 {
                             let pl = v.map(|v| {
                                 let s = match q {
@@ -442,12 +454,7 @@ macro_rules! ternary_ymm_vnni {
                 for g in 0..groups {
                     // SAFETY: as above.
                     unsafe {
-                        let p = base.add(64 * g);
-                        let v = [
-                            _mm256_loadu_si256(p as *const __m256i),
-                            _mm256_loadu_si256(p.add(32) as *const __m256i),
-                        ];
-                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+                        let v = chunk(base.add(64 * g));
                         for (q, mask) in masks.iter().enumerate() {
                             let b = _mm256_set1_epi32(load_i32(xq.add(16 * g + 4 * q)));
                             for h in 0..2 {
