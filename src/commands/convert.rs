@@ -77,6 +77,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
         for w in &report.warnings {
             eprintln!("warning: {w}");
         }
+        for n in &report.notes {
+            eprintln!("note: {n}");
+        }
         let bpw = report.file_bytes as f64 * 8.0 / report.parameters as f64;
         eprintln!(
             "wrote {} ({}, {} tensors, {} parameters of which {} ternary, {:.2} bits per parameter overall) in {:.1} s",

@@ -109,12 +109,16 @@ pub struct Checkpoint {
     pub ternary: TernaryStorage,
     /// Tokenizer metadata.
     pub tokenizer: TokenizerInfo,
-    /// `tokenizer.json` bytes, if present.
+    /// `tokenizer.json` bytes, if present or made from `tokenizer.model`.
     pub tokenizer_json: Option<Vec<u8>>,
+    /// The file `tokenizer_json` comes from: `tokenizer.json`, or `tokenizer.model` when converted.
+    pub tokenizer_source: Option<String>,
     /// Sampling defaults.
     pub generation: GenerationDefaults,
     /// Things a user should know that do not stop the conversion.
     pub warnings: Vec<String>,
+    /// What the conversion did beyond copying (a tokenizer.json made from tokenizer.model).
+    pub notes: Vec<String>,
     shards: Vec<Shard>,
     tensors: HashMap<String, SourceTensor>,
 }
@@ -195,7 +199,8 @@ impl Checkpoint {
             ConvertError::NotFound(format!("formats/architectures/{}: {reason}", arch.name))
         })?;
 
-        let (tokenizer, tokenizer_json, generation) = read_tokenizer(dir, &cfg, &mut warnings)?;
+        let mut notes = Vec::new();
+        let tok = read_tokenizer(dir, &cfg, &mut warnings, &mut notes)?;
 
         let (shards, tensors) = open_weights(dir)?;
         let mut ck = Checkpoint {
@@ -206,10 +211,12 @@ impl Checkpoint {
             config,
             features,
             ternary,
-            tokenizer,
-            tokenizer_json,
-            generation,
+            tokenizer: tok.info,
+            tokenizer_json: tok.json,
+            tokenizer_source: tok.json_source,
+            generation: tok.generation,
             warnings,
+            notes,
             shards,
             tensors,
         };

@@ -61,8 +61,10 @@ pub struct ConvertReport {
     pub parameters: u64,
     /// Parameters stored as ternary.
     pub ternary_parameters: u64,
-    /// Non-fatal notes about the input.
+    /// Non-fatal problems with the input.
     pub warnings: Vec<String>,
+    /// What the conversion did beyond copying and quantizing (a tokenizer.json made from tokenizer.model).
+    pub notes: Vec<String>,
 }
 
 enum Job {
@@ -145,7 +147,7 @@ pub fn convert(
             name: "tokenizer.json".into(),
             kind: TensorKind::Bytes,
             shape: vec![tok.len() as u64],
-            source: Some("tokenizer.json".into()),
+            source: ck.tokenizer_source.clone(),
         });
         jobs.push(Job::Tokenizer);
     }
@@ -192,6 +194,7 @@ pub fn convert(
         parameters,
         ternary_parameters,
         warnings: ck.warnings.clone(),
+        notes: ck.notes.clone(),
     })
 }
 

@@ -35,6 +35,14 @@ pub enum ConvertError {
         /// What was expected.
         reason: String,
     },
+    /// A tokenizer file that cannot be read or converted (a malformed or unsupported `tokenizer.model`).
+    #[error("{path}: {reason}")]
+    Tokenizer {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and what would work.
+        reason: String,
+    },
     /// A model architecture with no mapping in `formats/architectures/`.
     #[error("{path}: architecture {found} is not supported; supported: {supported}")]
     UnsupportedArchitecture {

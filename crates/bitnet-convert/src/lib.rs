@@ -4,6 +4,8 @@
 //! 1. [`hub::resolve`] finds the checkpoint: a folder, or a repo id in the local Hugging Face cache.
 //! 2. [`checkpoint::Checkpoint::open`] reads config.json, the tokenizer files and the safetensors headers
 //!    (single file or sharded), maps the weights, and checks every tensor the [`architecture`] map needs.
+//!    A checkpoint with a SentencePiece `tokenizer.model` and no `tokenizer.json` gets one made by
+//!    [`sentencepiece`].
 //! 3. [`quantize`] turns each BitLinear weight into ternary values: latent float weights with the absmean
 //!    rule the model was trained with, in f32; pre-packed uint8 weights by unpacking them exactly, their
 //!    `weight_scale` multiplying or dividing as [`config::TernaryStorage`] read from config.json says.
@@ -20,6 +22,7 @@ pub mod convert;
 pub mod error;
 pub mod hub;
 pub mod quantize;
+pub mod sentencepiece;
 mod tokenizer_meta;
 
 pub use config::{ScaleOp, TernaryStorage};

@@ -1,4 +1,5 @@
-//! The tokenizer files of a checkpoint: tokenizer.json (embedded verbatim), tokenizer_config.json,
+//! The tokenizer files of a checkpoint: tokenizer.json (embedded verbatim, or made from a SentencePiece
+//! tokenizer.model by [`crate::sentencepiece`] when there is none), tokenizer_config.json,
 //! generation_config.json and chat_template.jinja, read into the header's tokenizer and generation
 //! sections (SPEC.md section 6).
 
@@ -9,6 +10,7 @@ use serde_json::Value;
 
 use crate::checkpoint::read_json_opt;
 use crate::error::{ConvertError, Result};
+use crate::sentencepiece;
 
 /// Reads an id or list of ids (`eos_token_id` may be either).
 fn ids(v: Option<&Value>) -> Vec<u32> {
@@ -48,22 +50,44 @@ fn added_token_id(tokenizer: &Value, content: &str) -> Option<u32> {
         })
 }
 
-pub(crate) type TokenizerParts = (TokenizerInfo, Option<Vec<u8>>, GenerationDefaults);
+/// What the tokenizer files give the header and the file.
+pub(crate) struct TokenizerParts {
+    pub info: TokenizerInfo,
+    /// The `tokenizer.json` bytes to embed.
+    pub json: Option<Vec<u8>>,
+    /// The file they come from: `tokenizer.json`, or `tokenizer.model` when converted.
+    pub json_source: Option<String>,
+    pub generation: GenerationDefaults,
+}
 
 pub(crate) fn read_tokenizer(
     dir: &Path,
     cfg: &Value,
     warnings: &mut Vec<String>,
+    notes: &mut Vec<String>,
 ) -> Result<TokenizerParts> {
     let tok_path = dir.join("tokenizer.json");
-    let tokenizer_json = if tok_path.is_file() {
-        Some(std::fs::read(&tok_path).map_err(|e| ConvertError::io(&tok_path, e))?)
+    let spm_path = dir.join("tokenizer.model");
+    let (tokenizer_json, json_source) = if tok_path.is_file() {
+        let bytes = std::fs::read(&tok_path).map_err(|e| ConvertError::io(&tok_path, e))?;
+        (Some(bytes), Some("tokenizer.json".to_string()))
+    } else if spm_path.is_file() {
+        let converted = sentencepiece::convert_folder(dir)?;
+        warnings.extend(converted.warnings);
+        notes.push(format!(
+            "{}: no tokenizer.json beside it; made one from this SentencePiece BPE model ({} pieces, byte \
+             fallback) and the added tokens, as transformers' LlamaTokenizer does",
+            spm_path.display(),
+            converted.model.pieces.len()
+        ));
+        (Some(converted.json), Some("tokenizer.model".to_string()))
     } else {
         warnings.push(format!(
-            "{}: missing; the file will carry no tokenizer, so it can run token ids but not text",
+            "{}: missing (and no tokenizer.model); the file will carry no tokenizer, so it can run token \
+             ids but not text",
             tok_path.display()
         ));
-        None
+        (None, None)
     };
     let tok_value: Option<Value> = match &tokenizer_json {
         Some(bytes) => {
@@ -156,5 +180,10 @@ pub(crate) fn read_tokenizer(
         repetition_penalty: g("repetition_penalty").and_then(|v| v.as_f64()),
         max_new_tokens: g("max_new_tokens").and_then(|v| v.as_u64()),
     };
-    Ok((tokenizer, tokenizer_json, generation))
+    Ok(TokenizerParts {
+        info: tokenizer,
+        json: tokenizer_json,
+        json_source,
+        generation,
+    })
 }
