@@ -17,6 +17,13 @@
 //! difference is exactly the new text. A trailing run of U+FFFD is held back because it may still become
 //! a character; the text before it cannot change when bytes are appended. The window is a couple of ids
 //! on real text; on 20,000 random byte tokens it never exceeded 15.
+//!
+//! SentencePiece tokenizers with byte fallback (LLaMA 2's) spell a character that is not a piece as
+//! `<0xNN>` tokens, and their `ByteFallback` decoder turns a whole run of such tokens into text at once:
+//! the run's UTF-8, or one U+FFFD per byte if any byte of the run is invalid, so a later stray byte
+//! turns characters already complete into U+FFFD. A run of byte tokens is therefore held back until the
+//! next token that is not a byte (or [`Detokenizer::finish`]), and the context token is never a byte
+//! token, which would join the next run. Such a run is a character or a few on real text.
 
 use crate::{ChatError, Result, Tokenizer};
 
@@ -46,6 +53,11 @@ impl<'t> Detokenizer<'t> {
     /// Appends `id` and returns the text that is now complete (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
         self.window.push(id);
+        if self.tokenizer.is_byte_token(id) {
+            // The run of byte tokens this one extends decodes as one group: its text is known when
+            // the run ends.
+            return Ok(String::new());
+        }
         let text = self.tokenizer.decode(&self.window)?;
         if !text.starts_with(self.emitted.as_str()) {
             return Err(ChatError::Detokenize {
@@ -144,6 +156,105 @@ mod tests {
         // Reset: a new stream starts clean.
         assert_eq!(d.window_len(), 0);
         assert_eq!(d.push(ids[0]).unwrap(), "a");
+    }
+
+    /// The 1bitLLM fixture's LLaMA-2-style SentencePiece tokenizer (the file transformers writes for it):
+    /// `▁` for spaces, a leading space stripped, `<0xNN>` byte-fallback tokens.
+    fn sentencepiece() -> Tokenizer {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/bitnet-1bitllm-tiny.tokenizer.json-reference");
+        let json = std::fs::read(path).unwrap();
+        Tokenizer::from_bytes(Some(&json), &TokenizerInfo::default()).unwrap()
+    }
+
+    /// Streams `ids` one by one; returns the pieces, the last one being what `finish` flushed.
+    fn stream(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
+        let mut d = Detokenizer::new(tok);
+        let mut pieces: Vec<String> = ids.iter().map(|&id| d.push(id).unwrap()).collect();
+        pieces.push(d.finish().unwrap());
+        pieces
+    }
+
+    #[test]
+    fn sentencepiece_stream_equals_decode_on_every_case() {
+        let tok = sentencepiece();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/tokenizer-cases-sentencepiece.json");
+        let cases: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        for case in cases["cases"].as_array().unwrap() {
+            for key in ["ids", "ids_add_special_tokens"] {
+                let ids: Vec<u32> = case[key]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect();
+                let text = tok.decode(&ids).unwrap();
+                assert_eq!(
+                    stream(&tok, &ids).concat(),
+                    text,
+                    "{key} of {:?}",
+                    case["text"]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn byte_fallback_characters_wait_for_their_last_byte() {
+        let tok = sentencepiece();
+        // `▁` (the dummy prefix), six `<0xNN>` tokens (neither character is a piece of the tiny
+        // vocabulary), then `▁a`.
+        let ids = tok.encode_raw("你好 a").unwrap();
+        assert_eq!(ids.len(), 8);
+        assert!(ids[1..7].iter().all(|&id| tok.is_byte_token(id)));
+        assert!(!tok.is_byte_token(ids[0]) && !tok.is_byte_token(ids[7]));
+        let pieces = stream(&tok, &ids);
+        assert!(
+            pieces.iter().all(|p| !p.contains(REPLACEMENT)),
+            "{pieces:?}"
+        );
+        assert_eq!(pieces.concat(), "你好 a");
+        // The held bytes come out with the next token that is not a byte.
+        assert_eq!(pieces[7], "你好 a");
+    }
+
+    #[test]
+    fn an_invalid_byte_spoils_its_whole_run_as_in_a_one_shot_decode() {
+        let tok = sentencepiece();
+        // `ByteFallback` decodes a run of byte tokens as one group, all U+FFFD if any byte is invalid:
+        // "你" followed by a lone 0xFD byte is four U+FFFD, so "你" must not have been printed before.
+        let mut ids = tok.encode_raw("你").unwrap();
+        ids.push(tok.token_id("<0xFD>").unwrap());
+        ids.extend(tok.encode_raw("a").unwrap());
+        let text = tok.decode(&ids).unwrap();
+        assert_eq!(text, "\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD} a");
+        assert_eq!(stream(&tok, &ids).concat(), text);
+    }
+
+    #[test]
+    fn random_sentencepiece_streams_equal_decode() {
+        let tok = sentencepiece();
+        // Ids drawn from the whole vocabulary, bytes (3..=258) half the time: runs of bytes that are
+        // valid, invalid and cut short, next to spaces, pieces and special tokens.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for _ in 0..500 {
+            let ids: Vec<u32> = (0..1 + next(24))
+                .map(|_| if next(2) == 0 { 3 + next(256) } else { next(500) } as u32)
+                .collect();
+            assert_eq!(
+                stream(&tok, &ids).concat(),
+                tok.decode(&ids).unwrap(),
+                "{ids:?}"
+            );
+        }
     }
 
     #[test]

@@ -190,6 +190,8 @@ pub type Result<T> = std::result::Result<T, ChatError>;
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     info: TokenizerInfo,
+    /// Whether the decoder turns `<0xNN>` tokens into bytes (SentencePiece byte fallback).
+    byte_fallback: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -206,9 +208,15 @@ impl Tokenizer {
         let json = json.ok_or(ChatError::NoTokenizer)?;
         let inner = tokenizers::Tokenizer::from_bytes(json)
             .map_err(|e| ChatError::BadTokenizer(e.to_string()))?;
+        // Asked of the decoder itself rather than read from its JSON: `<0x41>` decodes to "A" exactly
+        // when a ByteFallback step is in the decoder chain.
+        let byte_fallback = inner
+            .token_to_id("<0x41>")
+            .is_some_and(|id| inner.decode(&[id], false).is_ok_and(|t| t == "A"));
         Ok(Tokenizer {
             inner,
             info: info.clone(),
+            byte_fallback,
         })
     }
 
@@ -258,6 +266,18 @@ impl Tokenizer {
     /// how a caller gets the `bos_token`/`eos_token` strings a chat template wants from the file's ids.
     pub fn token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
+    }
+
+    /// Whether `id` is a byte-fallback token (`<0x0A>` and the like) that the decoder turns into one byte.
+    pub fn is_byte_token(&self, id: u32) -> bool {
+        self.byte_fallback
+            && self.inner.id_to_token(id).is_some_and(|t| {
+                let b = t.as_bytes();
+                b.len() == 6
+                    && t.starts_with("<0x")
+                    && b[5] == b'>'
+                    && b[3..5].iter().all(u8::is_ascii_hexdigit)
+            })
     }
 
     /// The id of a token's text, if it is in the vocabulary.
