@@ -389,3 +389,26 @@ fn inspect_rejects_truncated_corrupt_and_foreign_files() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/no/such/file.bitnet"));
 }
+
+#[test]
+fn a_tokenizer_model_that_cannot_be_converted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_fixture("bitnet-1bitllm-tiny", tmp.path());
+    let model = std::fs::read(dir.join("tokenizer.model")).unwrap();
+    std::fs::write(dir.join("tokenizer.model"), &model[..1000]).unwrap();
+    convert_fails(
+        &dir,
+        &["tokenizer.model: not a valid SentencePiece model", "remain"],
+    );
+    // The same model declared Unigram (trainer_spec.model_type = 1 appended; protobuf keeps the last).
+    let mut unigram = model.clone();
+    unigram.extend_from_slice(&[0x12, 0x02, 0x18, 0x01]);
+    std::fs::write(dir.join("tokenizer.model"), &unigram).unwrap();
+    convert_fails(
+        &dir,
+        &[
+            "tokenizer.model: a SentencePiece unigram model",
+            "needs its own tokenizer.json",
+        ],
+    );
+}

@@ -5,8 +5,9 @@ use serde_json::Value;
 
 use crate::util::*;
 
-/// HF name of each canonical per-layer tensor (SPEC.md section 5).
-fn hf_name(name: &str) -> String {
+/// HF name of each canonical per-layer tensor (SPEC.md section 5), under 2B4T's names or (`onebit`)
+/// 1bitLLM's, which name the sub-norms `inner_attn_ln` and `ffn_layernorm`.
+fn hf_name(name: &str, onebit: bool) -> String {
     if let Some(rest) = name.strip_prefix("blk.") {
         let (i, t) = rest.split_once('.').unwrap();
         let hf = match t {
@@ -14,11 +15,13 @@ fn hf_name(name: &str) -> String {
             "attn_q" => "self_attn.q_proj",
             "attn_k" => "self_attn.k_proj",
             "attn_v" => "self_attn.v_proj",
+            "attn_sub_norm" if onebit => "self_attn.inner_attn_ln",
             "attn_sub_norm" => "self_attn.attn_sub_norm",
             "attn_output" => "self_attn.o_proj",
             "ffn_norm" => "post_attention_layernorm",
             "ffn_gate" => "mlp.gate_proj",
             "ffn_up" => "mlp.up_proj",
+            "ffn_sub_norm" if onebit => "mlp.ffn_layernorm",
             "ffn_sub_norm" => "mlp.ffn_sub_norm",
             "ffn_down" => "mlp.down_proj",
             other => panic!("unknown tensor {other}"),
@@ -42,7 +45,8 @@ fn check_against_checkpoint(file: &[u8], info: &Value, ck: &Tensors) {
             continue;
         }
         let (data, _) = tensor_bytes(file, info, name);
-        let (dtype, shape, src) = &ck[&hf_name(name)];
+        let onebit = info["source"]["architecture"] == "BitnetForCausalLM";
+        let (dtype, shape, src) = &ck[&hf_name(name, onebit)];
         let shape_u: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
         assert_eq!(t["shape"], serde_json::json!(shape_u), "{name}");
         match t["kind"].as_str().unwrap() {
@@ -106,7 +110,7 @@ fn every_fixture_converts_and_matches_an_independent_quantization() {
         assert_eq!(c["num_heads"], cfg["num_attention_heads"]);
         assert_eq!(c["num_kv_heads"], cfg["num_key_value_heads"]);
         assert_eq!(c["tie_word_embeddings"], cfg["tie_word_embeddings"]);
-        assert_eq!(c["hidden_act"], "relu2");
+        assert_eq!(c["hidden_act"], cfg["hidden_act"], "{name}");
         let tied = cfg["tie_word_embeddings"].as_bool().unwrap();
         let has_output = info["tensors"]
             .as_array()
@@ -120,14 +124,44 @@ fn every_fixture_converts_and_matches_an_independent_quantization() {
 
         let tok = &info["tokenizer"];
         assert_eq!(tok["embedded"], true);
-        let (tok_bytes, _) = tensor_bytes(&bytes, &info, "tokenizer.json");
-        assert_eq!(
-            tok_bytes,
-            std::fs::read(dir.join("tokenizer.json")).unwrap(),
-            "{name}: tokenizer.json byte for byte"
-        );
+        let (tok_bytes, t) = tensor_bytes(&bytes, &info, "tokenizer.json");
+        if dir.join("tokenizer.json").exists() {
+            assert_eq!(t["source"], "tokenizer.json");
+            assert_eq!(
+                tok_bytes,
+                std::fs::read(dir.join("tokenizer.json")).unwrap(),
+                "{name}: tokenizer.json byte for byte"
+            );
+        } else {
+            // Made from tokenizer.model: the vocabulary and merges transformers builds from it.
+            assert_eq!(t["source"], "tokenizer.model");
+            let made: Value = serde_json::from_slice(tok_bytes).unwrap();
+            let reference: Value = serde_json::from_slice(
+                &std::fs::read(
+                    repo_root().join(format!("fixtures/{name}.tokenizer.json-reference")),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                made["model"]["vocab"], reference["model"]["vocab"],
+                "{name}"
+            );
+            assert_eq!(
+                made["model"]["merges"], reference["model"]["merges"],
+                "{name}"
+            );
+            assert_eq!(made["added_tokens"], reference["added_tokens"], "{name}");
+        }
         assert_eq!(tok["bos_token_id"], cfg["bos_token_id"]);
-        assert_eq!(tok["chat_template"], true);
+        let tc: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("tokenizer_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            tok["chat_template"],
+            tc.get("chat_template").is_some(),
+            "{name}"
+        );
         let totals = &info["totals"];
         assert!(totals["ternary_bits_per_weight"].as_f64().unwrap() >= 2.0);
         assert_eq!(info["file_bytes"].as_u64().unwrap(), bytes.len() as u64);
@@ -149,6 +183,34 @@ fn the_real_llama3_tokenizer_fixture_gets_llama3_stop_tokens() {
     assert!(eos.contains(&128001) && eos.contains(&128009), "{eos:?}");
     assert_eq!(info["tokenizer"]["bos_token_id"], 128000);
     assert_eq!(info["config"]["vocab_size"], 128256);
+}
+
+#[test]
+fn a_sentencepiece_checkpoint_gets_a_tokenizer_json_and_config_json_special_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("bitnet-1bitllm-tiny");
+    let out = tmp.path().join("x.bitnet");
+    let o = run(&[
+        "convert",
+        dir.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("note: ")
+            && err.contains("tokenizer.model: no tokenizer.json beside it; made one"),
+        "{err}"
+    );
+    assert!(!err.contains("can run token ids but not text"), "{err}");
+    let tok = &inspect_json(&out)["tokenizer"];
+    // generation_config.json says bos 0 and pad 1, copied from the published repository, where they
+    // contradict config.json and the tokenizer (`<s>` = 1); config.json wins.
+    assert_eq!(tok["bos_token_id"], 1);
+    assert_eq!(tok["add_bos_token"], true);
+    assert_eq!(tok["pad_token_id"], 498);
+    assert_eq!(tok["eos_token_ids"], serde_json::json!([2]));
 }
 
 #[test]

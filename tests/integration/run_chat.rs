@@ -2,8 +2,11 @@
 //! conversations and bad input.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::Stdio;
 
+use bitnet_chat::Tokenizer;
+use bitnet_format::BitnetFile;
 use serde_json::Value;
 
 use crate::util::*;
@@ -22,46 +25,107 @@ fn ids(v: &Value) -> Vec<u64> {
         .collect()
 }
 
+/// The tokenizer embedded in a converted file, as the runner loads it.
+fn tokenizer_of(file: &Path) -> Tokenizer {
+    Tokenizer::from_file(&BitnetFile::open(file).unwrap()).unwrap()
+}
+
+/// Greedy `run` of every prompt of `fixtures/{name}.generate.json` on `file`: the prompt's ids, the
+/// generated ids (up to the first stop id, where the runner stops), and the streamed text, which must
+/// be the tokenizer's decode of those ids, as JSON and on stdout.
+fn check_greedy_run(name: &str, file: &Path) {
+    let info = inspect_json(file);
+    let stops = ids(&info["tokenizer"]["eos_token_ids"]);
+    let tokenizer = tokenizer_of(file);
+    let oracle: Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join(format!("fixtures/{name}.generate.json"))).unwrap(),
+    )
+    .unwrap();
+    for case in oracle["prompts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want = ids(&case["generated_ids"]);
+        let prompt: Vec<u32> = tokenizer.encode_prompt(text).unwrap();
+        let prompt: Vec<u64> = prompt.into_iter().map(u64::from).collect();
+        assert_eq!(prompt, ids(&case["prompt_ids"]), "{name}: {text}");
+        let args = [
+            file.to_str().unwrap(),
+            "-p",
+            text,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+            "--head",
+            "exact",
+        ];
+        let v = run_json(&args);
+        assert_eq!(
+            v["prompt_tokens"].as_u64().unwrap() as usize,
+            prompt.len(),
+            "{name}: {text}"
+        );
+        // transformers generated without stopping; the runner stops at the first end-of-text/turn token.
+        let end = want
+            .iter()
+            .position(|t| stops.contains(t))
+            .unwrap_or(want.len());
+        assert_eq!(ids(&v["ids"]), want[..end].to_vec(), "{name}: {text}");
+        let reason = if end < want.len() { "eos" } else { "length" };
+        assert_eq!(v["stop_reason"], reason, "{name}: {text}");
+
+        let got: Vec<u32> = want[..end].iter().map(|&id| id as u32).collect();
+        let decoded = tokenizer.decode(&got).unwrap();
+        assert_eq!(v["text"], decoded.as_str(), "{name}: {text}");
+        if end == want.len() {
+            // transformers' own decode of the same ids.
+            assert_eq!(v["text"], case["generated_text"], "{name}: {text}");
+        }
+        let mut streamed = vec!["run"];
+        streamed.extend_from_slice(&args);
+        let out = ok(&streamed);
+        let out = if decoded.ends_with('\n') {
+            &out[..]
+        } else {
+            out.strip_suffix('\n').unwrap()
+        };
+        assert_eq!(out, decoded, "{name}: {text}: stdout");
+    }
+}
+
 #[test]
 fn greedy_run_equals_transformers_generate() {
     let tmp = tempfile::tempdir().unwrap();
     for name in FIXTURES {
         let file = convert(&fixture(name), tmp.path(), &[]);
-        let info = inspect_json(&file);
-        let stops = ids(&info["tokenizer"]["eos_token_ids"]);
-        let oracle: Value = serde_json::from_slice(
-            &std::fs::read(repo_root().join(format!("fixtures/{name}.generate.json"))).unwrap(),
-        )
-        .unwrap();
-        for case in oracle["prompts"].as_array().unwrap() {
-            let text = case["text"].as_str().unwrap();
-            let want = ids(&case["generated_ids"]);
-            let v = run_json(&[
-                file.to_str().unwrap(),
-                "-p",
-                text,
-                "--temperature",
-                "0",
-                "--max-tokens",
-                "12",
-                "--head",
-                "exact",
-            ]);
-            assert_eq!(
-                v["prompt_tokens"].as_u64().unwrap() as usize,
-                case["prompt_ids"].as_array().unwrap().len(),
-                "{name}: {text}"
-            );
-            // transformers generated without stopping; the runner stops at the first end-of-text/turn token.
-            let end = want
-                .iter()
-                .position(|t| stops.contains(t))
-                .unwrap_or(want.len());
-            assert_eq!(ids(&v["ids"]), want[..end].to_vec(), "{name}: {text}");
-            let reason = if end < want.len() { "eos" } else { "length" };
-            assert_eq!(v["stop_reason"], reason, "{name}: {text}");
-        }
+        check_greedy_run(name, &file);
     }
+}
+
+#[test]
+fn sentencepiece_checkpoint_with_its_own_tokenizer_json_runs_the_same() {
+    // 1bitLLM's Hub repositories ship transformers' tokenizer.json beside tokenizer.model; the fixture
+    // does not. With the reference file added, it is embedded as it is, and the ids stay the same.
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "bitnet-1bitllm-tiny";
+    let dir = copy_fixture(name, tmp.path());
+    std::fs::copy(
+        repo_root().join(format!("fixtures/{name}.tokenizer.json-reference")),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    let out = mkdir(tmp.path().join("out"));
+    let file = convert(&dir, &out, &[]);
+    let info = inspect_json(&file);
+    let t = info["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "tokenizer.json")
+        .unwrap();
+    assert_eq!(t["source"], "tokenizer.json");
+    assert_eq!(info["tokenizer"]["bos_token_id"], 1);
+    assert_eq!(info["tokenizer"]["add_bos_token"], true);
+    check_greedy_run(name, &file);
 }
 
 #[test]

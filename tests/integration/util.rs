@@ -7,10 +7,13 @@ use std::process::{Command, Output};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::Value;
 
-pub const FIXTURES: [&str; 3] = [
+/// The fixtures every text test runs: the three 2B4T-layout ones and 1bitLLM's (LLaMA layout, latent
+/// F32 weights, a SentencePiece tokenizer.model and no tokenizer.json).
+pub const FIXTURES: [&str; 4] = [
     "bitnet-tiny-tied",
     "bitnet-tiny-untied-sharded",
     "bitnet-llama3-tiny",
+    "bitnet-1bitllm-tiny",
 ];
 
 pub fn repo_root() -> PathBuf {
