@@ -21,6 +21,14 @@ fn verify_json(args: &[&str]) -> (Option<i32>, Value, String) {
     (o.status.code(), v, stderr(&o))
 }
 
+/// The prompt of the FP32-reference comparison (`verify`'s built-in prompts) on which a fixture has a
+/// known int8 rounding flip: an activation within 1e-4 of a rounding boundary, which the packed path and
+/// the reference, summing in different orders, round apart (fixtures/README.md, parity.md).
+fn known_flip(name: &str) -> Option<u64> {
+    // x*a = 91.499962 in the reference, 91.500008 packed, at layer 0's attn_output input.
+    (name == "bitnet-1bitllm-tiny").then_some(2)
+}
+
 #[test]
 fn every_fixture_passes_against_transformers_and_the_reference() {
     let tmp = tempfile::tempdir().unwrap();
@@ -32,6 +40,7 @@ fn every_fixture_passes_against_transformers_and_the_reference() {
             logits_of(name).to_str().unwrap(),
             "--reference",
             fixture(name).to_str().unwrap(),
+            "--trace",
         ]);
         assert_eq!(code, Some(0), "{name}: {err}\n{v:#}");
         assert_eq!(v["pass"], true);
@@ -39,12 +48,30 @@ fn every_fixture_passes_against_transformers_and_the_reference() {
         assert_eq!(comps.len(), 2, "expected logits and reference, exact head");
         assert_eq!(v["layers"]["pass"], true, "{name}: {}", v["layers"]);
         assert!(v["layers"]["head"]["max_abs_delta"].as_f64().unwrap() < 1e-4);
-        for c in comps {
+        for (i, c) in comps.iter().enumerate() {
             let t = &c["total"];
             assert_eq!(c["head"], "exact");
             assert_eq!(t["top1_agree"], t["positions"], "{name}");
-            assert_eq!(t["tight_positions"], t["positions"], "{name}");
-            assert!(t["max_abs_delta"].as_f64().unwrap() < 1e-4, "{name}: {t}");
+            let flip = if i == 1 { known_flip(name) } else { None };
+            for (p, pr) in c["prompts"].as_array().unwrap().iter().enumerate() {
+                if Some(p as u64) == flip {
+                    continue;
+                }
+                assert_eq!(pr["tight_positions"], pr["positions"], "{name} prompt {p}");
+                assert!(pr["max_abs_delta"].as_f64().unwrap() < 1e-4, "{name}: {pr}");
+            }
+            match flip {
+                None => assert_eq!(t["tight_positions"], t["positions"], "{name}"),
+                Some(p) => {
+                    // The trace finds the parting on that prompt and explains it as a flip.
+                    assert_eq!(v["trace"]["prompt"], p, "{name}: {}", v["trace"]);
+                    assert_eq!(v["trace"]["rounding_flip"], true, "{name}: {}", v["trace"]);
+                }
+            }
+        }
+        if known_flip(name).is_none() {
+            // No op parts anywhere.
+            assert_eq!(v["trace"]["op"], Value::Null, "{name}: {}", v["trace"]);
         }
     }
 }

@@ -75,10 +75,15 @@ pub(crate) fn read_tokenizer(
         let converted = sentencepiece::convert_folder(dir)?;
         warnings.extend(converted.warnings);
         notes.push(format!(
-            "{}: no tokenizer.json beside it; made one from this SentencePiece BPE model ({} pieces, byte \
-             fallback) and the added tokens, as transformers' LlamaTokenizer does",
+            "{}: no tokenizer.json beside it; made one from this SentencePiece BPE model ({} pieces{}) \
+             and the added tokens, as transformers' LlamaTokenizer does",
             spm_path.display(),
-            converted.model.pieces.len()
+            converted.model.pieces.len(),
+            if converted.model.byte_fallback {
+                ", byte fallback"
+            } else {
+                ""
+            }
         ));
         (Some(converted.json), Some("tokenizer.model".to_string()))
     } else {
