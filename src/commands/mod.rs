@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod convert;
 mod inspect;
+mod perplexity;
 mod run;
 mod verify;
 
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Serve(args) => crate::serve::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
     }
 }
 

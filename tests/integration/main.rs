@@ -8,6 +8,7 @@ mod convert;
 mod http;
 mod hub_cache;
 mod openai_py;
+mod perplexity;
 mod run_chat;
 mod serve;
 mod terminal;

@@ -95,7 +95,7 @@ fn check_greedy_run(name: &str, file: &Path) {
 #[test]
 fn greedy_run_equals_transformers_generate() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in FIXTURES {
+    for name in FIXTURES.into_iter().chain(LAYOUT_FIXTURES) {
         let file = convert(&fixture(name), tmp.path(), &[]);
         check_greedy_run(name, &file);
     }

@@ -162,10 +162,12 @@ pub(crate) fn read_tokenizer(
         .first()
         .copied()
         .or_else(|| ids(gen_cfg.get("pad_token_id")).first().copied());
+    // Without an explicit `add_bos_token`, a prompt starts with BOS unless the BOS id is also an end id:
+    // Falcon3 names `<|endoftext|>` (11) as both, and its tokenizer starts prompts without it.
     let add_bos_token = tc
         .get("add_bos_token")
         .and_then(|v| v.as_bool())
-        .unwrap_or(bos_token_id.is_some());
+        .unwrap_or(bos_token_id.is_some_and(|b| !eos.contains(&b)));
     let tokenizer = TokenizerInfo {
         tokenizer_json: tokenizer_json
             .as_ref()
