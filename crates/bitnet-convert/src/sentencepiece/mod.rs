@@ -301,8 +301,7 @@ impl<'m> AddedTokens<'m> {
     /// library gives an added token that is not a piece the next free id, whatever the file says.
     fn finish(self) -> Result<Vec<AddedToken>> {
         let n = self.model.pieces.len() as u32;
-        let mut next = n;
-        for t in self.by_id.values().filter(|t| t.id >= n) {
+        for (next, t) in (n..).zip(self.by_id.values().filter(|t| t.id >= n)) {
             if t.id != next {
                 return Err(ConvertError::field(
                     &t.declared_in,
@@ -315,7 +314,6 @@ impl<'m> AddedTokens<'m> {
                     ),
                 ));
             }
-            next += 1;
         }
         Ok(self.by_id.into_values().collect())
     }
