@@ -30,6 +30,12 @@ pub enum Command {
     Chat(ChatArgs),
     /// Serve an OpenAI-compatible HTTP API and a web chat page.
     Serve(ServeArgs),
+    /// Download a Hub repo (or take a folder) and convert it into the cache, without running it.
+    Pull(PullArgs),
+    /// List the converted models in the cache (~/.cache/bitnet).
+    List(ListArgs),
+    /// Remove converted models from the cache.
+    Rm(RmArgs),
 }
 
 /// LM head storage.
@@ -44,7 +50,8 @@ pub enum LmHeadArg {
 /// `bitnet convert`.
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
-    /// A Hugging Face model folder, or a repo id (org/name[@revision]) in the local Hugging Face cache.
+    /// A Hugging Face model folder, or a repo id (org/name[@revision]), downloaded into the Hugging
+    /// Face cache when it is not there.
     pub input: String,
     /// The .bitnet file to write (written atomically: a temporary file beside it, then a rename).
     #[arg(short, long)]
@@ -136,9 +143,10 @@ pub enum SyntheticArg {
 /// `bitnet bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// The .bitnet file (or use --synthetic).
+    /// A .bitnet file, or a Hugging Face folder or repo id (converted once into ~/.cache/bitnet); or
+    /// use --synthetic.
     #[arg(required_unless_present = "synthetic")]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
     /// Benchmark a model of these shapes with seeded random weights, written to a temporary file first.
     #[arg(long, value_enum, conflicts_with = "model")]
     pub synthetic: Option<SyntheticArg>,
@@ -229,7 +237,8 @@ pub struct GenArgs {
 /// `bitnet run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// A .bitnet file, or a Hugging Face folder or repo id (converted once into ~/.cache/bitnet).
+    /// A .bitnet file, or a Hugging Face folder or repo id (downloaded if needed, converted once into
+    /// ~/.cache/bitnet).
     pub model: String,
     /// The prompt (default: read from stdin).
     #[arg(short, long)]
@@ -253,7 +262,8 @@ pub struct RunArgs {
 /// `bitnet chat`.
 #[derive(Debug, clap::Args)]
 pub struct ChatArgs {
-    /// A .bitnet file, or a Hugging Face folder or repo id (converted once into ~/.cache/bitnet).
+    /// A .bitnet file, or a Hugging Face folder or repo id (downloaded if needed, converted once into
+    /// ~/.cache/bitnet).
     pub model: String,
     /// System message.
     #[arg(long)]
@@ -265,7 +275,8 @@ pub struct ChatArgs {
 /// `bitnet serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// A .bitnet file, or a Hugging Face folder or repo id (converted once into ~/.cache/bitnet).
+    /// A .bitnet file, or a Hugging Face folder or repo id (downloaded if needed, converted once into
+    /// ~/.cache/bitnet).
     pub model: String,
     /// Address to listen on (loopback by default; 0.0.0.0 for every interface).
     #[arg(long, default_value = "127.0.0.1")]
@@ -298,4 +309,34 @@ pub struct ServeArgs {
     /// LM head (default: int8 when the file has one, else exact).
     #[arg(long, value_enum)]
     pub head: Option<HeadArg>,
+}
+
+/// `bitnet pull`.
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// A repo id (org/name[@revision]): the Hub is asked for the revision's newest commit. A folder is
+    /// converted as it is.
+    pub model: String,
+    /// Also make sure the copy holds this head (an untied model's exact head needs a copy of its own).
+    #[arg(long, value_enum)]
+    pub head: Option<HeadArg>,
+}
+
+/// `bitnet list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bitnet rm`.
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// Names as `bitnet list` shows them, or sources (a repo id, a folder): every copy of it goes.
+    #[arg(required_unless_present = "all")]
+    pub names: Vec<String>,
+    /// Remove every converted model.
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
 }

@@ -4,6 +4,9 @@ mod bench;
 mod chat;
 mod convert;
 mod inspect;
+mod list;
+mod pull;
+mod rm;
 mod run;
 mod verify;
 
@@ -20,6 +23,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Serve(args) => crate::serve::run(args),
+        Command::Pull(args) => pull::run(args),
+        Command::List(args) => list::run(args),
+        Command::Rm(args) => rm::run(args),
     }
 }
 

@@ -7,6 +7,8 @@ mod browser;
 mod convert;
 mod http;
 mod hub_cache;
+mod hub_download;
+mod hub_standin;
 mod openai_py;
 mod run_chat;
 mod serve;

@@ -197,9 +197,13 @@ pub fn missing_files(dir: &Path) -> Vec<String> {
             Err(e) => missing.push(format!("model.safetensors.index.json ({e})")),
         }
     } else {
-        let any = std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-            e.file_name().to_string_lossy().ends_with(".safetensors") && e.path().is_file()
-        });
+        let any = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name().to_string_lossy().ends_with(".safetensors") && e.path().is_file()
+            });
         if !any {
             missing.push("*.safetensors".to_string());
         }

@@ -110,8 +110,7 @@ pub(crate) fn normalize_etag(raw: &str) -> Option<String> {
     let ok = !e.is_empty()
         && e.len() <= 128
         && !e.starts_with('.')
-        && e
-            .bytes()
+        && e.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     ok.then(|| e.to_string())
 }
@@ -249,7 +248,9 @@ impl HubClient {
     fn token_advice(&self, repo: &str, status: u16) -> String {
         let page = format!("{}/{repo}", self.endpoint);
         match (&self.token, status) {
-            (None, _) => format!("if the repo is gated, accept its terms at {page}, then {TOKEN_HINT}"),
+            (None, _) => {
+                format!("if the repo is gated, accept its terms at {page}, then {TOKEN_HINT}")
+            }
             (Some(t), 401) => format!(
                 "the token from {} was refused (expired or mistyped?); {TOKEN_HINT}",
                 t.source
@@ -278,7 +279,9 @@ impl HubClient {
         } else {
             format!("{repo}: {file}")
         };
-        let suffix = message.as_deref().map_or(String::new(), |m| format!(": {m}"));
+        let suffix = message
+            .as_deref()
+            .map_or(String::new(), |m| format!(": {m}"));
         if status == 429 || status >= 500 {
             return Failure::Transient {
                 url: url.to_string(),
@@ -290,8 +293,7 @@ impl HubClient {
         // private) repo, not a missing one.
         let err = if code == "GatedRepo" || status == 403 || (status == 401 && !file.is_empty()) {
             HubError::Gated {
-                repo: repo.to_string(),
-                file: if file.is_empty() { "listing" } else { file }.to_string(),
+                what: what.clone(),
                 url: url.to_string(),
                 status,
                 message: suffix,

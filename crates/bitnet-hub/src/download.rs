@@ -227,9 +227,10 @@ pub fn download(spec: &str, env: &HubEnv, on_event: &mut OnEvent<'_>) -> Result<
         if s.rfilename == "model.safetensors.index.json" {
             let etag = fetcher.fetch(s, on_event)?;
             let path = rc.blob(&etag);
-            shards = Some(shards_of_index(&path).map_err(|e| {
-                not_convertible(format!("model.safetensors.index.json: {e}"))
-            })?);
+            shards = Some(
+                shards_of_index(&path)
+                    .map_err(|e| not_convertible(format!("model.safetensors.index.json: {e}")))?,
+            );
             done.push((s.rfilename.clone(), etag));
         }
     }
@@ -384,7 +385,8 @@ impl Fetcher<'_> {
             .map(|l| l.sha256.to_ascii_lowercase())
             .or_else(|| (etag.len() == 64 && s.lfs.is_some()).then(|| etag.clone()));
         let partial_path = self.rc.incomplete(&etag);
-        let mut partial = Partial::open(&partial_path, size).map_err(|e| self.write_error(file, &partial_path, e))?;
+        let mut partial = Partial::open(&partial_path, size)
+            .map_err(|e| self.write_error(file, &partial_path, e))?;
         on_event(Event::Start {
             file,
             size,
@@ -402,16 +404,22 @@ impl Fetcher<'_> {
                 }
                 Err(Stop::Failure(Failure::Fatal(e))) => return Err(e),
                 Err(Stop::Failure(Failure::Transient { url, reason })) => {
-                    failures = if partial.have > before { 1 } else { failures + 1 };
+                    failures = if partial.have > before {
+                        1
+                    } else {
+                        failures + 1
+                    };
                     if failures >= self.limit {
                         return Err(HubError::Transfer {
-                            repo: repo.to_string(),
-                            file: file.to_string(),
+                            what,
                             url,
                             attempts: failures,
                             reason,
-                            kept: format!("{} of {size} bytes", partial.have),
-                            incomplete: partial_path,
+                            kept: format!(
+                                "{} of {size} bytes are kept in {}",
+                                partial.have,
+                                partial_path.display()
+                            ),
                         });
                     }
                     let delay = backoff(failures);
@@ -712,7 +720,10 @@ mod tests {
             std::fs::read_link(snap.join("config.json")).unwrap(),
             PathBuf::from("../../blobs/e1")
         );
-        assert_eq!(std::fs::read_to_string(snap.join("config.json")).unwrap(), "{}");
+        assert_eq!(
+            std::fs::read_to_string(snap.join("config.json")).unwrap(),
+            "{}"
+        );
         let names: Vec<_> = std::fs::read_dir(rc.dir.join("snapshots"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -723,7 +734,10 @@ mod tests {
         write_snapshot(&rc, commit, &[("model.safetensors".into(), "e2".into())]).unwrap();
         assert!(snap.join("config.json").is_file() && snap.join("model.safetensors").is_file());
         write_ref(&rc, "main", commit).unwrap();
-        assert_eq!(std::fs::read_to_string(rc.ref_file("main")).unwrap(), commit);
+        assert_eq!(
+            std::fs::read_to_string(rc.ref_file("main")).unwrap(),
+            commit
+        );
         assert_eq!(rc.commit_for("main").as_deref(), Some(commit));
     }
 }

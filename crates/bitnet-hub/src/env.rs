@@ -113,7 +113,10 @@ impl HubEnv {
         env.token = if let Some(t) = string("HF_TOKEN") {
             Some(Token::new(t.trim(), TokenSource::Env("HF_TOKEN")))
         } else if let Some(t) = string("HUGGING_FACE_HUB_TOKEN") {
-            Some(Token::new(t.trim(), TokenSource::Env("HUGGING_FACE_HUB_TOKEN")))
+            Some(Token::new(
+                t.trim(),
+                TokenSource::Env("HUGGING_FACE_HUB_TOKEN"),
+            ))
         } else {
             env.token_file(path("HF_TOKEN_PATH").as_deref())
                 .and_then(|f| read_token_file(&f))
@@ -192,10 +195,7 @@ mod tests {
         );
         env.hf_home = Some("/hf".into());
         assert_eq!(env.cache_dir().unwrap(), PathBuf::from("/hf/hub"));
-        assert_eq!(
-            env.token_file(None).unwrap(),
-            PathBuf::from("/hf/token")
-        );
+        assert_eq!(env.token_file(None).unwrap(), PathBuf::from("/hf/token"));
         assert_eq!(
             env.token_file(Some(Path::new("/t"))).unwrap(),
             PathBuf::from("/t")

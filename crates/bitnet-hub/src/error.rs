@@ -28,7 +28,9 @@ pub enum HubError {
         detail: String,
     },
     /// The Hub has no such repo (or it is private and the request carried no token that may see it).
-    #[error("{repo}: no such model repo on {endpoint} (HTTP {status} for {url}); check the name{hint}")]
+    #[error(
+        "{repo}: no such model repo on {endpoint} (HTTP {status} for {url}); check the name{hint}"
+    )]
     RepoNotFound {
         /// The repo id.
         repo: String,
@@ -54,12 +56,10 @@ pub enum HubError {
         status: u16,
     },
     /// The repo is gated or private and the request was refused.
-    #[error("{repo}: {file}: access refused (HTTP {status} for {url}){message}; {advice}")]
+    #[error("{what}: access refused (HTTP {status} for {url}){message}; {advice}")]
     Gated {
-        /// The repo id.
-        repo: String,
-        /// The file asked for.
-        file: String,
+        /// The repo and the file asked for.
+        what: String,
         /// The URL that answered.
         url: String,
         /// 401 or 403.
@@ -96,24 +96,20 @@ pub enum HubError {
     },
     /// A transfer that kept failing; what arrived is kept for the next run to resume.
     #[error(
-        "{repo}: {file}: the download failed {attempts} times in a row ({url}): {reason}; \
-         {kept} are kept in {incomplete} and the next run resumes from there"
+        "{what}: the download failed {attempts} times in a row ({url}): {reason}; {kept} and the \
+         next run resumes from there"
     )]
     Transfer {
-        /// The repo id.
-        repo: String,
-        /// The file.
-        file: String,
+        /// The repo and the file.
+        what: String,
         /// The last URL tried.
         url: String,
         /// Attempts made.
         attempts: u32,
         /// The last failure.
         reason: String,
-        /// Bytes kept, in words.
+        /// What is kept where.
         kept: String,
-        /// The `.incomplete` file.
-        incomplete: PathBuf,
     },
     /// A file whose bytes are not what the Hub listed (size or sha256); it was deleted.
     #[error("{repo}: {file}: {reason}; the download was deleted")]
