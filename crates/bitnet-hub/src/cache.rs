@@ -1,4 +1,5 @@
-//! The cache layout `huggingface_hub` reads and writes, and finding a checkpoint in it.
+//! The cache layout `huggingface_hub` reads and writes: finding a checkpoint in it, and (for the
+//! downloader) writing a snapshot and a ref.
 //!
 //! A repo `org/name` lives in `<cache>/models--org--name/`:
 //! - `blobs/<etag>`: each file's bytes, named by its ETag (the sha256 of an LFS file, the git blob id of
@@ -241,6 +242,65 @@ pub fn shards_of_index_json(text: &str) -> std::result::Result<Vec<String>, Stri
     Ok(shards)
 }
 
+#[cfg(feature = "download")]
+/// Links `snapshots/<commit>/<file>` to `../../blobs/<etag>` for every file. A new snapshot folder is
+/// filled aside and renamed into place, so it appears whole.
+pub(crate) fn write_snapshot(
+    rc: &RepoCache,
+    commit: &str,
+    files: &[(String, String)],
+) -> Result<PathBuf> {
+    let snap = rc.snapshot(commit);
+    let link = |dir: &Path, name: &str, etag: &str| -> Result<()> {
+        let at = dir.join(name);
+        let target = PathBuf::from("../../blobs").join(etag);
+        if std::fs::read_link(&at).is_ok_and(|t| t == target) {
+            return Ok(());
+        }
+        if at.symlink_metadata().is_ok() {
+            std::fs::remove_file(&at).map_err(|e| HubError::io(&at, e))?;
+        }
+        std::os::unix::fs::symlink(&target, &at).map_err(|e| HubError::io(&at, e))
+    };
+    if !snap.exists() {
+        let tmp = rc
+            .dir
+            .join("snapshots")
+            .join(format!(".{commit}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| HubError::io(&tmp, e))?;
+        for (name, etag) in files {
+            if let Err(e) = link(&tmp, name, etag) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        }
+        if std::fs::rename(&tmp, &snap).is_ok() {
+            return Ok(snap);
+        }
+        // Someone else made the folder meanwhile: add the links to theirs.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    for (name, etag) in files {
+        link(&snap, name, etag)?;
+    }
+    Ok(snap)
+}
+
+#[cfg(feature = "download")]
+/// Writes `refs/<revision>` (the commit, no newline, as the Python library writes it) atomically.
+pub(crate) fn write_ref(rc: &RepoCache, revision: &str, commit: &str) -> Result<()> {
+    let path = rc.ref_file(revision);
+    let dir = path.parent().unwrap_or(&rc.dir).to_path_buf();
+    std::fs::create_dir_all(&dir).map_err(|e| HubError::io(&dir, e))?;
+    let tmp = dir.join(format!(".ref.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, commit).map_err(|e| HubError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        HubError::io(&path, e)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,5 +389,39 @@ mod tests {
         assert!(missing_files(d).is_empty());
         assert!(shards_of_index_json(r#"{"weight_map": {"a": "../x.safetensors"}}"#).is_err());
         assert!(shards_of_index_json(r#"{"metadata": {}}"#).is_err());
+    }
+
+    #[cfg(feature = "download")]
+    #[test]
+    fn snapshots_appear_whole_with_relative_links_and_refs_without_newline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rc = RepoCache::new(tmp.path(), "o/n");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(rc.dir.join("blobs")).unwrap();
+        std::fs::write(rc.blob("e1"), "{}").unwrap();
+        let snap = write_snapshot(&rc, commit, &[("config.json".into(), "e1".into())]).unwrap();
+        assert_eq!(
+            std::fs::read_link(snap.join("config.json")).unwrap(),
+            PathBuf::from("../../blobs/e1")
+        );
+        assert_eq!(
+            std::fs::read_to_string(snap.join("config.json")).unwrap(),
+            "{}"
+        );
+        let names: Vec<_> = std::fs::read_dir(rc.dir.join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, [commit], "no temporary folder left");
+        // Adding to an existing snapshot.
+        std::fs::write(rc.blob("e2"), "w").unwrap();
+        write_snapshot(&rc, commit, &[("model.safetensors".into(), "e2".into())]).unwrap();
+        assert!(snap.join("config.json").is_file() && snap.join("model.safetensors").is_file());
+        write_ref(&rc, "main", commit).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(rc.ref_file("main")).unwrap(),
+            commit
+        );
+        assert_eq!(rc.commit_for("main").as_deref(), Some(commit));
     }
 }

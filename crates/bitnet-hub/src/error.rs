@@ -165,6 +165,7 @@ pub enum HubError {
 pub type Result<T> = std::result::Result<T, HubError>;
 
 impl HubError {
+    #[cfg(feature = "download")]
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         HubError::Io {
             path: path.into(),

@@ -29,6 +29,8 @@ mod client;
 pub mod download;
 pub mod env;
 pub mod error;
+#[cfg(feature = "download")]
+mod transfer;
 
 pub use cache::{ResolvedModel, looks_like_repo_id, resolve};
 pub use env::{HubEnv, Token, TokenSource};
