@@ -132,14 +132,6 @@ pub enum BackendArg {
     Both,
 }
 
-/// Model shapes `bench --synthetic` can generate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SyntheticArg {
-    /// BitNet b1.58 2B4T: hidden 2560, FFN 6912, 30 layers, 20/5 heads, vocab 128256, tied head.
-    #[value(name = "2b4t")]
-    B2b4t,
-}
-
 /// `bitnet bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -147,9 +139,11 @@ pub struct BenchArgs {
     /// use --synthetic.
     #[arg(required_unless_present = "synthetic")]
     pub model: Option<String>,
-    /// Benchmark a model of these shapes with seeded random weights, written to a temporary file first.
-    #[arg(long, value_enum, conflicts_with = "model")]
-    pub synthetic: Option<SyntheticArg>,
+    /// Benchmark a model with the real shapes of a family (2b4t, falcon3-1b/3b/7b/10b, llama3-8b-1.58,
+    /// 1bitllm-3b) and seeded random weights, written to a temporary file first.
+    #[arg(long, conflicts_with = "model",
+          value_parser = clap::builder::PossibleValuesParser::new(bitnet_model::synthetic::NAMES))]
+    pub synthetic: Option<String>,
     /// LM head of the synthetic model.
     #[arg(long, value_enum, default_value_t = LmHeadArg::Int8)]
     pub lm_head: LmHeadArg,

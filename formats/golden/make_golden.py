@@ -5,8 +5,9 @@ Writes, beside this script:
   int8_r16.json     tiny int8 matrices with row scales and their exact `int8_r16` bytes (SPEC.md 4.5)
   quantize.json     bf16 weights and the ternary values + weight scale that transformers' own WeightQuant
                     formula (PyTorch, float32) gives for them (SPEC.md 6)
-  minimal.bitnet    a complete small .bitnet file written from SPEC.md sections 1-5 alone; its expected
-                    contents are in minimal.expected.json
+  minimal.bitnet    a complete small version 2 .bitnet file written from SPEC.md sections 1-5 alone (no
+                    sub-norms, untied head); its expected contents are in minimal.expected.json
+  minimal-v1.bitnet the same for version 1 (both sub-norms, no feature list): readers still accept it
 
 Run: python3 formats/golden/make_golden.py   (numpy; torch for quantize.json)
 """
@@ -126,9 +127,15 @@ def quantize_cases():
     return cases
 
 
-def minimal_file():
-    """A whole .bitnet file from SPEC.md sections 1-5: 1 layer, hidden 16, ffn 20, 1 head of 16, vocab 20."""
+def minimal_file(major):
+    """A whole .bitnet file from SPEC.md sections 1-5: 1 layer, hidden 16, ffn 20, 1 head of 16, vocab 20.
+
+    major 1: the version 1 file (2B4T's computation: both sub-norms, relu2, no feature list).
+    major 2: a version 2 file of the LLaMA-BitLinear computation: `features: []` (no sub-norms), silu,
+    `rope_style: neox`, an untied bf16 head.
+    """
     rng = np.random.default_rng(5)
+    sub_norms = major == 1
     H, F, V = 16, 20, 20
     tensors = []  # (name, kind, shape, data bytes, scale)
 
@@ -145,17 +152,23 @@ def minimal_file():
     tern("blk.0.attn_q", H, H)
     tern("blk.0.attn_k", H, H)
     tern("blk.0.attn_v", H, H)
-    norm("blk.0.attn_sub_norm", H)
+    if sub_norms:
+        norm("blk.0.attn_sub_norm", H)
     tern("blk.0.attn_output", H, H)
     norm("blk.0.ffn_norm", H)
     tern("blk.0.ffn_gate", F, H)
     tern("blk.0.ffn_up", F, H)
-    norm("blk.0.ffn_sub_norm", F)
+    if sub_norms:
+        norm("blk.0.ffn_sub_norm", F)
     tern("blk.0.ffn_down", H, F)
     norm("output_norm", H)
     emb = rng.normal(0, 1, size=(V, H)).astype(np.float32)
     emb_bf16 = (emb.view(np.uint32) >> 16).astype("<u2")  # truncation is a valid bf16 value
     tensors.append(("token_embd", "bf16", [V, H], emb_bf16.tobytes(), None, emb_bf16))
+    if major == 2:
+        head = rng.normal(0, 1, size=(V, H)).astype(np.float32)
+        head_bf16 = (head.view(np.uint32) >> 16).astype("<u2")
+        tensors.append(("output", "bf16", [V, H], head_bf16.tobytes(), None, head_bf16))
     tok = b'{"version":"1.0","model":{"type":"WordLevel","vocab":{"a":0},"unk_token":"a"}}'
     tensors.append(("tokenizer.json", "bytes", [len(tok)], tok, None, None))
 
@@ -173,6 +186,10 @@ def minimal_file():
         "a_field_from_the_future": {"readers": "ignore unknown fields"},
         "tensors": [],
     }
+    if major == 2:
+        header["config"].update({"hidden_act": "silu", "tie_word_embeddings": False, "rope_style": "neox"})
+        header["features"] = []
+        header["source"].update({"architecture": "LlamaForCausalLM", "model_type": "llama", "dtype": "U8"})
     # Offsets depend on the header length, which depends on the offsets: place data after a generous
     # fixed header area (4096), as the spec allows any multiple of 64.
     data_offset = 8192
@@ -189,7 +206,7 @@ def minimal_file():
     header["tensors"] = entries
     hb = json.dumps(header, indent=1).encode()
     assert 64 + len(hb) <= data_offset
-    pre = b"\x89BITNET\n" + struct.pack("<HHIQQ", 1, 0, 0, len(hb), data_offset) + hashlib.sha256(hb).digest()
+    pre = b"\x89BITNET\n" + struct.pack("<HHIQQ", major, 0, 0, len(hb), data_offset) + hashlib.sha256(hb).digest()
     assert len(pre) == 64
     buf = bytearray(pos)
     buf[:64] = pre
@@ -222,10 +239,11 @@ def main():
     dump("ternary_r16.json", {"spec": "SPEC.md 4.4", "cases": ternary_cases()})
     dump("int8_r16.json", {"spec": "SPEC.md 4.5", "cases": int8_cases()})
     dump("quantize.json", {"spec": "SPEC.md 6 (transformers WeightQuant, PyTorch float32)", "cases": quantize_cases()})
-    data, expected = minimal_file()
-    with open(os.path.join(HERE, "minimal.bitnet"), "wb") as f:
-        f.write(data)
-    dump("minimal.expected.json", expected)
+    for major, stem in [(2, "minimal"), (1, "minimal-v1")]:
+        data, expected = minimal_file(major)
+        with open(os.path.join(HERE, stem + ".bitnet"), "wb") as f:
+            f.write(data)
+        dump(stem + ".expected.json", expected)
 
 
 if __name__ == "__main__":

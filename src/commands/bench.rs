@@ -82,24 +82,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     };
     // A synthetic model lives in a temporary file, mapped like a real one and removed at the end.
     let _tmp;
-    let path: PathBuf = match (&args.model, args.synthetic) {
+    let path: PathBuf = match (&args.model, &args.synthetic) {
         (Some(m), _) => crate::engine::resolve_model(m, None)?,
-        (None, Some(_)) => {
+        (None, Some(name)) => {
+            let family = bitnet_model::synthetic::family(name)
+                .with_context(|| format!("--synthetic: no family `{name}`"))?;
             let dir = tempfile::Builder::new()
                 .prefix("bitnet-bench-")
                 .tempdir()
                 .context("creating a temporary folder")?;
-            let p = dir.path().join("synthetic-2b4t.bitnet");
+            let p = dir.path().join(format!("synthetic-{name}.bitnet"));
             let t0 = Instant::now();
-            let len = bitnet_model::synthetic::write(
-                &p,
-                &bitnet_model::synthetic::config_2b4t(),
-                42,
-                args.lm_head == LmHeadArg::Int8,
-            )
-            .context("writing the synthetic model")?;
+            let len =
+                bitnet_model::synthetic::write(&p, &family, 42, args.lm_head == LmHeadArg::Int8)
+                    .context("writing the synthetic model")?;
             eprintln!(
-                "wrote a 2B4T-shaped model with random weights ({}) to {} in {:.1} s",
+                "wrote a {name}-shaped model ({}) with random weights ({}) to {} in {:.1} s",
+                family.repo,
                 human_bytes(len),
                 p.display(),
                 t0.elapsed().as_secs_f64()

@@ -124,6 +124,7 @@ fn to_json(
         "data_offset": p.data_offset,
         "architecture": h.architecture,
         "config": h.config,
+        "features": file.features().names(),
         "tokenizer": {
             "embedded": h.tokenizer.tokenizer_json.is_some(),
             "tokenizer_json_bytes": file.tokenizer_json().map(|b| b.len()),
@@ -203,7 +204,8 @@ fn print_text(
     )?;
     writeln!(
         out,
-        "              rope_theta {}, rms_norm_eps {:e}, activation {}, {} LM head",
+        "              rope {} theta {}, rms_norm_eps {:e}, FFN {}-gated, {} LM head",
+        c.rope_style.as_str(),
         c.rope_theta,
         c.rms_norm_eps,
         c.hidden_act.as_str(),
@@ -211,6 +213,16 @@ fn print_text(
             (_, Some(TensorKind::Int8R16)) => "int8 (per-row scales)",
             (true, _) => "tied",
             (false, _) => "untied",
+        }
+    )?;
+    let features = file.features().names();
+    writeln!(
+        out,
+        "features      {}",
+        if features.is_empty() {
+            "none (no sub-norms)".to_string()
+        } else {
+            features.join(", ")
         }
     )?;
     let tk = &h.tokenizer;

@@ -753,11 +753,19 @@ fn trace_compare(
         }
         let layer = r.layer.map_or("-".to_string(), |l| l.to_string());
         let (token, feature) = (at / r.width, at % r.width);
+        // Without a sub-norm, attention's output (or the gated activation) is the BitLinear's input.
+        let or_plain = |sub: &'static str, plain: &'static str| {
+            if prev_inputs.contains_key(sub) {
+                sub
+            } else {
+                plain
+            }
+        };
         let input_op = match r.op {
             "attn_q" | "attn_k" | "attn_v" => Some("attn_norm"),
-            "attn_output" => Some("attn_sub_norm"),
+            "attn_output" => Some(or_plain("attn_sub_norm", "attn")),
             "ffn_gate" | "ffn_up" => Some("ffn_norm"),
-            "ffn_down" => Some("ffn_sub_norm"),
+            "ffn_down" => Some(or_plain("ffn_sub_norm", "ffn_act")),
             _ => None,
         };
         let flip = input_op

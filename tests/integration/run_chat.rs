@@ -25,7 +25,7 @@ fn ids(v: &Value) -> Vec<u64> {
 #[test]
 fn greedy_run_equals_transformers_generate() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in FIXTURES {
+    for name in FIXTURES.into_iter().chain(LAYOUT_FIXTURES) {
         let file = convert(&fixture(name), tmp.path(), &[]);
         let info = inspect_json(&file);
         let stops = ids(&info["tokenizer"]["eos_token_ids"]);

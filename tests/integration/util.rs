@@ -13,6 +13,9 @@ pub const FIXTURES: [&str; 3] = [
     "bitnet-llama3-tiny",
 ];
 
+/// The other checkpoint layouts (pre-packed 2B4T; Falcon3 and HF1BitLLM: LlamaForCausalLM + BitLinear).
+pub const LAYOUT_FIXTURES: [&str; 3] = ["bitnet-2b4t-packed", "falcon3-tiny", "hf1bitllm-tiny"];
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -46,6 +46,7 @@ pub enum When {
 
 /// One tensor of the map; `{i}` in names stands for the layer index.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TensorMap {
     /// Hugging Face name.
     pub hf: String,
@@ -62,6 +63,7 @@ pub struct TensorMap {
 
 /// Defaults for config fields a checkpoint may omit.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Defaults {
     /// FFN activation.
     pub hidden_act: String,
@@ -75,8 +77,19 @@ pub struct Defaults {
     pub tie_word_embeddings: bool,
 }
 
+/// What a checkpoint without `quantization_config` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unquantized {
+    /// Latent float BitLinear weights, quantized at conversion (the architecture always quantizes).
+    Latent,
+    /// An ordinary float model, not a ternary one: refused.
+    Refuse,
+}
+
 /// A source architecture.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Architecture {
     /// Short name.
     pub name: String,
@@ -86,6 +99,12 @@ pub struct Architecture {
     pub hf_architectures: Vec<String>,
     /// `model_type` values it accepts.
     pub hf_model_types: Vec<String>,
+    /// The optional parts of the computation (SPEC.md section 3.2.1) the architecture has.
+    pub features: Vec<String>,
+    /// RoPE pairing.
+    pub rope_style: bitnet_format::RopeStyle,
+    /// What a config.json without `quantization_config` means.
+    pub without_quantization_config: Unquantized,
     /// Config defaults.
     pub defaults: Defaults,
     /// Tensor map, in file order (per-layer entries repeat for every layer first).
@@ -100,6 +119,10 @@ const SOURCES: &[(&str, &str)] = &[
     (
         "bitnet-1bitllm.json",
         include_str!("../../../formats/architectures/bitnet-1bitllm.json"),
+    ),
+    (
+        "llama-bitnet.json",
+        include_str!("../../../formats/architectures/llama-bitnet.json"),
     ),
 ];
 
@@ -143,6 +166,20 @@ mod tests {
     #[test]
     fn maps_parse_and_name_every_bitlinear() {
         for arch in all() {
+            let features = bitnet_format::Features::parse(&arch.features)
+                .unwrap_or_else(|e| panic!("{}: {e}", arch.name));
+            // A sub-norm tensor is in the map exactly when the architecture lists its feature.
+            for (feature, name) in [
+                (bitnet_format::Feature::AttnSubNorm, "blk.{i}.attn_sub_norm"),
+                (bitnet_format::Feature::FfnSubNorm, "blk.{i}.ffn_sub_norm"),
+            ] {
+                assert_eq!(
+                    features.has(feature),
+                    arch.tensors.iter().any(|t| t.name == name),
+                    "{}: {name}",
+                    arch.name
+                );
+            }
             let ternary: Vec<_> = arch
                 .tensors
                 .iter()
@@ -159,6 +196,7 @@ mod tests {
         }
         assert_eq!(find("BitNetForCausalLM").unwrap().name, "bitnet");
         assert_eq!(find("BitnetForCausalLM").unwrap().name, "bitnet-1bitllm");
-        assert!(find("LlamaForCausalLM").is_none());
+        assert_eq!(find("LlamaForCausalLM").unwrap().name, "llama-bitnet");
+        assert!(find("MistralForCausalLM").is_none());
     }
 }

@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use bitnet_format::{Activation, GenerationDefaults, ModelConfig, TokenizerInfo};
+use bitnet_format::{Features, GenerationDefaults, ModelConfig, TokenizerInfo};
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 use serde_json::Value;
 
 use crate::architecture::{self, Architecture, Dim, Role, When};
+use crate::config::{self, TernaryStorage};
 use crate::error::{ConvertError, Result};
+use crate::tokenizer_meta::read_tokenizer;
 
 /// One mapped weight file.
 pub struct Shard {
@@ -101,6 +103,10 @@ pub struct Checkpoint {
     pub model_type: String,
     /// Dimensions.
     pub config: ModelConfig,
+    /// The optional parts of the computation (from the architecture map).
+    pub features: Features,
+    /// What the BitLinear weight tensors hold (from `quantization_config`).
+    pub ternary: TernaryStorage,
     /// Tokenizer metadata.
     pub tokenizer: TokenizerInfo,
     /// `tokenizer.json` bytes, if present.
@@ -113,7 +119,7 @@ pub struct Checkpoint {
     tensors: HashMap<String, SourceTensor>,
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
     serde_json::from_slice(&text).map_err(|source| ConvertError::Json {
         path: path.to_path_buf(),
@@ -121,97 +127,11 @@ fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
-fn read_json_opt(path: &Path) -> Result<Option<Value>> {
+pub(crate) fn read_json_opt(path: &Path) -> Result<Option<Value>> {
     if path.is_file() {
         read_json(path).map(Some)
     } else {
         Ok(None)
-    }
-}
-
-struct ConfigReader<'a> {
-    path: &'a Path,
-    v: &'a Value,
-}
-
-impl ConfigReader<'_> {
-    fn usize_req(&self, field: &str) -> Result<usize> {
-        match self.v.get(field) {
-            None | Some(Value::Null) => Err(ConvertError::field(
-                self.path,
-                field,
-                "is missing (expected a positive integer)",
-            )),
-            Some(x) => x
-                .as_u64()
-                .filter(|&n| n > 0)
-                .map(|n| n as usize)
-                .ok_or_else(|| {
-                    ConvertError::field(
-                        self.path,
-                        field,
-                        format!("expected a positive integer, got {x}"),
-                    )
-                }),
-        }
-    }
-    fn usize_opt(&self, field: &str) -> Result<Option<usize>> {
-        match self.v.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(_) => self.usize_req(field).map(Some),
-        }
-    }
-    fn f64_opt(&self, field: &str) -> Result<Option<f64>> {
-        match self.v.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(x) => x
-                .as_f64()
-                .filter(|f| f.is_finite() && *f > 0.0)
-                .map(Some)
-                .ok_or_else(|| {
-                    ConvertError::field(
-                        self.path,
-                        field,
-                        format!("expected a positive number, got {x}"),
-                    )
-                }),
-        }
-    }
-    fn bool_opt(&self, field: &str) -> Result<Option<bool>> {
-        match self.v.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(x) => Err(ConvertError::field(
-                self.path,
-                field,
-                format!("expected true or false, got {x}"),
-            )),
-        }
-    }
-}
-
-/// Reads an id or list of ids (`eos_token_id` may be either).
-fn ids(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|n| n as u32)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// A special token in tokenizer_config.json: a string or `{"content": ...}`.
-fn token_text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o
-            .get("content")
-            .and_then(|c| c.as_str())
-            .map(str::to_string),
-        _ => None,
     }
 }
 
@@ -268,7 +188,12 @@ impl Checkpoint {
             ));
         }
         let mut warnings = Vec::new();
-        let config = parse_config(&config_path, &cfg, &arch)?;
+        let config = config::parse_config(&config_path, &cfg, &arch)?;
+        config::refuse_unhonoured(&config_path, &cfg)?;
+        let ternary = config::parse_quantization(&config_path, &cfg, &arch, &mut warnings)?;
+        let features = Features::parse(&arch.features).map_err(|reason| {
+            ConvertError::NotFound(format!("formats/architectures/{}: {reason}", arch.name))
+        })?;
 
         let (tokenizer, tokenizer_json, generation) = read_tokenizer(dir, &cfg, &mut warnings)?;
 
@@ -279,6 +204,8 @@ impl Checkpoint {
             hf_architecture,
             model_type,
             config,
+            features,
+            ternary,
             tokenizer,
             tokenizer_json,
             generation,
@@ -290,7 +217,7 @@ impl Checkpoint {
         Ok(ck)
     }
 
-    /// The storage dtype of the weights (of the first BitLinear).
+    /// The storage dtype of the BitLinear weights (of the first one): `U8` when pre-packed.
     pub fn weights_dtype(&self) -> Dtype {
         self.planned()
             .iter()
@@ -351,31 +278,51 @@ impl Checkpoint {
                 });
             };
             let path = &self.shards[t.shard].path;
+            let bad = |reason: String| ConvertError::BadTensor {
+                path: path.clone(),
+                tensor: p.hf.clone(),
+                reason,
+            };
+            if p.role == Role::Ternary
+                && let TernaryStorage::Packed(_) = self.ternary
+            {
+                self.check_packed(p, t, &bad)?;
+                continue;
+            }
+            if t.dtype == Dtype::U8 && p.role == Role::Ternary {
+                return Err(bad(format!(
+                    "is uint8 {:?} (pre-packed ternary weights), but config.json's quantization_config says the \
+                     checkpoint holds {}",
+                    t.shape,
+                    self.ternary.describe()
+                )));
+            }
             if t.shape != p.shape {
-                return Err(ConvertError::BadTensor {
-                    path: path.clone(),
-                    tensor: p.hf.clone(),
-                    reason: format!("shape is {:?}, config.json implies {:?}", t.shape, p.shape),
-                });
+                return Err(bad(format!(
+                    "shape is {:?}, config.json implies {:?}",
+                    t.shape, p.shape
+                )));
             }
             if !matches!(t.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
-                let hint = if t.dtype == Dtype::U8 && p.role == Role::Ternary {
-                    " (this looks like a pre-packed checkpoint such as microsoft/bitnet-b1.58-2B-4T; convert the -bf16 master weights instead)"
-                } else {
-                    ""
-                };
-                return Err(ConvertError::BadTensor {
-                    path: path.clone(),
-                    tensor: p.hf.clone(),
-                    reason: format!(
-                        "dtype {:?} is not supported; expected BF16, F16 or F32{hint}",
-                        t.dtype
-                    ),
-                });
+                return Err(bad(format!(
+                    "dtype {:?} is not supported; expected BF16, F16 or F32",
+                    t.dtype
+                )));
             }
         }
-        let known: std::collections::HashSet<&str> =
-            planned.iter().map(|p| p.hf.as_str()).collect();
+        let scales: Vec<String> = match self.ternary {
+            TernaryStorage::Packed(_) => planned
+                .iter()
+                .filter(|p| p.role == Role::Ternary)
+                .map(|p| scale_name(&p.hf))
+                .collect(),
+            TernaryStorage::Latent => Vec::new(),
+        };
+        let known: std::collections::HashSet<&str> = planned
+            .iter()
+            .map(|p| p.hf.as_str())
+            .chain(scales.iter().map(String::as_str))
+            .collect();
         let mut extra: Vec<&String> = self
             .tensors
             .keys()
@@ -396,6 +343,80 @@ impl Checkpoint {
             ));
         }
         Ok(())
+    }
+
+    /// Checks a pre-packed BitLinear weight: uint8 `[out / 4, in]` and a one-element float `weight_scale`.
+    fn check_packed(
+        &self,
+        p: &PlannedTensor,
+        t: &SourceTensor,
+        bad: &dyn Fn(String) -> ConvertError,
+    ) -> Result<()> {
+        let (rows, cols) = (p.shape[0], p.shape[1]);
+        if t.dtype != Dtype::U8 {
+            return Err(bad(format!(
+                "is {:?} {:?}, but config.json's quantization_config says the checkpoint holds {}; \
+                 expected uint8 [{}, {cols}]",
+                t.dtype,
+                t.shape,
+                self.ternary.describe(),
+                rows / 4
+            )));
+        }
+        if !rows.is_multiple_of(4) {
+            return Err(bad(format!(
+                "config.json implies {rows} output rows, which 4-rows-per-byte packing cannot hold (not a multiple of 4)"
+            )));
+        }
+        if t.shape != [rows / 4, cols] {
+            return Err(bad(format!(
+                "packed shape is {:?}; config.json implies [{rows}, {cols}] weights, packed 4 rows per byte as [{}, {cols}]",
+                t.shape,
+                rows / 4
+            )));
+        }
+        let name = scale_name(&p.hf);
+        let Some(s) = self.tensors.get(&name) else {
+            return Err(ConvertError::MissingTensor {
+                checkpoint: self.dir.clone(),
+                tensor: name,
+                needed_for: format!("the scale of the packed weight {}", p.hf),
+            });
+        };
+        let n: usize = s.shape.iter().product();
+        if n != 1 || !matches!(s.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
+            return Err(ConvertError::BadTensor {
+                path: self.shards[s.shard].path.clone(),
+                tensor: name,
+                reason: format!(
+                    "is {:?} {:?}; expected one BF16, F16 or F32 value",
+                    s.dtype, s.shape
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The `weight_scale` of a pre-packed BitLinear weight as f32, checked finite and positive.
+    pub fn packed_scale(&self, hf: &str) -> Result<f32> {
+        let name = scale_name(hf);
+        let t = self
+            .tensors
+            .get(&name)
+            .ok_or_else(|| ConvertError::MissingTensor {
+                checkpoint: self.dir.clone(),
+                tensor: name.clone(),
+                needed_for: format!("the scale of the packed weight {hf}"),
+            })?;
+        let v = crate::quantize::to_f32(self.data(t), t.dtype)[0];
+        if !(v.is_finite() && v > 0.0) {
+            return Err(ConvertError::BadTensor {
+                path: self.shards[t.shard].path.clone(),
+                tensor: name,
+                reason: format!("is {v}; a weight scale must be a finite positive number"),
+            });
+        }
+        Ok(v)
     }
 
     /// A source tensor by Hugging Face name.
@@ -421,6 +442,11 @@ impl Checkpoint {
     }
 }
 
+/// The name of a packed weight's scale: `...q_proj.weight` -> `...q_proj.weight_scale`.
+pub fn scale_name(hf: &str) -> String {
+    format!("{hf}_scale")
+}
+
 /// A tensor of the conversion plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedTensor {
@@ -432,228 +458,6 @@ pub struct PlannedTensor {
     pub role: Role,
     /// Expected shape.
     pub shape: Vec<usize>,
-}
-
-fn parse_config(path: &Path, cfg: &Value, arch: &Architecture) -> Result<ModelConfig> {
-    let r = ConfigReader { path, v: cfg };
-    let hidden_size = r.usize_req("hidden_size")?;
-    let num_heads = r.usize_req("num_attention_heads")?;
-    let num_kv_heads = r.usize_opt("num_key_value_heads")?.unwrap_or(num_heads);
-    if num_heads % num_kv_heads != 0 {
-        return Err(ConvertError::field(
-            path,
-            "num_key_value_heads",
-            format!("{num_kv_heads} does not divide num_attention_heads {num_heads}"),
-        ));
-    }
-    let head_dim = match r.usize_opt("head_dim")? {
-        Some(h) => h,
-        None if hidden_size % num_heads == 0 => hidden_size / num_heads,
-        None => {
-            return Err(ConvertError::field(
-                path,
-                "num_attention_heads",
-                format!(
-                    "{num_heads} does not divide hidden_size {hidden_size} and there is no head_dim"
-                ),
-            ));
-        }
-    };
-    if head_dim % 2 != 0 {
-        return Err(ConvertError::field(
-            path,
-            "head_dim",
-            format!("{head_dim} must be even for rotary embeddings"),
-        ));
-    }
-    let act = cfg
-        .get("hidden_act")
-        .and_then(|v| v.as_str())
-        .unwrap_or(&arch.defaults.hidden_act);
-    let hidden_act = match act {
-        "relu2" => Activation::Relu2,
-        "silu" | "swish" => Activation::Silu,
-        other => {
-            return Err(ConvertError::field(
-                path,
-                "hidden_act",
-                format!("`{other}` is not supported; expected relu2 or silu"),
-            ));
-        }
-    };
-    if r.bool_opt("attention_bias")?.unwrap_or(false) || r.bool_opt("mlp_bias")?.unwrap_or(false) {
-        return Err(ConvertError::field(
-            path,
-            "attention_bias",
-            "biases are not supported (BitNet b1.58 has none)",
-        ));
-    }
-    // transformers 5 moved rope_theta into rope_parameters; older configs keep it at the top level.
-    let rope_params = cfg.get("rope_parameters").filter(|v| v.is_object());
-    let rope_theta = match rope_params {
-        Some(p) => ConfigReader { path, v: p }.f64_opt("rope_theta")?,
-        None => None,
-    };
-    let rope_theta = match rope_theta {
-        Some(t) => t,
-        None => r.f64_opt("rope_theta")?.unwrap_or(arch.defaults.rope_theta),
-    };
-    for scaling in [cfg.get("rope_scaling"), rope_params] {
-        if let Some(s) = scaling.filter(|v| !v.is_null()) {
-            let kind = s
-                .get("rope_type")
-                .or_else(|| s.get("type"))
-                .and_then(|t| t.as_str())
-                .unwrap_or("default");
-            if kind != "default" {
-                return Err(ConvertError::field(
-                    path,
-                    "rope_scaling",
-                    format!("rope type `{kind}` is not supported; only the default RoPE"),
-                ));
-            }
-        }
-    }
-    Ok(ModelConfig {
-        vocab_size: r.usize_req("vocab_size")?,
-        hidden_size,
-        intermediate_size: r.usize_req("intermediate_size")?,
-        num_layers: r.usize_req("num_hidden_layers")?,
-        num_heads,
-        num_kv_heads,
-        head_dim,
-        max_position_embeddings: r
-            .usize_opt("max_position_embeddings")?
-            .unwrap_or(arch.defaults.max_position_embeddings),
-        rms_norm_eps: r
-            .f64_opt("rms_norm_eps")?
-            .unwrap_or(arch.defaults.rms_norm_eps),
-        rope_theta,
-        hidden_act,
-        tie_word_embeddings: r
-            .bool_opt("tie_word_embeddings")?
-            .unwrap_or(arch.defaults.tie_word_embeddings),
-    })
-}
-
-/// Finds the id of an added token in tokenizer.json.
-fn added_token_id(tokenizer: &Value, content: &str) -> Option<u32> {
-    tokenizer
-        .get("added_tokens")?
-        .as_array()?
-        .iter()
-        .find_map(|t| {
-            (t.get("content")?.as_str()? == content)
-                .then(|| t.get("id")?.as_u64().map(|n| n as u32))
-                .flatten()
-        })
-}
-
-type TokenizerParts = (TokenizerInfo, Option<Vec<u8>>, GenerationDefaults);
-
-fn read_tokenizer(dir: &Path, cfg: &Value, warnings: &mut Vec<String>) -> Result<TokenizerParts> {
-    let tok_path = dir.join("tokenizer.json");
-    let tokenizer_json = if tok_path.is_file() {
-        Some(std::fs::read(&tok_path).map_err(|e| ConvertError::io(&tok_path, e))?)
-    } else {
-        warnings.push(format!(
-            "{}: missing; the file will carry no tokenizer, so it can run token ids but not text",
-            tok_path.display()
-        ));
-        None
-    };
-    let tok_value: Option<Value> = match &tokenizer_json {
-        Some(bytes) => {
-            Some(
-                serde_json::from_slice(bytes).map_err(|source| ConvertError::Json {
-                    path: tok_path.clone(),
-                    source,
-                })?,
-            )
-        }
-        None => None,
-    };
-    let tc_path = dir.join("tokenizer_config.json");
-    let tc = read_json_opt(&tc_path)?.unwrap_or(Value::Null);
-    let gen_path = dir.join("generation_config.json");
-    let gen_cfg = read_json_opt(&gen_path)?.unwrap_or(Value::Null);
-
-    let jinja_path = dir.join("chat_template.jinja");
-    let chat_template = if jinja_path.is_file() {
-        Some(std::fs::read_to_string(&jinja_path).map_err(|e| ConvertError::io(&jinja_path, e))?)
-    } else {
-        match tc.get("chat_template") {
-            Some(Value::String(s)) => Some(s.clone()),
-            // The list form: [{"name": "default", "template": ...}, ...].
-            Some(Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .or_else(|| list.first())
-                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
-            _ => None,
-        }
-    };
-    if chat_template.is_none() {
-        warnings.push(format!(
-            "{}: no chat template (nor chat_template.jinja); chat will fall back to the BitNet 2B4T template",
-            tc_path.display()
-        ));
-    }
-    let lookup = |text: Option<String>| -> Option<u32> {
-        text.and_then(|t| tok_value.as_ref().and_then(|v| added_token_id(v, &t)))
-    };
-    let bos_token_id = ids(cfg.get("bos_token_id"))
-        .first()
-        .copied()
-        .or_else(|| ids(gen_cfg.get("bos_token_id")).first().copied())
-        .or_else(|| lookup(token_text(tc.get("bos_token"))));
-    let mut eos: Vec<u32> = Vec::new();
-    let mut push = |id: u32| {
-        if !eos.contains(&id) {
-            eos.push(id);
-        }
-    };
-    ids(gen_cfg.get("eos_token_id"))
-        .into_iter()
-        .for_each(&mut push);
-    ids(cfg.get("eos_token_id")).into_iter().for_each(&mut push);
-    if let Some(id) = lookup(token_text(tc.get("eos_token"))) {
-        push(id);
-    }
-    // End-of-turn and end-of-text markers of the LLaMA 3 vocabulary that 2B4T uses.
-    for marker in ["<|eot_id|>", "<|end_of_text|>"] {
-        if let Some(id) = lookup(Some(marker.to_string())) {
-            push(id);
-        }
-    }
-    let pad_token_id = ids(cfg.get("pad_token_id"))
-        .first()
-        .copied()
-        .or_else(|| ids(gen_cfg.get("pad_token_id")).first().copied());
-    let add_bos_token = tc
-        .get("add_bos_token")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(bos_token_id.is_some());
-    let tokenizer = TokenizerInfo {
-        tokenizer_json: tokenizer_json
-            .as_ref()
-            .map(|_| "tokenizer.json".to_string()),
-        bos_token_id,
-        add_bos_token,
-        eos_token_ids: eos,
-        pad_token_id,
-        chat_template,
-    };
-    let g = |k: &str| gen_cfg.get(k);
-    let generation = GenerationDefaults {
-        do_sample: g("do_sample").and_then(|v| v.as_bool()),
-        temperature: g("temperature").and_then(|v| v.as_f64()),
-        top_p: g("top_p").and_then(|v| v.as_f64()),
-        top_k: g("top_k").and_then(|v| v.as_u64()),
-        repetition_penalty: g("repetition_penalty").and_then(|v| v.as_f64()),
-        max_new_tokens: g("max_new_tokens").and_then(|v| v.as_u64()),
-    };
-    Ok((tokenizer, tokenizer_json, generation))
 }
 
 fn open_weights(dir: &Path) -> Result<(Vec<Shard>, HashMap<String, SourceTensor>)> {

@@ -9,7 +9,8 @@ use safetensors::tensor::Dtype;
 
 use crate::architecture::Role;
 use crate::checkpoint::{Checkpoint, PlannedTensor};
-use crate::error::Result;
+use crate::config::{ScaleOp, TernaryStorage};
+use crate::error::{ConvertError, Result};
 use crate::hub::{self, HubEnv};
 use crate::quantize;
 
@@ -152,6 +153,7 @@ pub fn convert(
     let header = Header {
         architecture: bitnet_format::ARCHITECTURE.to_string(),
         config: ck.config.clone(),
+        features: ck.features.names(),
         tokenizer: ck.tokenizer.clone(),
         generation: ck.generation.clone(),
         source: SourceInfo {
@@ -220,8 +222,33 @@ fn write_plain(
     let shard = ck.shard(src);
     match p.role {
         Role::Ternary => {
-            let (packed, scale) =
-                quantize::absmean_ternary_packed(data, src.dtype, p.shape[0], p.shape[1]);
+            let (rows, cols) = (p.shape[0], p.shape[1]);
+            let (packed, scale) = match ck.ternary {
+                TernaryStorage::Latent => {
+                    quantize::absmean_ternary_packed(data, src.dtype, rows, cols)
+                }
+                TernaryStorage::Packed(op) => {
+                    let packed = quantize::repack_hf_packed(data, rows, cols).map_err(|b| {
+                        ConvertError::BadTensor {
+                            path: shard.path.clone(),
+                            tensor: p.hf.clone(),
+                            reason: format!(
+                                "packed row {}, column {} holds code 3 for weight row {}, which is no ternary \
+                                 value (transformers' unpack_weights would read it as +2): the checkpoint is \
+                                 corrupt or not BitNet's 2-bit packing",
+                                b.packed_row, b.col, b.row
+                            ),
+                        }
+                    })?;
+                    let ws = ck.packed_scale(&p.hf)?;
+                    // SPEC.md stores the value of a +1 weight; a dividing scale becomes its reciprocal.
+                    let scale = match op {
+                        ScaleOp::Multiply => ws,
+                        ScaleOp::Divide => 1.0 / ws,
+                    };
+                    (packed, scale)
+                }
+            };
             shard.release(data);
             writer.write_tensor(&p.name, &packed, Some(scale))?;
             progress(Progress::Advance {

@@ -2,6 +2,8 @@
 //!
 //! * BitLinear weights, per tensor (transformers' `WeightQuant`, SPEC.md section 6):
 //!   `s = 1 / max(mean|W|, 1e-5)`, `q = clamp(round_ties_even(W * s), -1, 1)`; a +1 weight is worth `1 / s`.
+//! * Pre-packed ternary weights (transformers' `pack_weights` layout, 4 rows per byte): unpacked exactly,
+//!   no re-quantization ([`repack_hf_packed`]).
 //! * The optional int8 LM head, per row: `d = max|w| / 127`, `q = clamp(round_ties_even(w / d), -127, 127)`.
 
 use bitnet_format::layout;
@@ -170,6 +172,84 @@ pub fn absmean_ternary_packed(
     (packed, 1.0f32 / s)
 }
 
+/// Where a packed byte holds code 3, which is no ternary value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadCode {
+    /// Row of the unpacked weight.
+    pub row: usize,
+    /// Column.
+    pub col: usize,
+    /// Row of the packed `[rows / 4, cols]` tensor holding it.
+    pub packed_row: usize,
+}
+
+/// The ternary value of unpacked weight `(row, col)` in transformers' packed layout (`pack_weights`):
+/// `[rows / 4, cols]` bytes, packed row `p` holding rows `p, p + R, p + 2R, p + 3R` (`R = rows / 4`) in its
+/// bits 1:0, 3:2, 5:4, 7:6, each as the code `w + 1`. Code 3 (which `unpack_weights` would read as +2)
+/// is `None`.
+#[inline]
+fn hf_packed_value(packed: &[u8], rows: usize, cols: usize, row: usize, col: usize) -> Option<i8> {
+    let r4 = rows / 4;
+    let code = (packed[(row % r4) * cols + col] >> (2 * (row / r4))) & 3;
+    (code != 3).then(|| code as i8 - 1)
+}
+
+/// Unpacks a pre-packed `[rows / 4, cols]` uint8 BitLinear weight (transformers' layout, see
+/// [`hf_packed_value`]) into row-major ternary values. `rows` must be a multiple of 4.
+pub fn unpack_hf_packed(packed: &[u8], rows: usize, cols: usize) -> Result<Vec<i8>, BadCode> {
+    assert_eq!(
+        packed.len() * 4,
+        rows * cols,
+        "packed bytes must hold rows * cols / 4"
+    );
+    let mut out = Vec::with_capacity(rows * cols);
+    for row in 0..rows {
+        for col in 0..cols {
+            out.push(
+                hf_packed_value(packed, rows, cols, row, col).ok_or(BadCode {
+                    row,
+                    col,
+                    packed_row: row % (rows / 4),
+                })?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Repacks a pre-packed uint8 BitLinear weight straight into the `ternary_r16` layout, tile by tile in
+/// parallel, value for value (equal to [`unpack_hf_packed`] followed by `layout::pack_ternary`).
+pub fn repack_hf_packed(packed: &[u8], rows: usize, cols: usize) -> Result<Vec<u8>, BadCode> {
+    assert_eq!(
+        packed.len() * 4,
+        rows * cols,
+        "packed bytes must hold rows * cols / 4"
+    );
+    let tile_len = layout::ternary_tile_len(cols);
+    let mut out = vec![0u8; layout::ternary_len(rows, cols)];
+    out.par_chunks_mut(tile_len)
+        .enumerate()
+        .try_for_each_init(Vec::new, |q, (tile, dst)| {
+            let r0 = tile * layout::TILE_ROWS;
+            let r1 = (r0 + layout::TILE_ROWS).min(rows);
+            q.clear();
+            for row in r0..r1 {
+                for col in 0..cols {
+                    q.push(
+                        hf_packed_value(packed, rows, cols, row, col).ok_or(BadCode {
+                            row,
+                            col,
+                            packed_row: row % (rows / 4),
+                        })?,
+                    );
+                }
+            }
+            layout::pack_ternary_tile(q, r1 - r0, cols, 0, dst);
+            Ok(())
+        })?;
+    Ok(out)
+}
+
 /// Per-row absmax int8 quantization of a row-major `[rows, cols]` matrix: values and one scale per row.
 pub fn int8_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
     assert_eq!(w.len(), rows * cols);
@@ -195,6 +275,52 @@ pub fn int8_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// transformers' `pack_weights`, written from its definition: packed row p, bits 2i..2i+1 hold row
+    /// p + i * rows/4 as `w + 1`.
+    fn pack_like_transformers(w: &[i8], rows: usize, cols: usize) -> Vec<u8> {
+        let r4 = rows / 4;
+        let mut out = vec![0u8; r4 * cols];
+        for i in 0..4 {
+            for p in 0..r4 {
+                for c in 0..cols {
+                    out[p * cols + c] |= ((w[(p + i * r4) * cols + c] + 1) as u8) << (2 * i);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn hf_packed_weights_unpack_and_repack_exactly() {
+        for (rows, cols) in [(4, 1), (8, 3), (36, 20), (68, 33)] {
+            let w: Vec<i8> = (0..rows * cols)
+                .map(|i| ((i * 7 + i / 5) % 3) as i8 - 1)
+                .collect();
+            let packed = pack_like_transformers(&w, rows, cols);
+            assert_eq!(unpack_hf_packed(&packed, rows, cols).unwrap(), w);
+            assert_eq!(
+                repack_hf_packed(&packed, rows, cols).unwrap(),
+                layout::pack_ternary(&w, rows, cols),
+                "{rows}x{cols}"
+            );
+        }
+    }
+
+    #[test]
+    fn code_three_is_refused_with_its_place() {
+        let (rows, cols) = (8, 3);
+        let mut packed = pack_like_transformers(&[0; 24], rows, cols);
+        // Row 6 = packed row 0 + 3 * 2 (bits 7:6), column 2.
+        packed[2] |= 0b1100_0000;
+        let want = BadCode {
+            row: 6,
+            col: 2,
+            packed_row: 0,
+        };
+        assert_eq!(unpack_hf_packed(&packed, rows, cols).unwrap_err(), want);
+        assert_eq!(repack_hf_packed(&packed, rows, cols).unwrap_err(), want);
+    }
 
     #[test]
     fn absmean_matches_the_training_formula_by_hand() {

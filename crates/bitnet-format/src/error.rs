@@ -24,14 +24,14 @@ pub enum FormatError {
     },
     /// A major version this reader does not understand.
     #[error(
-        "unsupported .bitnet version {major}.{minor}: this build reads major version {supported}"
+        "unsupported .bitnet version {major}.{minor}: this build reads major versions 1 to {supported}; a newer bitnet may read it"
     )]
     UnsupportedVersion {
         /// Major version in the file.
         major: u16,
         /// Minor version in the file.
         minor: u16,
-        /// The major version this build reads.
+        /// The newest major version this build reads.
         supported: u16,
     },
     /// The file is shorter than a field says it must be.
@@ -63,7 +63,7 @@ pub enum FormatError {
         actual: String,
     },
     /// The header is not the JSON SPEC.md describes.
-    #[error("header is not valid JSON for .bitnet v1: {0}")]
+    #[error("header is not the JSON SPEC.md describes: {0}")]
     HeaderJson(#[from] serde_json::Error),
     /// A tensor entry that breaks a rule of SPEC.md.
     #[error("tensor `{name}`: {reason}")]

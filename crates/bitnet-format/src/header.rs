@@ -10,10 +10,14 @@ use crate::layout;
 /// The whole JSON header.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {
-    /// The model family; `"bitnet-b1.58"` is the only one in version 1.
+    /// The model family; `"bitnet-b1.58"` is the only one (SPEC.md section 3.1).
     pub architecture: String,
     /// Model dimensions and hyper-parameters.
     pub config: ModelConfig,
+    /// The optional parts of the computation this model uses (SPEC.md section 3.2.1), by name. A reader
+    /// refuses a file that names one it does not implement: [`Features::parse`].
+    #[serde(default)]
+    pub features: Vec<String>,
     /// Tokenizer and chat metadata.
     pub tokenizer: TokenizerInfo,
     /// Sampling defaults from the checkpoint's `generation_config.json`.
@@ -31,7 +35,7 @@ pub struct Header {
 pub enum Activation {
     /// `relu(gate)^2 * up` (BitNet b1.58 2B4T).
     Relu2,
-    /// `silu(gate) * up` (1bitLLM BitNet b1.58 models).
+    /// `silu(gate) * up` (1bitLLM, Falcon3 1.58-bit, Falcon-E, Llama3-8B-1.58).
     Silu,
 }
 
@@ -45,8 +49,110 @@ impl Activation {
     }
 }
 
+/// How rotary position embeddings pair the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RopeStyle {
+    /// Dimension `i` rotates with `i + head_dim / 2` (transformers' `rotate_half`, llama.cpp's NEOX).
+    #[default]
+    Neox,
+}
+
+impl RopeStyle {
+    /// The name used in SPEC.md.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RopeStyle::Neox => "neox",
+        }
+    }
+}
+
+/// An optional part of the computation (SPEC.md section 3.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Feature {
+    /// `blk.{i}.attn_sub_norm`: an RMSNorm of the attention output before `attn_output`.
+    AttnSubNorm,
+    /// `blk.{i}.ffn_sub_norm`: an RMSNorm of `act(gate) * up` before `ffn_down`.
+    FfnSubNorm,
+}
+
+impl Feature {
+    /// Every feature this build implements.
+    pub const ALL: [Feature; 2] = [Feature::AttnSubNorm, Feature::FfnSubNorm];
+
+    /// The name used in the header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feature::AttnSubNorm => "attn_sub_norm",
+            Feature::FfnSubNorm => "ffn_sub_norm",
+        }
+    }
+}
+
+/// The set of features a file uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Features {
+    /// `attn_sub_norm`.
+    pub attn_sub_norm: bool,
+    /// `ffn_sub_norm`.
+    pub ffn_sub_norm: bool,
+}
+
+impl Features {
+    /// The features of every version-1 file (2B4T's computation).
+    pub const V1: Features = Features {
+        attn_sub_norm: true,
+        ffn_sub_norm: true,
+    };
+
+    /// Reads the header's list; a name this build does not implement, or one given twice, is an error
+    /// that names it.
+    pub fn parse(names: &[String]) -> Result<Features, String> {
+        let mut f = Features::default();
+        for name in names {
+            let Some(feature) = Feature::ALL.into_iter().find(|x| x.as_str() == name) else {
+                let known: Vec<_> = Feature::ALL.iter().map(|x| x.as_str()).collect();
+                return Err(format!(
+                    "the model needs feature `{name}`, which this build of bitnet does not implement \
+                     (it knows {}); a newer bitnet may run it",
+                    known.join(", ")
+                ));
+            };
+            let slot = match feature {
+                Feature::AttnSubNorm => &mut f.attn_sub_norm,
+                Feature::FfnSubNorm => &mut f.ffn_sub_norm,
+            };
+            if std::mem::replace(slot, true) {
+                return Err(format!("feature `{name}` is listed twice"));
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether `feature` is in the set.
+    pub fn has(self, feature: Feature) -> bool {
+        match feature {
+            Feature::AttnSubNorm => self.attn_sub_norm,
+            Feature::FfnSubNorm => self.ffn_sub_norm,
+        }
+    }
+
+    /// The names, in SPEC.md's order.
+    pub fn names(self) -> Vec<String> {
+        Feature::ALL
+            .into_iter()
+            .filter(|&x| self.has(x))
+            .map(|x| x.as_str().to_string())
+            .collect()
+    }
+}
+
 /// Model dimensions. Field names follow Hugging Face's where one exists.
+///
+/// Every field changes the computation, so a field this build does not know is refused rather than
+/// ignored (SPEC.md section 3.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Rows of the embedding and of the LM head.
     pub vocab_size: usize,
@@ -68,6 +174,9 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     /// RoPE base.
     pub rope_theta: f64,
+    /// How RoPE pairs a head's dimensions (absent in version 1 files: NEOX).
+    #[serde(default)]
+    pub rope_style: RopeStyle,
     /// FFN activation.
     pub hidden_act: Activation,
     /// Whether the LM head is the embedding (no `output` tensor in an exact file).

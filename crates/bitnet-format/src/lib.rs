@@ -1,4 +1,4 @@
-//! `bitnet-format`: the `.bitnet` packed model file, version 1, as specified byte by byte in `SPEC.md`.
+//! `bitnet-format`: the `.bitnet` packed model file, version 2, as specified byte by byte in `SPEC.md`.
 //!
 //! A `.bitnet` file is one self-contained model: a 64-byte [preamble](reader::Preamble), a JSON
 //! [`Header`] (model config, tokenizer, chat template, generation defaults, tensor directory), then the
@@ -23,16 +23,18 @@ pub mod writer;
 
 pub use error::{FormatError, Result};
 pub use header::{
-    Activation, GenerationDefaults, Header, ModelConfig, SourceInfo, TensorEntry, TensorKind,
-    TokenizerInfo,
+    Activation, Feature, Features, GenerationDefaults, Header, ModelConfig, RopeStyle, SourceInfo,
+    TensorEntry, TensorKind, TokenizerInfo,
 };
 pub use reader::{BitnetFile, ChecksumMismatch, Preamble, hex};
 pub use writer::{FileWriter, TensorSpec};
 
 /// The first 8 bytes of every `.bitnet` file: `\x89BITNET\n`.
 pub const MAGIC: [u8; 8] = *b"\x89BITNET\n";
-/// The major version this build reads and writes.
-pub const VERSION_MAJOR: u16 = 1;
+/// The major version this build writes.
+pub const VERSION_MAJOR: u16 = 2;
+/// The oldest major version this build reads (version 1 files have an implied feature list).
+pub const VERSION_MAJOR_MIN: u16 = 1;
 /// The minor version this build writes.
 pub const VERSION_MINOR: u16 = 0;
 /// Length of the fixed preamble.
@@ -41,5 +43,5 @@ pub const PREAMBLE_LEN: usize = 64;
 pub const DATA_ALIGN: u64 = 64;
 /// The writer places the data section and tensors of 1 MiB or more on page boundaries.
 pub const PAGE_ALIGN: u64 = 4096;
-/// The `architecture` value of version 1.
+/// The `architecture` value (the only one).
 pub const ARCHITECTURE: &str = "bitnet-b1.58";

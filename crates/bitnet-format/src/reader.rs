@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::{FormatError, Result};
+use crate::header::Features;
 use crate::header::{Header, TensorEntry, TensorKind};
-use crate::{DATA_ALIGN, MAGIC, PREAMBLE_LEN, VERSION_MAJOR};
+use crate::{DATA_ALIGN, MAGIC, PREAMBLE_LEN, VERSION_MAJOR, VERSION_MAJOR_MIN};
 
 /// The fixed 64-byte preamble.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +50,7 @@ impl Preamble {
             u64::from_le_bytes(b)
         };
         let (major, minor) = (u16_at(8), u16_at(10));
-        if major != VERSION_MAJOR {
+        if !(VERSION_MAJOR_MIN..=VERSION_MAJOR).contains(&major) {
             return Err(FormatError::UnsupportedVersion {
                 major,
                 minor,
@@ -104,6 +105,7 @@ pub struct BitnetFile {
     path: Option<PathBuf>,
     preamble: Preamble,
     header: Header,
+    features: Features,
     index: HashMap<String, usize>,
 }
 
@@ -178,13 +180,26 @@ impl BitnetFile {
                 actual: hex(&digest),
             });
         }
-        let header: Header = serde_json::from_slice(header_bytes)?;
+        let mut header: Header = serde_json::from_slice(header_bytes)?;
+        if preamble.major == 1 {
+            // Version 1 had no feature list: its one computation is 2B4T's, with both sub-norms.
+            if !header.features.is_empty() {
+                return Err(FormatError::field(
+                    "features",
+                    "a version 1 file has no feature list",
+                ));
+            }
+            header.features = Features::V1.names();
+        }
+        let features = Features::parse(&header.features)
+            .map_err(|reason| FormatError::field("features", reason))?;
         let index = validate_directory(&header, preamble.data_offset, file_len)?;
         Ok(BitnetFile {
             storage,
             path: None,
             preamble,
             header,
+            features,
             index,
         })
     }
@@ -192,6 +207,11 @@ impl BitnetFile {
     /// The path the file was opened from, if any.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// The computation features the header lists (for a version 1 file, those it implies).
+    pub fn features(&self) -> Features {
+        self.features
     }
 
     /// The preamble.

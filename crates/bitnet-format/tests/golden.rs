@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use bitnet_format::{BitnetFile, FormatError, TensorKind, layout};
+use bitnet_format::{BitnetFile, Features, FormatError, RopeStyle, TensorKind, layout};
 use serde_json::Value;
 
 fn golden(name: &str) -> PathBuf {
@@ -93,10 +93,22 @@ fn int8_r16_matches_the_golden_bytes() {
 }
 
 #[test]
-fn reads_a_file_written_from_the_spec_alone() {
-    let bytes = std::fs::read(golden("minimal.bitnet")).unwrap();
-    let expected = load("minimal.expected.json");
-    let file = BitnetFile::from_bytes(bytes).unwrap();
+fn reads_files_written_from_the_spec_alone() {
+    // Version 2 (the LLaMA-BitLinear computation: no sub-norms) and version 1 (2B4T's, features implied).
+    for (stem, features) in [
+        ("minimal", Features::default()),
+        ("minimal-v1", Features::V1),
+    ] {
+        let bytes = std::fs::read(golden(&format!("{stem}.bitnet"))).unwrap();
+        let expected = load(&format!("{stem}.expected.json"));
+        let file = BitnetFile::from_bytes(bytes).unwrap();
+        assert_eq!(file.features(), features, "{stem}");
+        assert_eq!(file.header().config.rope_style, RopeStyle::Neox);
+        check_contents(&file, &expected);
+    }
+}
+
+fn check_contents(file: &BitnetFile, expected: &Value) {
     assert_eq!(file.len(), expected["file_len"].as_u64().unwrap());
     assert_eq!(
         file.preamble().data_offset,
@@ -151,7 +163,7 @@ fn reads_a_file_written_from_the_spec_alone() {
                 assert_eq!(got, want_v, "{name}");
             }
             TensorKind::Bytes => assert_eq!(data, want["utf8"].as_str().unwrap().as_bytes()),
-            TensorKind::Int8R16 => unreachable!("the minimal file has no int8 tensor"),
+            TensorKind::Int8R16 => unreachable!("the minimal files have no int8 tensor"),
         }
     }
     assert_eq!(
@@ -170,20 +182,66 @@ fn minimal() -> Vec<u8> {
 #[test]
 fn rejects_an_unknown_major_version() {
     let mut b = minimal();
-    b[8] = 2;
+    b[8] = 3;
     let err = BitnetFile::from_bytes(b).unwrap_err();
     assert!(
         matches!(
             err,
             FormatError::UnsupportedVersion {
-                major: 2,
-                supported: 1,
+                major: 3,
+                supported: 2,
                 ..
             }
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("version 2.0"), "{err}");
+    assert!(err.to_string().contains("version 3.0"), "{err}");
+}
+
+#[test]
+fn refuses_what_changes_the_computation_but_is_unknown() {
+    // A feature this build does not implement: named, not ignored.
+    let err = BitnetFile::from_bytes(with_header(|h| {
+        h["features"] = serde_json::json!(["attn_sub_norm", "rope_scaling_llama3"])
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`rope_scaling_llama3`") && err.contains("does not implement"),
+        "{err}"
+    );
+    // A config field this build does not know.
+    let err = BitnetFile::from_bytes(with_header(|h| {
+        h["config"]["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0})
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown field `rope_scaling`"), "{err}");
+    // A RoPE style this build does not know.
+    let err = BitnetFile::from_bytes(with_header(|h| h["config"]["rope_style"] = "gptj".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gptj"), "{err}");
+    // A feature listed twice.
+    let err = BitnetFile::from_bytes(with_header(|h| {
+        h["features"] = serde_json::json!(["ffn_sub_norm", "ffn_sub_norm"])
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("twice"), "{err}");
+    // A version 1 file has no feature list.
+    let mut v1 = std::fs::read(golden("minimal-v1.bitnet")).unwrap();
+    let len = u64::from_le_bytes(v1[16..24].try_into().unwrap()) as usize;
+    let mut h: Value = serde_json::from_slice(&v1[64..64 + len]).unwrap();
+    h["features"] = serde_json::json!(["ffn_sub_norm"]);
+    let nh = serde_json::to_vec(&h).unwrap();
+    v1[64..64 + len].fill(b' ');
+    v1[64..64 + nh.len()].copy_from_slice(&nh);
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(&v1[64..64 + len]);
+    v1[32..64].copy_from_slice(&digest);
+    let err = BitnetFile::from_bytes(v1).unwrap_err().to_string();
+    assert!(err.contains("version 1 file has no feature list"), "{err}");
 }
 
 #[test]

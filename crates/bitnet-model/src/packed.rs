@@ -39,12 +39,14 @@ struct Layer {
     q: Ternary,
     k: Ternary,
     v: Ternary,
-    attn_sub_norm: Vec<f32>,
+    /// Present with the `attn_sub_norm` feature.
+    attn_sub_norm: Option<Vec<f32>>,
     o: Ternary,
     ffn_norm: Vec<f32>,
     gate: Ternary,
     up: Ternary,
-    ffn_sub_norm: Vec<f32>,
+    /// Present with the `ffn_sub_norm` feature.
+    ffn_sub_norm: Option<Vec<f32>>,
     down: Ternary,
 }
 
@@ -222,6 +224,21 @@ impl PackedModel {
                 scale,
             })
         };
+        let features = file.features();
+        // A sub-norm is read exactly when the header lists its feature; a stray one is an error, not
+        // silently skipped.
+        let sub_norm = |name: &str, n: usize, listed: bool| -> Result<Option<Vec<f32>>> {
+            match (listed, file.entry(name).is_some()) {
+                (true, _) => norm(name, n).map(Some),
+                (false, false) => Ok(None),
+                (false, true) => Err(cfg_err(
+                    "features",
+                    format!(
+                        "the file holds `{name}` but its header does not list the feature that uses it"
+                    ),
+                )),
+            }
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
@@ -230,12 +247,12 @@ impl PackedModel {
                 q: ternary(&n("attn_q"), q, h)?,
                 k: ternary(&n("attn_k"), kv, h)?,
                 v: ternary(&n("attn_v"), kv, h)?,
-                attn_sub_norm: norm(&n("attn_sub_norm"), q)?,
+                attn_sub_norm: sub_norm(&n("attn_sub_norm"), q, features.attn_sub_norm)?,
                 o: ternary(&n("attn_output"), h, q)?,
                 ffn_norm: norm(&n("ffn_norm"), h)?,
                 gate: ternary(&n("ffn_gate"), f, h)?,
                 up: ternary(&n("ffn_up"), f, h)?,
-                ffn_sub_norm: norm(&n("ffn_sub_norm"), f)?,
+                ffn_sub_norm: sub_norm(&n("ffn_sub_norm"), f, features.ffn_sub_norm)?,
                 down: ternary(&n("ffn_down"), h, f)?,
             });
         }
@@ -549,9 +566,9 @@ impl PackedModel {
             .iter()
             .map(|l| {
                 4 * (l.attn_norm.len()
-                    + l.attn_sub_norm.len()
+                    + l.attn_sub_norm.as_ref().map_or(0, Vec::len)
                     + l.ffn_norm.len()
-                    + l.ffn_sub_norm.len())
+                    + l.ffn_sub_norm.as_ref().map_or(0, Vec::len))
             })
             .sum::<usize>()
             + 4 * self.output_norm.len();
@@ -838,6 +855,21 @@ impl PackedModel {
 
     /// RMSNorm of every token of `x` (`[n, k]`, `k = weight.len()`) into `normed`, then its int8
     /// quantization into `qb`: on one thread for a single token, split by tokens across the pool for more.
+    /// Quantizes `x` (`[n, k]`) per token into `qb`, with no norm first (models without sub-norms).
+    fn quantize(&self, x: &[f32], k: usize, qb: &mut QuantizedBatch) {
+        let n = x.len() / k;
+        qb.reset(n, k);
+        let kp = qb.kp;
+        for t in 0..n {
+            let (a, s) = bitnet_kernels::quant::quantize_row(
+                &x[t * k..(t + 1) * k],
+                &mut qb.q[t * kp..][..k],
+            );
+            qb.scale[t] = a;
+            qb.sum[t] = s;
+        }
+    }
+
     fn norm_quantize(
         &self,
         x: &[f32],
@@ -956,8 +988,13 @@ impl PackedModel {
             }
             self.attention(&q[..n * qd], seqs, counts, li, &mut attn[..n * qd]);
             rec(&mut trace, li_, "attn", qd, attn);
-            self.norm_quantize(&attn[..n * qd], &l.attn_sub_norm, &mut s[..n * qd], qb);
-            rec(&mut trace, li_, "attn_sub_norm", qd, &s[..n * qd]);
+            match &l.attn_sub_norm {
+                Some(w) => {
+                    self.norm_quantize(&attn[..n * qd], w, &mut s[..n * qd], qb);
+                    rec(&mut trace, li_, "attn_sub_norm", qd, &s[..n * qd]);
+                }
+                None => self.quantize(&attn[..n * qd], qd, qb),
+            }
             self.bitlinears(qb, [&l.o], [&mut proj[..]]);
             rec(&mut trace, li_, "attn_output", h, proj);
             x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
@@ -972,8 +1009,13 @@ impl PackedModel {
                 Activation::Silu => ops::silu_mul(g, u),
             }
             rec(&mut trace, li_, "ffn_act", f, g);
-            self.norm_quantize(&g[..n * f], &l.ffn_sub_norm, &mut s[..n * f], qb);
-            rec(&mut trace, li_, "ffn_sub_norm", f, &s[..n * f]);
+            match &l.ffn_sub_norm {
+                Some(w) => {
+                    self.norm_quantize(&g[..n * f], w, &mut s[..n * f], qb);
+                    rec(&mut trace, li_, "ffn_sub_norm", f, &s[..n * f]);
+                }
+                None => self.quantize(&g[..n * f], f, qb),
+            }
             self.bitlinears(qb, [&l.down], [&mut proj[..]]);
             rec(&mut trace, li_, "ffn_down", h, proj);
             x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);

@@ -4,29 +4,163 @@
 use std::path::Path;
 
 use bitnet_format::{
-    Activation, FileWriter, GenerationDefaults, Header, ModelConfig, SourceInfo, TensorKind,
-    TensorSpec, TokenizerInfo, layout,
+    Activation, Features, FileWriter, GenerationDefaults, Header, ModelConfig, RopeStyle,
+    SourceInfo, TensorKind, TensorSpec, TokenizerInfo, layout,
 };
 use rayon::prelude::*;
 
 use crate::error::Result;
 
+/// A model family whose real dimensions `bitnet bench --synthetic NAME` reproduces.
+#[derive(Debug, Clone)]
+pub struct Family {
+    /// The name `--synthetic` takes.
+    pub name: &'static str,
+    /// The Hugging Face repo whose config.json the dimensions come from.
+    pub repo: &'static str,
+    /// Dimensions.
+    pub config: ModelConfig,
+    /// Optional parts of the computation.
+    pub features: Features,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dims(
+    (vocab_size, hidden_size, intermediate_size): (usize, usize, usize),
+    (num_layers, num_heads, num_kv_heads, head_dim): (usize, usize, usize, usize),
+    max_position_embeddings: usize,
+    rms_norm_eps: f64,
+    rope_theta: f64,
+    hidden_act: Activation,
+    tie_word_embeddings: bool,
+) -> ModelConfig {
+    ModelConfig {
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        max_position_embeddings,
+        rms_norm_eps,
+        rope_theta,
+        rope_style: RopeStyle::Neox,
+        hidden_act,
+        tie_word_embeddings,
+    }
+}
+
+/// Every family with its real dimensions (from each repo's config.json; sources in
+/// shared/reference/checkpoints.md).
+pub fn families() -> Vec<Family> {
+    use Activation::Silu;
+    let falcon3 = |name, repo, ffn, layers| Family {
+        name,
+        repo,
+        config: dims(
+            (131_072, 3072, ffn),
+            (layers, 12, 4, 256),
+            32_768,
+            1e-6,
+            1_000_042.0,
+            Silu,
+            false,
+        ),
+        features: Features::default(),
+    };
+    vec![
+        Family {
+            name: "2b4t",
+            repo: "microsoft/bitnet-b1.58-2B-4T",
+            config: config_2b4t(),
+            features: Features::V1,
+        },
+        Family {
+            name: "falcon3-1b",
+            repo: "tiiuae/Falcon3-1B-Instruct-1.58bit",
+            config: dims(
+                (131_072, 2048, 8192),
+                (18, 8, 4, 256),
+                8192,
+                1e-6,
+                1_000_042.0,
+                Silu,
+                false,
+            ),
+            features: Features::default(),
+        },
+        falcon3("falcon3-3b", "tiiuae/Falcon3-3B-Instruct-1.58bit", 9216, 22),
+        falcon3(
+            "falcon3-7b",
+            "tiiuae/Falcon3-7B-Instruct-1.58bit",
+            23_040,
+            28,
+        ),
+        falcon3(
+            "falcon3-10b",
+            "tiiuae/Falcon3-10B-Instruct-1.58bit",
+            23_040,
+            40,
+        ),
+        Family {
+            name: "llama3-8b-1.58",
+            repo: "HF1BitLLM/Llama3-8B-1.58-100B-tokens",
+            config: dims(
+                (128_256, 4096, 14_336),
+                (32, 32, 8, 128),
+                8192,
+                1e-5,
+                500_000.0,
+                Silu,
+                false,
+            ),
+            features: Features::default(),
+        },
+        Family {
+            name: "1bitllm-3b",
+            repo: "1bitLLM/bitnet_b1_58-3B",
+            config: dims(
+                (32_002, 3200, 8640),
+                (26, 32, 32, 100),
+                2048,
+                1e-5,
+                10_000.0,
+                Silu,
+                true,
+            ),
+            features: Features::V1,
+        },
+    ]
+}
+
+/// The names of [`families`], in order (for command-line parsers).
+pub const NAMES: [&str; 7] = [
+    "2b4t",
+    "falcon3-1b",
+    "falcon3-3b",
+    "falcon3-7b",
+    "falcon3-10b",
+    "llama3-8b-1.58",
+    "1bitllm-3b",
+];
+
+/// The family named `name`.
+pub fn family(name: &str) -> Option<Family> {
+    families().into_iter().find(|f| f.name == name)
+}
+
 /// The dimensions of BitNet b1.58 2B4T (`microsoft/bitnet-b1.58-2B-4T`).
 pub fn config_2b4t() -> ModelConfig {
-    ModelConfig {
-        vocab_size: 128_256,
-        hidden_size: 2560,
-        intermediate_size: 6912,
-        num_layers: 30,
-        num_heads: 20,
-        num_kv_heads: 5,
-        head_dim: 128,
-        max_position_embeddings: 4096,
-        rms_norm_eps: 1e-5,
-        rope_theta: 500_000.0,
-        hidden_act: Activation::Relu2,
-        tie_word_embeddings: true,
-    }
+    dims(
+        (128_256, 2560, 6912),
+        (30, 20, 5, 128),
+        4096,
+        1e-5,
+        500_000.0,
+        Activation::Relu2,
+        true,
+    )
 }
 
 /// A small, fast generator (splitmix64): the same seed gives the same file everywhere.
@@ -76,10 +210,11 @@ fn bf16_bytes(n: usize, std: f32, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Writes a model of shape `config` with seeded random weights to `path`; with `int8_head`, also an int8
-/// copy of the tied head. Returns the file length.
-pub fn write(path: &Path, config: &ModelConfig, seed: u64, int8_head: bool) -> Result<u64> {
-    let c = config;
+/// Writes a model of `family`'s shape with seeded random weights to `path`; with `int8_head`, the head is
+/// an int8 copy (beside the tied embedding, or instead of an untied bf16 head). Returns the file length.
+pub fn write(path: &Path, family: &Family, seed: u64, int8_head: bool) -> Result<u64> {
+    let c = &family.config;
+    let features = family.features;
     let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
     let mut specs = Vec::new();
@@ -97,22 +232,29 @@ pub fn write(path: &Path, config: &ModelConfig, seed: u64, int8_head: bool) -> R
         spec(n("attn_q"), TensorKind::TernaryR16, vec![q, h]);
         spec(n("attn_k"), TensorKind::TernaryR16, vec![kv, h]);
         spec(n("attn_v"), TensorKind::TernaryR16, vec![kv, h]);
-        spec(n("attn_sub_norm"), TensorKind::F32, vec![q]);
+        if features.attn_sub_norm {
+            spec(n("attn_sub_norm"), TensorKind::F32, vec![q]);
+        }
         spec(n("attn_output"), TensorKind::TernaryR16, vec![h, q]);
         spec(n("ffn_norm"), TensorKind::F32, vec![h]);
         spec(n("ffn_gate"), TensorKind::TernaryR16, vec![f, h]);
         spec(n("ffn_up"), TensorKind::TernaryR16, vec![f, h]);
-        spec(n("ffn_sub_norm"), TensorKind::F32, vec![f]);
+        if features.ffn_sub_norm {
+            spec(n("ffn_sub_norm"), TensorKind::F32, vec![f]);
+        }
         spec(n("ffn_down"), TensorKind::TernaryR16, vec![h, f]);
     }
     spec("output_norm".into(), TensorKind::F32, vec![h]);
     spec("token_embd".into(), TensorKind::Bf16, vec![v, h]);
     if int8_head {
         spec("output".into(), TensorKind::Int8R16, vec![v, h]);
+    } else if !c.tie_word_embeddings {
+        spec("output".into(), TensorKind::Bf16, vec![v, h]);
     }
     let header = Header {
         architecture: bitnet_format::ARCHITECTURE.into(),
         config: c.clone(),
+        features: features.names(),
         tokenizer: TokenizerInfo {
             bos_token_id: Some(0),
             add_bos_token: true,
@@ -120,7 +262,7 @@ pub fn write(path: &Path, config: &ModelConfig, seed: u64, int8_head: bool) -> R
         },
         generation: GenerationDefaults::default(),
         source: SourceInfo {
-            architecture: "synthetic".into(),
+            architecture: format!("synthetic {} ({})", family.name, family.repo),
             model_type: "bitnet".into(),
             dtype: "random".into(),
             converter: format!(
@@ -207,4 +349,47 @@ pub fn write(path: &Path, config: &ModelConfig, seed: u64, int8_head: bool) -> R
         }
     }
     Ok(w.finish()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_list_every_family_and_shapes_are_consistent() {
+        let names: Vec<_> = families().iter().map(|f| f.name).collect();
+        assert_eq!(names, NAMES);
+        for f in families() {
+            let c = &f.config;
+            assert!(c.num_heads.is_multiple_of(c.num_kv_heads), "{}", f.name);
+            assert!(c.head_dim.is_multiple_of(2), "{}", f.name);
+        }
+    }
+
+    #[test]
+    fn a_family_without_sub_norms_writes_a_file_the_model_loads() {
+        let mut fam = family("falcon3-1b").unwrap();
+        let c = &mut fam.config;
+        (
+            c.vocab_size,
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_layers,
+        ) = (64, 48, 72, 2);
+        (c.num_heads, c.num_kv_heads, c.head_dim) = (4, 2, 16);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bitnet");
+        write(&path, &fam, 1, false).unwrap();
+        let file = std::sync::Arc::new(bitnet_format::BitnetFile::open(&path).unwrap());
+        assert_eq!(file.features(), Features::default());
+        assert!(file.entry("blk.0.attn_sub_norm").is_none());
+        assert!(file.entry("output").is_some());
+        let model = crate::PackedModel::load(file).unwrap();
+        use crate::Backend;
+        let mut session = model.session(8);
+        let out = model
+            .forward(&mut session, &[1, 2, 3], crate::LogitsMode::Last, None)
+            .unwrap();
+        assert!(out.logits.iter().all(|x| x.is_finite()));
+    }
 }

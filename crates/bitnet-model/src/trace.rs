@@ -41,10 +41,13 @@ pub const LAYER_OPS: &[&str] = &[
 ];
 
 /// The ops whose output is the input of a BitLinear, so where an int8 rounding flip can start.
+/// Without the sub-norm features, `attn` and `ffn_act` feed `attn_output` and `ffn_down` directly.
 pub const QUANTIZED_INPUTS: &[(&str, &str)] = &[
     ("attn_norm", "attn_q/attn_k/attn_v"),
+    ("attn", "attn_output (no attn_sub_norm)"),
     ("attn_sub_norm", "attn_output"),
     ("ffn_norm", "ffn_gate/ffn_up"),
+    ("ffn_act", "ffn_down (no ffn_sub_norm)"),
     ("ffn_sub_norm", "ffn_down"),
 ];
 

@@ -19,6 +19,7 @@ use std::path::Path;
 use bitnet_convert::architecture::Role;
 use bitnet_convert::checkpoint::Checkpoint;
 use bitnet_convert::hub::{self, HubEnv};
+use bitnet_convert::{ScaleOp, TernaryStorage};
 use bitnet_format::{Activation, BitnetFile, ModelConfig, TensorKind};
 use bitnet_model::trace::rec;
 use bitnet_model::{
@@ -51,12 +52,12 @@ struct Layer {
     q: Linear,
     k: Linear,
     v: Linear,
-    attn_sub_norm: Vec<f32>,
+    attn_sub_norm: Option<Vec<f32>>,
     o: Linear,
     ffn_norm: Vec<f32>,
     gate: Linear,
     up: Linear,
-    ffn_sub_norm: Vec<f32>,
+    ffn_sub_norm: Option<Vec<f32>>,
     down: Linear,
 }
 
@@ -140,6 +141,27 @@ fn act_quant(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// A pre-packed BitLinear weight as transformers' `unpack_weights` reads it (`[rows / 4, cols]` bytes;
+/// byte `(p, c)` holds rows `p + i * rows / 4` in bits `2i..2i+1` as `w + 1`), dequantized the way its
+/// class does: `AutoBitLinear` multiplies by `weight_scale`, `BitLinear` divides by it (in f32).
+fn unpack_weight(packed: &[u8], rows: usize, cols: usize, ws: f32, op: ScaleOp) -> Vec<f32> {
+    let quarter = rows / 4;
+    let mut w = vec![0f32; rows * cols];
+    for (p, bytes) in packed.chunks_exact(cols).enumerate() {
+        for i in 0..4 {
+            let out = &mut w[(p + i * quarter) * cols..(p + i * quarter + 1) * cols];
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                let t = ((b >> (2 * i)) & 3) as f32 - 1.0;
+                *o = match op {
+                    ScaleOp::Multiply => t * ws,
+                    ScaleOp::Divide => t / ws,
+                };
+            }
+        }
+    }
+    w
+}
+
 impl Linear {
     /// `F.linear(ActQuant(x), w)` for every token of `x` (`[n, cols]`): `[n, rows]`.
     fn forward(&self, x: &[f32]) -> Vec<f32> {
@@ -203,10 +225,21 @@ impl ReferenceModel {
         let mut tensors = std::collections::HashMap::new();
         for p in ck.planned() {
             let t = ck.tensor(&p.hf).expect("checked by Checkpoint::open");
-            let mut v = decode(ck.data(t), t.dtype);
-            if p.role == Role::Ternary {
-                weight_quant(&mut v);
-            }
+            let v = match (p.role, ck.ternary) {
+                (Role::Ternary, TernaryStorage::Latent) => {
+                    let mut v = decode(ck.data(t), t.dtype);
+                    weight_quant(&mut v);
+                    v
+                }
+                (Role::Ternary, TernaryStorage::Packed(op)) => {
+                    let st = ck
+                        .tensor(&bitnet_convert::checkpoint::scale_name(&p.hf))
+                        .expect("checked by Checkpoint::open");
+                    let ws = decode(ck.data(st), st.dtype)[0];
+                    unpack_weight(ck.data(t), p.shape[0], p.shape[1], ws, op)
+                }
+                _ => decode(ck.data(t), t.dtype),
+            };
             tensors.insert(p.name.clone(), (v, p.shape.clone()));
         }
         let mut take = |name: &str| {
@@ -235,9 +268,9 @@ impl ReferenceModel {
                 up: lin(n("ffn_up")),
                 down: lin(n("ffn_down")),
                 attn_norm: Vec::new(),
-                attn_sub_norm: Vec::new(),
+                attn_sub_norm: None,
                 ffn_norm: Vec::new(),
-                ffn_sub_norm: Vec::new(),
+                ffn_sub_norm: None,
             });
         }
         let mut take = |name: &str| {
@@ -248,9 +281,15 @@ impl ReferenceModel {
         };
         for (i, l) in layers.iter_mut().enumerate() {
             l.attn_norm = take(&format!("blk.{i}.attn_norm"));
-            l.attn_sub_norm = take(&format!("blk.{i}.attn_sub_norm"));
+            l.attn_sub_norm = ck
+                .features
+                .attn_sub_norm
+                .then(|| take(&format!("blk.{i}.attn_sub_norm")));
             l.ffn_norm = take(&format!("blk.{i}.ffn_norm"));
-            l.ffn_sub_norm = take(&format!("blk.{i}.ffn_sub_norm"));
+            l.ffn_sub_norm = ck
+                .features
+                .ffn_sub_norm
+                .then(|| take(&format!("blk.{i}.ffn_sub_norm")));
         }
         let embed = take("token_embd");
         let output_norm = take("output_norm");
@@ -302,6 +341,8 @@ impl ReferenceModel {
                 cols,
             })
         };
+        let features = file.features();
+        let sub_norm = |name: &str, listed: bool| listed.then(|| floats(name)).transpose();
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
@@ -310,12 +351,12 @@ impl ReferenceModel {
                 q: lin(n("attn_q"))?,
                 k: lin(n("attn_k"))?,
                 v: lin(n("attn_v"))?,
-                attn_sub_norm: floats(&n("attn_sub_norm"))?,
+                attn_sub_norm: sub_norm(&n("attn_sub_norm"), features.attn_sub_norm)?,
                 o: lin(n("attn_output"))?,
                 ffn_norm: floats(&n("ffn_norm"))?,
                 gate: lin(n("ffn_gate"))?,
                 up: lin(n("ffn_up"))?,
-                ffn_sub_norm: floats(&n("ffn_sub_norm"))?,
+                ffn_sub_norm: sub_norm(&n("ffn_sub_norm"), features.ffn_sub_norm)?,
                 down: lin(n("ffn_down"))?,
             });
         }
@@ -366,9 +407,13 @@ impl ReferenceModel {
         let mut norms = vec![("output_norm".to_string(), &self.output_norm)];
         for (i, l) in self.layers.iter().enumerate() {
             norms.push((format!("blk.{i}.attn_norm"), &l.attn_norm));
-            norms.push((format!("blk.{i}.attn_sub_norm"), &l.attn_sub_norm));
+            if let Some(w) = &l.attn_sub_norm {
+                norms.push((format!("blk.{i}.attn_sub_norm"), w));
+            }
             norms.push((format!("blk.{i}.ffn_norm"), &l.ffn_norm));
-            norms.push((format!("blk.{i}.ffn_sub_norm"), &l.ffn_sub_norm));
+            if let Some(w) = &l.ffn_sub_norm {
+                norms.push((format!("blk.{i}.ffn_sub_norm"), w));
+            }
         }
         for (name, want) in norms {
             let same = match file.tensor(&name) {
@@ -544,9 +589,14 @@ impl ReferenceModel {
                 }
             }
             rec(&mut trace, il, "attn", qd, &attn);
-            let s = norm_all(&attn, &l.attn_sub_norm, qd);
-            rec(&mut trace, il, "attn_sub_norm", qd, &s);
-            let o = l.o.forward(&s);
+            let o = match &l.attn_sub_norm {
+                Some(w) => {
+                    let s = norm_all(&attn, w, qd);
+                    rec(&mut trace, il, "attn_sub_norm", qd, &s);
+                    l.o.forward(&s)
+                }
+                None => l.o.forward(&attn),
+            };
             rec(&mut trace, il, "attn_output", h, &o);
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             rec(&mut trace, il, "attn_residual", h, x);
@@ -562,9 +612,14 @@ impl ReferenceModel {
                 };
             }
             rec(&mut trace, il, "ffn_act", l.gate.rows, &g);
-            let s = norm_all(&g, &l.ffn_sub_norm, l.gate.rows);
-            rec(&mut trace, il, "ffn_sub_norm", l.gate.rows, &s);
-            let d = l.down.forward(&s);
+            let d = match &l.ffn_sub_norm {
+                Some(w) => {
+                    let s = norm_all(&g, w, l.gate.rows);
+                    rec(&mut trace, il, "ffn_sub_norm", l.gate.rows, &s);
+                    l.down.forward(&s)
+                }
+                None => l.down.forward(&g),
+            };
             rec(&mut trace, il, "ffn_down", h, &d);
             x.iter_mut().zip(&d).for_each(|(x, d)| *x += d);
             rec(&mut trace, il, "ffn_residual", h, x);
