@@ -213,6 +213,18 @@ fn run_downloads_through_a_cut_connection_then_runs_offline_from_the_python_layo
         COMMIT
     );
 
+    // A complete snapshot is used without asking the Hub.
+    let asked = hub.log().len();
+    let again = sb
+        .cmd(&hub.url)
+        .arg("run")
+        .arg("org/tiny")
+        .args(RUN)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(hub.log().len(), asked, "{:?}", &hub.log()[asked..]);
+
     // The Hub goes away; the cache is enough.
     drop(hub);
     let o2 = sb
@@ -276,14 +288,33 @@ fn a_gated_repo_says_how_to_pass_a_token_and_downloads_with_one() {
     assert!(!e.contains("hf_wrong"), "the token is never printed: {e}");
     assert_nothing_complete(&sb, "org/gated");
 
-    // The token file `huggingface-cli login` writes.
+    let authed = || {
+        hub.log()
+            .iter()
+            .filter(|l| l.path.contains("/resolve/") && l.auth)
+            .count()
+    };
+    // A token file named by HF_TOKEN_PATH (into a fresh cache) ...
+    let sb2 = Sandbox::new();
+    let token_file = sb2.tmp.path().join("my-token");
+    std::fs::write(&token_file, "hf_good").unwrap();
+    let o = sb2
+        .cmd(&hub.url)
+        .env("HF_TOKEN_PATH", &token_file)
+        .args(["pull", "org/gated"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = authed();
+    assert!(first > 0);
+    // ... and the one `huggingface-cli login` writes.
     std::fs::create_dir_all(sb.hf_home()).unwrap();
     std::fs::write(sb.hf_home().join("token"), "hf_good\n").unwrap();
     let o = sb.run(&hub.url, &["pull", "org/gated"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("ready: "), "{}", stderr(&o));
+    assert!(authed() > first);
     let log = hub.log();
-    assert!(log.iter().any(|l| l.path.contains("/resolve/") && l.auth));
     // The token goes to the Hub only, never to the CDN it redirects to.
     assert!(log.iter().any(|l| l.path.starts_with("/cdn/")));
     assert!(log.iter().all(|l| !(l.path.starts_with("/cdn/") && l.auth)));
@@ -382,6 +413,30 @@ fn a_transfer_that_keeps_failing_is_kept_and_the_next_run_resumes_it() {
         std::fs::read(snap.join("model.safetensors")).unwrap(),
         f.bytes
     );
+}
+
+#[test]
+fn a_stalled_transfer_times_out_and_resumes() {
+    let sb = Sandbox::new();
+    let repo = tiny_repo("org/tiny");
+    let at = repo.file("model.safetensors").bytes.len() as u64 / 4;
+    let hub = StandIn::start(vec![tiny_repo("org/tiny")]);
+    hub.stall("model.safetensors", at, 1);
+    let t = Instant::now();
+    let o = sb
+        .cmd(&hub.url)
+        .env("HF_HUB_DOWNLOAD_TIMEOUT", "1")
+        .args(["pull", "org/tiny"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    let ranges: Vec<Option<String>> = hub
+        .gets_of(&repo, "model.safetensors")
+        .into_iter()
+        .map(|l| l.range)
+        .collect();
+    assert_eq!(ranges, [None, Some(format!("bytes={at}-"))]);
 }
 
 #[test]

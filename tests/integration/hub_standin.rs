@@ -120,6 +120,8 @@ pub struct Logged {
 struct Faults {
     /// file -> (offset at which the connection drops, how many more times).
     cut: HashMap<String, (u64, usize)>,
+    /// file -> (offset at which the transfer stalls with the connection open, how many more times).
+    stall: HashMap<String, (u64, usize)>,
     corrupt: HashSet<String>,
 }
 
@@ -184,6 +186,13 @@ impl StandIn {
     pub fn cut(&self, file: &str, at: u64, times: usize) {
         let mut f = self.shared.faults.lock().unwrap();
         f.cut.insert(file.to_string(), (at, times));
+    }
+
+    /// Every transfer of `file` that reaches byte `at` stops sending there but keeps the connection
+    /// open (for 30 s), `times` times.
+    pub fn stall(&self, file: &str, at: u64, times: usize) {
+        let mut f = self.shared.faults.lock().unwrap();
+        f.stall.insert(file.to_string(), (at, times));
     }
 
     /// `file` is served with one byte flipped.
@@ -427,27 +436,32 @@ fn serve(s: &Shared, f: &HubFile, headers: &HeaderMap) -> Response {
         let mid = data.len() / 2;
         data[mid] ^= 0xff;
     }
-    let cut = match faults.cut.get_mut(&f.name) {
+    let mut hit = |rules: &mut HashMap<String, (u64, usize)>| match rules.get_mut(&f.name) {
         Some((at, times)) if *times > 0 && *at >= from && *at < len => {
             *times -= 1;
             Some((*at - from) as usize)
         }
         _ => None,
     };
+    let fault = match hit(&mut faults.cut) {
+        Some(keep) => Some((keep, false)),
+        None => hit(&mut faults.stall).map(|keep| (keep, true)),
+    };
     drop(faults);
-    let body = match cut {
+    let body = match fault {
         None => Body::from(data),
-        Some(keep) => {
-            // The bytes before the cut go out (the pause lets them be flushed), then the connection
-            // drops with the rest of the promised length missing.
+        Some((keep, stall)) => {
+            // The bytes before the fault go out (the pause lets them be flushed); then the connection
+            // drops with the rest of the promised length missing, or stays open and silent.
             let first = Bytes::copy_from_slice(&data[..keep]);
+            let pause = std::time::Duration::from_millis(if stall { 30_000 } else { 50 });
             let steps = futures_util::stream::unfold(0, move |step| {
                 let first = first.clone();
                 async move {
                     match step {
                         0 => Some((Ok::<Bytes, std::io::Error>(first), 1)),
                         1 => {
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            tokio::time::sleep(pause).await;
                             Some((
                                 Err(std::io::Error::other("the stand-in drops the connection")),
                                 2,

@@ -195,6 +195,30 @@ fn an_unreadable_copy_is_converted_again() {
 }
 
 #[test]
+fn a_copy_without_a_manifest_is_listed_and_removable() {
+    let sb = Sandbox::new();
+    // As an older build left its copies: a .bitnet file and nothing beside it.
+    mkdir(sb.store());
+    let o = sb.run(
+        "",
+        &[
+            "convert",
+            fixture("bitnet-tiny-tied").to_str().unwrap(),
+            "-o",
+            sb.store().join("old-copy.bitnet").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list = list_json(&sb);
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert_eq!(list[0]["name"], "old-copy");
+    assert_eq!(list[0]["kind"], "unknown");
+    let o = sb.run("", &["rm", "old-copy"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_only(&sb.store(), &[]);
+}
+
+#[test]
 fn the_implicit_copy_holds_the_int8_head_and_an_untied_exact_head_gets_its_own() {
     let sb = Sandbox::new();
     let kinds = |name: &str| -> Vec<String> {

@@ -35,7 +35,8 @@ fn unpack_like_transformers(packed: &[u8], rows: usize, cols: usize) -> Vec<i8> 
     for p in 0..rows / 4 {
         for c in 0..cols {
             for j in 0..4 {
-                w[(p + j * rows / 4) * cols + c] = ((packed[p * cols + c] >> (2 * j)) & 3) as i8 - 1;
+                w[(p + j * rows / 4) * cols + c] =
+                    ((packed[p * cols + c] >> (2 * j)) & 3) as i8 - 1;
             }
         }
     }
@@ -100,7 +101,11 @@ fn prepacked_weights_are_carried_over_exactly_with_the_scale_their_class_uses() 
                     ScaleOp::Multiply => ws,
                     ScaleOp::Divide => 1.0 / ws,
                 };
-                assert_eq!(entry.scale().unwrap().to_bits(), want.to_bits(), "{name} {hf}");
+                assert_eq!(
+                    entry.scale().unwrap().to_bits(),
+                    want.to_bits(),
+                    "{name} {hf}"
+                );
                 checked += 1;
             }
         }
@@ -270,7 +275,11 @@ fn broken_packed_checkpoints_are_refused_by_name_and_leave_nothing_behind() {
         ),
         (
             "interleaved RoPE",
-            Box::new(|d| edit_config(d, |c| drop(c.insert("rope_interleaved".into(), true.into())))),
+            Box::new(|d| {
+                edit_config(d, |c| {
+                    drop(c.insert("rope_interleaved".into(), true.into()))
+                })
+            }),
             &["rope_interleaved"],
         ),
     ];
