@@ -173,6 +173,9 @@ fn one_copy_per_folder_content_whatever_its_path_or_times() {
     std::fs::write(&cfg, text).unwrap();
     assert!(run_ok(&sb, &b, &[]).contains("converting "));
     assert_eq!(copies(&sb).len(), 2, "{:?}", copies(&sb));
+    let o = sb.run("", &["rm", "--all"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_only(&sb.store(), &[]);
 }
 
 #[test]
@@ -265,9 +268,32 @@ fn the_implicit_copy_holds_the_int8_head_and_an_untied_exact_head_gets_its_own()
 }
 
 #[test]
-fn chat_and_bench_take_a_repo_id() {
+fn serve_chat_and_bench_take_a_repo_id() {
     let sb = Sandbox::new();
     let hub = StandIn::start(vec![crate::hub_download::tiny_repo("org/tiny")]);
+    let mut serve = sb
+        .cmd(&hub.url)
+        .args(["serve", "org/tiny", "--port", "0", "--threads", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(serve.stderr.take().unwrap())) {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("on http://") {
+            break;
+        }
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(
+        log.contains("downloaded org/tiny: model.safetensors") && log.contains("on http://"),
+        "{log}"
+    );
     let mut child = sb
         .cmd(&hub.url)
         .args(["chat", "org/tiny", "--max-tokens", "2", "--threads=1"])
