@@ -436,7 +436,7 @@ fn serve(s: &Shared, f: &HubFile, headers: &HeaderMap) -> Response {
         let mid = data.len() / 2;
         data[mid] ^= 0xff;
     }
-    let mut hit = |rules: &mut HashMap<String, (u64, usize)>| match rules.get_mut(&f.name) {
+    let hit = |rules: &mut HashMap<String, (u64, usize)>| match rules.get_mut(&f.name) {
         Some((at, times)) if *times > 0 && *at >= from && *at < len => {
             *times -= 1;
             Some((*at - from) as usize)

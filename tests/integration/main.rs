@@ -9,6 +9,7 @@ mod http;
 mod hub_cache;
 mod hub_download;
 mod hub_standin;
+mod hub_terminal;
 mod model_store;
 mod openai_py;
 mod run_chat;
