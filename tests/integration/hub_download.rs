@@ -539,3 +539,40 @@ fn offline_with_an_empty_cache_says_so() {
         "{e}"
     );
 }
+
+/// Not a check: the figures of a 1 GiB download over loopback (`cargo test --test integration -- --ignored
+/// measure_download --nocapture`), whole and through a cut at half.
+#[test]
+#[ignore]
+fn measure_download() {
+    let mut seed = 1u64;
+    let big: Vec<u8> = (0..1usize << 30)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 56) as u8
+        })
+        .collect();
+    let config = std::fs::read(fixture("bitnet-tiny-tied").join("config.json")).unwrap();
+    let files: &[(&str, &[u8])] = &[("config.json", &config), ("model.safetensors", &big)];
+    let empty = tempfile::tempdir().unwrap();
+    let repo = || HubRepo::from_folder("org/big", COMMIT, empty.path(), files);
+    let hub = StandIn::start(vec![repo()]);
+    for cut in [false, true] {
+        let sb = Sandbox::new();
+        if cut {
+            hub.cut("model.safetensors", big.len() as u64 / 2, 1);
+        }
+        let t = Instant::now();
+        let o = sb.run(&hub.url, &["pull", "org/big"]);
+        let line = stderr(&o)
+            .lines()
+            .find(|l| l.contains("model.safetensors ("))
+            .map(String::from);
+        eprintln!(
+            "cut {cut}: {line:?}, whole command {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
