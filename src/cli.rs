@@ -36,6 +36,8 @@ pub enum Command {
     List(ListArgs),
     /// Remove converted models from the cache.
     Rm(RmArgs),
+    /// How well the model predicts a text (perplexity), per LM head.
+    Perplexity(PerplexityArgs),
 }
 
 /// LM head storage.
@@ -190,8 +192,43 @@ pub enum HeadArg {
     Int8,
 }
 
+impl HeadArg {
+    /// The flag's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeadArg::Exact => "exact",
+            HeadArg::Int8 => "int8",
+        }
+    }
+}
+
+/// `bitnet perplexity`.
+#[derive(Debug, clap::Args)]
+pub struct PerplexityArgs {
+    /// A .bitnet file, or a Hugging Face model folder or repo id (converted once and cached).
+    pub model: String,
+    /// The text to score (UTF-8).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Positions per chunk, BOS included (capped by the model's context).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// LM heads to score with, one result each (e.g. `--head exact,int8`); default exact.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub head: Vec<HeadArg>,
+    /// Worker threads (default: one per core, or one if two measure slower at load).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni; default: the best this CPU runs).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Sampling, stopping and runtime options shared by `run` and `chat`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct GenArgs {
     /// Temperature; 0 is greedy (default: the model's generation_config, else 1).
     #[arg(long, allow_negative_numbers = true)]

@@ -5,6 +5,7 @@ mod chat;
 mod convert;
 mod inspect;
 mod list;
+mod perplexity;
 mod pull;
 mod rm;
 mod run;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Pull(args) => pull::run(args),
         Command::List(args) => list::run(args),
         Command::Rm(args) => rm::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
     }
 }
 

@@ -83,7 +83,9 @@ fn config_with_a_bad_value() {
 }
 
 #[test]
-fn unsupported_architecture_names_the_supported_ones() {
+fn weights_of_another_architecture_are_refused_not_dropped() {
+    // A BitNet checkpoint (with sub-norms) labelled as a Llama: running it without its sub-norms would be
+    // silent garbage, so the unused weights stop the conversion.
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_fixture("bitnet-tiny-tied", tmp.path());
     edit_config(&dir, |c| {
@@ -96,8 +98,29 @@ fn unsupported_architecture_names_the_supported_ones() {
     convert_fails(
         &dir,
         &[
+            "model.layers.0.mlp.ffn_sub_norm.weight",
+            "llama-bitnet",
+            "does not use",
+        ],
+    );
+}
+
+#[test]
+fn unsupported_architecture_names_the_supported_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_fixture("bitnet-tiny-tied", tmp.path());
+    edit_config(&dir, |c| {
+        c.insert(
+            "architectures".into(),
+            serde_json::json!(["MistralForCausalLM"]),
+        );
+        c.insert("model_type".into(), "mistral".into());
+    });
+    convert_fails(
+        &dir,
+        &[
             "config.json",
-            "LlamaForCausalLM",
+            "MistralForCausalLM",
             "not supported",
             "supported: BitNetForCausalLM",
         ],
@@ -383,7 +406,10 @@ fn inspect_rejects_truncated_corrupt_and_foreign_files() {
     v[8] = 9;
     inspect_fails(
         &v,
-        &["unsupported .bitnet version 9.0", "reads major version 1"],
+        &[
+            "unsupported .bitnet version 9.0",
+            "reads major versions 1 to 2",
+        ],
     );
     let o = run(&["inspect", "/no/such/file.bitnet"]);
     assert_eq!(o.status.code(), Some(2));

@@ -12,6 +12,7 @@ mod hub_standin;
 mod hub_terminal;
 mod model_store;
 mod openai_py;
+mod perplexity;
 mod run_chat;
 mod serve;
 mod terminal;

@@ -332,14 +332,38 @@ impl Checkpoint {
             })
             .collect();
         extra.sort();
-        if !extra.is_empty() {
-            let shown: Vec<_> = extra.iter().take(5).map(|s| s.as_str()).collect();
-            self.warnings.push(format!(
-                "ignoring {} tensor(s) the {} architecture does not use: {}{}",
-                extra.len(),
-                self.arch.name,
+        // RoPE's inverse frequencies are recomputed from the config; older checkpoints store them.
+        let (harmless, weights): (Vec<&String>, Vec<&String>) = extra
+            .into_iter()
+            .partition(|k| k.ends_with("rotary_emb.inv_freq"));
+        let list = |v: &[&String]| {
+            let shown: Vec<_> = v.iter().take(5).map(|s| s.as_str()).collect();
+            format!(
+                "{}{}",
                 shown.join(", "),
-                if extra.len() > 5 { ", ..." } else { "" }
+                if v.len() > 5 { ", ..." } else { "" }
+            )
+        };
+        if !weights.is_empty() {
+            // Running without weights the checkpoint was trained with would be silent garbage.
+            return Err(ConvertError::BadTensor {
+                path: self.shards[self.tensors[weights[0]].shard].path.clone(),
+                tensor: weights[0].clone(),
+                reason: format!(
+                    "the {} architecture ({}) does not use {} tensor(s) of this checkpoint: {}; it is \
+                     probably another architecture than config.json says",
+                    self.arch.name,
+                    self.hf_architecture,
+                    weights.len(),
+                    list(&weights)
+                ),
+            });
+        }
+        if !harmless.is_empty() {
+            self.warnings.push(format!(
+                "ignoring {} stored RoPE table(s), recomputed from config.json: {}",
+                harmless.len(),
+                list(&harmless)
             ));
         }
         Ok(())

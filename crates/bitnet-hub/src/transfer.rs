@@ -131,11 +131,15 @@ impl<'a> Fetcher<'a> {
             on_event(Event::Cached { file });
             return Ok(etag);
         }
+        // An LFS file's ETag is its sha256 too, for a mirror whose listing leaves out `lfs`.
         let expected_sha = s
             .lfs
             .as_ref()
             .map(|l| l.sha256.to_ascii_lowercase())
-            .or_else(|| (etag.len() == 64 && s.lfs.is_some()).then(|| etag.clone()));
+            .or_else(|| {
+                (etag.len() == 64 && etag.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .then(|| etag.to_ascii_lowercase())
+            });
         let partial_path = self.rc.incomplete(&etag);
         let mut partial = Partial::open(&partial_path, size)
             .map_err(|e| self.write_error(file, &partial_path, e))?;
