@@ -30,6 +30,12 @@ pub enum Command {
     Chat(ChatArgs),
     /// Serve an OpenAI-compatible HTTP API and a web chat page.
     Serve(ServeArgs),
+    /// Download a Hub repo (or take a folder) and convert it into the cache, without running it.
+    Pull(PullArgs),
+    /// List the converted models in the cache (~/.cache/bitnet).
+    List(ListArgs),
+    /// Remove converted models from the cache.
+    Rm(RmArgs),
     /// How well the model predicts a text (perplexity), per LM head.
     Perplexity(PerplexityArgs),
 }
@@ -46,7 +52,8 @@ pub enum LmHeadArg {
 /// `bitnet convert`.
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
-    /// A Hugging Face model folder, or a repo id (org/name[@revision]) in the local Hugging Face cache.
+    /// A Hugging Face model folder, or a repo id (org/name[@revision]), downloaded into the Hugging
+    /// Face cache when it is not there.
     pub input: String,
     /// The .bitnet file to write (written atomically: a temporary file beside it, then a rename).
     #[arg(short, long)]
@@ -130,9 +137,10 @@ pub enum BackendArg {
 /// `bitnet bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// The .bitnet file (or use --synthetic).
+    /// A .bitnet file, or a Hugging Face folder or repo id (converted once into ~/.cache/bitnet); or
+    /// use --synthetic.
     #[arg(required_unless_present = "synthetic")]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
     /// Benchmark a model with the real shapes of a family (2b4t, falcon3-1b/3b/7b/10b, llama3-8b-1.58,
     /// 1bitllm-3b) and seeded random weights, written to a temporary file first.
     #[arg(long, conflicts_with = "model",
@@ -260,7 +268,8 @@ pub struct GenArgs {
 /// `bitnet run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// A .bitnet file, or a Hugging Face folder or repo id (converted once into ~/.cache/bitnet).
+    /// A .bitnet file, or a Hugging Face folder or repo id (downloaded if needed, converted once into
+    /// ~/.cache/bitnet).
     pub model: String,
     /// The prompt (default: read from stdin).
     #[arg(short, long)]
@@ -284,7 +293,8 @@ pub struct RunArgs {
 /// `bitnet chat`.
 #[derive(Debug, clap::Args)]
 pub struct ChatArgs {
-    /// A .bitnet file, or a Hugging Face folder or repo id (converted once into ~/.cache/bitnet).
+    /// A .bitnet file, or a Hugging Face folder or repo id (downloaded if needed, converted once into
+    /// ~/.cache/bitnet).
     pub model: String,
     /// System message.
     #[arg(long)]
@@ -296,7 +306,8 @@ pub struct ChatArgs {
 /// `bitnet serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// A .bitnet file, or a Hugging Face folder or repo id (converted once into ~/.cache/bitnet).
+    /// A .bitnet file, or a Hugging Face folder or repo id (downloaded if needed, converted once into
+    /// ~/.cache/bitnet).
     pub model: String,
     /// Address to listen on (loopback by default; 0.0.0.0 for every interface).
     #[arg(long, default_value = "127.0.0.1")]
@@ -329,4 +340,34 @@ pub struct ServeArgs {
     /// LM head (default: int8 when the file has one, else exact).
     #[arg(long, value_enum)]
     pub head: Option<HeadArg>,
+}
+
+/// `bitnet pull`.
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// A repo id (org/name[@revision]): the Hub is asked for the revision's newest commit. A folder is
+    /// converted as it is.
+    pub model: String,
+    /// Also make sure the copy holds this head (an untied model's exact head needs a copy of its own).
+    #[arg(long, value_enum)]
+    pub head: Option<HeadArg>,
+}
+
+/// `bitnet list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bitnet rm`.
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// Names as `bitnet list` shows them, or sources (a repo id, a folder): every copy of it goes.
+    #[arg(required_unless_present = "all")]
+    pub names: Vec<String>,
+    /// Remove every converted model.
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
 }

@@ -10,13 +10,13 @@ use anyhow::{Context, bail};
 use bitnet_chat::{
     ChatTemplate, Detokenizer, Message, Sampler, SamplingParams, StopMatcher, Tokenizer,
 };
-use bitnet_convert::{ConvertOptions, HubEnv};
+use bitnet_convert::HubEnv;
 use bitnet_format::BitnetFile;
 use bitnet_kernels::Kernels;
 use bitnet_model::{Backend, HeadKind, PackedModel, Session};
-use sha2::Digest;
 
 use crate::cli::{GenArgs, HeadArg};
+use crate::store::Store;
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,104 +79,28 @@ pub struct Engine {
     pub file: Arc<BitnetFile>,
 }
 
-/// Where converted copies of Hugging Face checkpoints are kept.
-fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("bitnet")
-}
-
-/// The `.bitnet` file for `model`: the file itself, or a converted copy of a Hugging Face folder or repo id,
-/// made once into the cache and reused.
-pub fn resolve_model(model: &str) -> anyhow::Result<PathBuf> {
+/// The `.bitnet` file for `model`: the file itself, or the converted copy of a Hugging Face folder or
+/// repo id (downloaded first when the cache lacks it), made once into the cache and reused. `head` is
+/// the head the caller will use: an untied model's exact head needs a copy of its own.
+pub fn resolve_model(model: &str, head: Option<HeadArg>) -> anyhow::Result<PathBuf> {
     let p = Path::new(model);
     if p.is_file() {
         return Ok(p.to_path_buf());
     }
     let env = HubEnv::from_process();
-    let resolved = bitnet_convert::hub::resolve(model, &env)
-        .with_context(|| format!("{model}: not a .bitnet file"))?;
-    // The cache key names the checkpoint's files by path, size and modification time.
-    let mut h = sha2::Sha256::new();
-    h.update(
-        resolved
-            .dir
-            .canonicalize()
-            .unwrap_or(resolved.dir.clone())
-            .to_string_lossy()
-            .as_bytes(),
-    );
-    let mut entries: Vec<_> = std::fs::read_dir(&resolved.dir)
-        .with_context(|| format!("reading {}", resolved.dir.display()))?
-        .filter_map(|e| e.ok())
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let meta = std::fs::metadata(e.path()).ok();
-        h.update(e.file_name().to_string_lossy().as_bytes());
-        if let Some(m) = meta {
-            h.update(m.len().to_le_bytes());
-            if let Ok(t) = m.modified().and_then(|t| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_err(std::io::Error::other)
-            }) {
-                h.update(t.as_nanos().to_le_bytes());
-            }
-        }
-    }
-    let key: String = h
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let stem: String = model
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let stem = stem
-        .trim_matches('_')
-        .chars()
-        .rev()
-        .take(60)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<String>();
-    let dir = cache_dir();
-    let out = dir.join(format!("{stem}-{key}.bitnet"));
-    if out.is_file() {
-        eprintln!("using the converted copy {}", out.display());
-        return Ok(out);
-    }
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating the cache folder {}", dir.display()))?;
-    eprintln!("converting {model} once into {}", out.display());
-    bitnet_convert::convert(
-        model,
-        &out,
-        &ConvertOptions::default(),
-        &env,
-        &|_| {},
-        &mut |_| {},
-    )
-    .with_context(|| format!("converting {model}"))?;
-    Ok(out)
+    let resolved = if !p.exists() && bitnet_hub::looks_like_repo_id(model) {
+        crate::fetch::resolve_or_download(model, &env)?
+    } else {
+        bitnet_convert::hub::resolve(model, &env)
+            .with_context(|| format!("{model}: not a .bitnet file"))?
+    };
+    Store::from_env().converted(&resolved, head == Some(HeadArg::Exact))
 }
 
 impl Engine {
     /// Opens `model` (a `.bitnet` file, or a Hugging Face folder or repo id) with the options of `args`.
     pub fn open(model: &str, args: &GenArgs) -> anyhow::Result<Engine> {
-        let path = resolve_model(model)?;
+        let path = resolve_model(model, args.head)?;
         let file = Arc::new(
             BitnetFile::open(&path).with_context(|| format!("reading {}", path.display()))?,
         );

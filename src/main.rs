@@ -7,7 +7,9 @@
 mod cli;
 mod commands;
 mod engine;
+mod fetch;
 mod serve;
+mod store;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -83,7 +83,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     // A synthetic model lives in a temporary file, mapped like a real one and removed at the end.
     let _tmp;
     let path: PathBuf = match (&args.model, &args.synthetic) {
-        (Some(p), _) => p.clone(),
+        (Some(m), _) => crate::engine::resolve_model(m, None)?,
         (None, Some(name)) => {
             let family = bitnet_model::synthetic::family(name)
                 .with_context(|| format!("--synthetic: no family `{name}`"))?;

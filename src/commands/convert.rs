@@ -23,6 +23,11 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
             args.output.display()
         );
     }
+    let env = HubEnv::from_process();
+    // A repo id the cache lacks is downloaded first; the converter itself only reads the disk.
+    if !std::path::Path::new(&args.input).exists() && bitnet_hub::looks_like_repo_id(&args.input) {
+        crate::fetch::resolve_or_download(&args.input, &env)?;
+    }
     ctrlc::set_handler(|| {
         if let Some(tmp) = TEMP_OUTPUT.lock().ok().and_then(|mut g| g.take()) {
             let _ = std::fs::remove_file(tmp);
@@ -64,7 +69,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
         &args.input,
         &args.output,
         &opts,
-        &HubEnv::from_process(),
+        &env,
         &progress,
         &mut register,
     );

@@ -4,7 +4,10 @@ mod bench;
 mod chat;
 mod convert;
 mod inspect;
+mod list;
 mod perplexity;
+mod pull;
+mod rm;
 mod run;
 mod verify;
 
@@ -21,6 +24,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Serve(args) => crate::serve::run(args),
+        Command::Pull(args) => pull::run(args),
+        Command::List(args) => list::run(args),
+        Command::Rm(args) => rm::run(args),
         Command::Perplexity(args) => perplexity::run(args),
     }
 }

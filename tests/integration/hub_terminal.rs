@@ -1,0 +1,86 @@
+//! A download in a real terminal (tmux): a progress bar per file, replaced by the file's line.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::hub_download::{Sandbox, tiny_repo};
+use crate::hub_standin::StandIn;
+
+fn tmux(args: &[&str]) -> String {
+    let o = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux (installed by .ci/run)");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn wait_for_screen(session: &str, what: impl Fn(&str) -> bool, secs: u64) -> String {
+    let start = Instant::now();
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-t", session, "-S", "-100"]);
+        if what(&screen) {
+            return screen;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out; the screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_terminal_shows_a_progress_bar_per_file() {
+    let sb = Sandbox::new();
+    let repo = tiny_repo("org/tiny");
+    let at = repo.file("model.safetensors").bytes.len() as u64 / 2;
+    let hub = StandIn::start(vec![repo]);
+    // The transfer stalls half way for a few seconds, so the bar can be seen.
+    hub.stall("model.safetensors", at, 1);
+    let session = format!("bitnet-hub-{}", std::process::id());
+    let q = |p: PathBuf| format!("'{}'", p.display());
+    let cmd = format!(
+        "env -u HF_TOKEN -u HF_TOKEN_PATH -u HF_HUB_OFFLINE HF_HUB_CACHE={} XDG_CACHE_HOME={} \
+         HOME={} HF_HOME={} HF_ENDPOINT={} HF_HUB_DOWNLOAD_TIMEOUT=3 '{}' pull org/tiny; \
+         echo EXITED-$?; sleep 30",
+        q(sb.hub()),
+        q(sb.tmp.path().join("xdg")),
+        q(sb.tmp.path().join("home")),
+        q(sb.hf_home()),
+        hub.url,
+        env!("CARGO_BIN_EXE_bitnet"),
+    );
+    tmux(&["kill-session", "-t", &session]);
+    let started = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "150",
+            "-y",
+            "40",
+            &cmd,
+        ])
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let during = wait_for_screen(&session, |s| s.contains("model.safetensors ["), 20);
+    let done = wait_for_screen(&session, |s| s.contains("EXITED-"), 40);
+    tmux(&["kill-session", "-t", &session]);
+    let bar = during
+        .lines()
+        .find(|l| l.contains("model.safetensors ["))
+        .unwrap();
+    assert!(bar.contains("KiB/") && bar.contains("eta"), "{during}");
+    assert!(done.contains("EXITED-0"), "{done}");
+    assert!(done.contains("org/tiny at c0ffee00c0ff: 5 files"), "{done}");
+    assert!(
+        done.contains("downloaded org/tiny: model.safetensors") && done.contains("1 retry"),
+        "{done}"
+    );
+    // The bar is replaced by the file's line, not left behind.
+    assert!(!done.lines().any(|l| l.contains(" eta ")), "{done}");
+}
