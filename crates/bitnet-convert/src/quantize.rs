@@ -186,12 +186,25 @@ pub struct BadCode {
 /// The ternary value of unpacked weight `(row, col)` in transformers' packed layout (`pack_weights`):
 /// `[rows / 4, cols]` bytes, packed row `p` holding rows `p, p + R, p + 2R, p + 3R` (`R = rows / 4`) in its
 /// bits 1:0, 3:2, 5:4, 7:6, each as the code `w + 1`. Code 3 (which `unpack_weights` would read as +2)
-/// is `None`.
+/// is an error naming its place.
 #[inline]
-fn hf_packed_value(packed: &[u8], rows: usize, cols: usize, row: usize, col: usize) -> Option<i8> {
+fn hf_packed_value(
+    packed: &[u8],
+    rows: usize,
+    cols: usize,
+    row: usize,
+    col: usize,
+) -> Result<i8, BadCode> {
     let r4 = rows / 4;
     let code = (packed[(row % r4) * cols + col] >> (2 * (row / r4))) & 3;
-    (code != 3).then(|| code as i8 - 1)
+    if code == 3 {
+        return Err(BadCode {
+            row,
+            col,
+            packed_row: row % r4,
+        });
+    }
+    Ok(code as i8 - 1)
 }
 
 /// Unpacks a pre-packed `[rows / 4, cols]` uint8 BitLinear weight (transformers' layout, see
@@ -205,13 +218,7 @@ pub fn unpack_hf_packed(packed: &[u8], rows: usize, cols: usize) -> Result<Vec<i
     let mut out = Vec::with_capacity(rows * cols);
     for row in 0..rows {
         for col in 0..cols {
-            out.push(
-                hf_packed_value(packed, rows, cols, row, col).ok_or(BadCode {
-                    row,
-                    col,
-                    packed_row: row % (rows / 4),
-                })?,
-            );
+            out.push(hf_packed_value(packed, rows, cols, row, col)?);
         }
     }
     Ok(out)
@@ -235,13 +242,7 @@ pub fn repack_hf_packed(packed: &[u8], rows: usize, cols: usize) -> Result<Vec<u
             q.clear();
             for row in r0..r1 {
                 for col in 0..cols {
-                    q.push(
-                        hf_packed_value(packed, rows, cols, row, col).ok_or(BadCode {
-                            row,
-                            col,
-                            packed_row: row % (rows / 4),
-                        })?,
-                    );
+                    q.push(hf_packed_value(packed, rows, cols, row, col)?);
                 }
             }
             layout::pack_ternary_tile(q, r1 - r0, cols, 0, dst);
