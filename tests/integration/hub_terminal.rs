@@ -2,33 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::hub_download::{Sandbox, tiny_repo};
 use crate::hub_standin::StandIn;
-
-fn tmux(args: &[&str]) -> String {
-    let o = Command::new("tmux")
-        .args(args)
-        .output()
-        .expect("tmux (installed by .ci/run)");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn wait_for_screen(session: &str, what: impl Fn(&str) -> bool, secs: u64) -> String {
-    let start = Instant::now();
-    loop {
-        let screen = tmux(&["capture-pane", "-p", "-t", session, "-S", "-100"]);
-        if what(&screen) {
-            return screen;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out; the screen:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use crate::terminal::{tmux, wait_for};
 
 #[test]
 fn a_terminal_shows_a_progress_bar_per_file() {
@@ -67,8 +44,8 @@ fn a_terminal_shows_a_progress_bar_per_file() {
         .status()
         .unwrap();
     assert!(started.success());
-    let during = wait_for_screen(&session, |s| s.contains("model.safetensors ["), 20);
-    let done = wait_for_screen(&session, |s| s.contains("EXITED-"), 40);
+    let during = wait_for(&session, |s| s.contains("model.safetensors ["), 20);
+    let done = wait_for(&session, |s| s.contains("EXITED-"), 40);
     tmux(&["kill-session", "-t", &session]);
     let bar = during
         .lines()

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-fn tmux(args: &[&str]) -> String {
+/// Runs tmux with `args`; its stdout.
+pub fn tmux(args: &[&str]) -> String {
     let o = Command::new("tmux")
         .args(args)
         .output()
@@ -14,7 +15,8 @@ fn tmux(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn wait_for(session: &str, what: impl Fn(&str) -> bool, secs: u64) -> String {
+/// Polls `session`'s screen until `what` holds, failing with the screen after `secs` seconds.
+pub fn wait_for(session: &str, what: impl Fn(&str) -> bool, secs: u64) -> String {
     let start = Instant::now();
     loop {
         let screen = tmux(&["capture-pane", "-p", "-t", session, "-S", "-200"]);
