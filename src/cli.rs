@@ -16,8 +16,10 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Quantize a Hugging Face BitNet checkpoint and pack it into one .bitnet file.
+    /// Quantize a Hugging Face BitNet checkpoint (or read a GGUF file) and pack it into one .bitnet file.
     Convert(ConvertArgs),
+    /// Write a .bitnet file as GGUF (TQ2_0 or TQ1_0 projections) for llama.cpp.
+    Export(ExportArgs),
     /// Show what a .bitnet file holds: config, tokenizer, tensors, sizes, checksums.
     Inspect(InspectArgs),
     /// Check the packed model's logits against transformers' logits or an FP32 reference; exit 1 past tolerance.
@@ -52,8 +54,8 @@ pub enum LmHeadArg {
 /// `bitnet convert`.
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
-    /// A Hugging Face model folder, or a repo id (org/name[@revision]), downloaded into the Hugging
-    /// Face cache when it is not there.
+    /// A Hugging Face model folder, a repo id (org/name[@revision], downloaded into the Hugging Face
+    /// cache when it is not there), or a GGUF file (TQ1_0, TQ2_0, I2_S).
     pub input: String,
     /// The .bitnet file to write (written atomically: a temporary file beside it, then a rename).
     #[arg(short, long)]
@@ -61,6 +63,36 @@ pub struct ConvertArgs {
     /// How to store the LM head.
     #[arg(long, value_enum, default_value_t = LmHeadArg::Bf16)]
     pub lm_head: LmHeadArg,
+    /// Replace OUTPUT if it exists.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// The ternary type of `bitnet export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GgufTypeArg {
+    /// llama.cpp's 2-bit blocks (2.0625 bits per weight).
+    #[value(name = "tq2_0")]
+    Tq2_0,
+    /// llama.cpp's base-3 blocks (1.6875 bits per weight).
+    #[value(name = "tq1_0")]
+    Tq1_0,
+}
+
+/// `bitnet export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The .bitnet file.
+    pub input: PathBuf,
+    /// The GGUF file to write (written atomically).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// The type of the ternary projections.
+    #[arg(long = "type", value_enum, default_value_t = GgufTypeArg::Tq2_0)]
+    pub ggml_type: GgufTypeArg,
     /// Replace OUTPUT if it exists.
     #[arg(short, long)]
     pub force: bool,

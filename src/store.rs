@@ -304,6 +304,18 @@ fn run_convert(input: &str, out: &Path, head: HeadVariant) -> anyhow::Result<()>
 /// The files of `dir` a conversion reads, with their sizes and modification times, sorted.
 fn stamps(dir: &Path) -> anyhow::Result<Vec<Stamp>> {
     let mut out = Vec::new();
+    if dir.is_file() {
+        // A GGUF file is its own source.
+        let meta = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+        out.push(Stamp {
+            name: dir
+                .file_name()
+                .map_or("model.gguf".into(), |n| n.to_string_lossy().into_owned()),
+            bytes: meta.len(),
+            mtime_ns: mtime_ns(&meta),
+        });
+        return Ok(out);
+    }
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     for e in entries {
         let e = e.with_context(|| format!("reading {}", dir.display()))?;
@@ -316,26 +328,32 @@ fn stamps(dir: &Path) -> anyhow::Result<Vec<Stamp>> {
         if !meta.is_file() {
             continue;
         }
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as u64);
         out.push(Stamp {
             name,
             bytes: meta.len(),
-            mtime_ns,
+            mtime_ns: mtime_ns(&meta),
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
+fn mtime_ns(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// The sha256 over each read file's name, size and sha256: the folder's content identity.
 fn content_sha256(dir: &Path, stamps: &[Stamp]) -> anyhow::Result<String> {
     let mut all = Sha256::new();
     for s in stamps {
-        let path = dir.join(&s.name);
+        let path = if dir.is_file() {
+            dir.to_path_buf()
+        } else {
+            dir.join(&s.name)
+        };
         let mut f =
             std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
         let mut h = Sha256::new();

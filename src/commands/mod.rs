@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod convert;
+mod export;
 mod inspect;
 mod list;
 mod perplexity;
@@ -18,6 +19,7 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Convert(args) => convert::run(args),
+        Command::Export(args) => export::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Bench(args) => bench::run(args),

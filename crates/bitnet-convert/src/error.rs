@@ -94,6 +94,14 @@ pub enum ConvertError {
     /// Writing the output failed.
     #[error(transparent)]
     Format(#[from] bitnet_format::FormatError),
+    /// A GGUF file that cannot be read (malformed, truncated, a type or version this build does not read).
+    #[error("{path}: {source}")]
+    Gguf {
+        /// The GGUF file.
+        path: PathBuf,
+        /// What is wrong, naming the field or tensor.
+        source: bitnet_gguf::GgufError,
+    },
 }
 
 /// Shorthand for results of this crate.

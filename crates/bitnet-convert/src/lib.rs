@@ -11,6 +11,9 @@
 //!    `weight_scale` multiplying or dividing as [`config::TernaryStorage`] read from config.json says.
 //! 4. [`convert::convert`] streams tensor by tensor into a `bitnet_format::FileWriter`, which writes the
 //!    file atomically. Memory stays near one tensor: source pages are released as soon as they are used.
+//!
+//! A GGUF file (llama.cpp's TQ1_0 / TQ2_0, bitnet.cpp's I2_S) is a source too: [`convert::convert`] hands
+//! it to [`gguf::convert_gguf`], and [`gguf::export::export`] writes a `.bitnet` file back as GGUF.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -20,6 +23,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod gguf;
 pub mod hub;
 pub mod quantize;
 pub mod sentencepiece;

@@ -1,0 +1,38 @@
+//! `bitnet export`: a .bitnet file as GGUF for llama.cpp.
+
+use anyhow::{Context, bail};
+use bitnet_convert::gguf::export::{ExportType, export};
+
+use super::human_bytes;
+use crate::Outcome;
+use crate::cli::{ExportArgs, GgufTypeArg};
+
+pub fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
+    if args.output.exists() && !args.force {
+        bail!(
+            "{}: already exists (pass --force to replace it)",
+            args.output.display()
+        );
+    }
+    let ty = match args.ggml_type {
+        GgufTypeArg::Tq2_0 => ExportType::Tq2_0,
+        GgufTypeArg::Tq1_0 => ExportType::Tq1_0,
+    };
+    let report = export(&args.input, &args.output, ty)
+        .with_context(|| format!("exporting {}", args.input.display()))?;
+    if !args.quiet {
+        for n in &report.notes {
+            eprintln!("note: {n}");
+        }
+        eprintln!(
+            "wrote {} ({}, architecture {}, {} projections as {:?}, {} as F32)",
+            report.output.display(),
+            human_bytes(report.file_bytes),
+            report.architecture,
+            report.ternary_tensors,
+            ty,
+            report.f32_fallback.len()
+        );
+    }
+    Ok(Outcome::Success)
+}
