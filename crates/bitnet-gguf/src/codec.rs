@@ -58,7 +58,10 @@ pub fn decode_tq2_0(data: &[u8], n: usize, tensor: &str) -> Result<(Vec<i8>, Vec
 
 /// Encodes ternary values (`values.len()` a multiple of 256) as TQ2_0 blocks, every block with scale `d`.
 pub fn encode_tq2_0(values: &[i8], d: f16) -> Vec<u8> {
-    assert!(values.len().is_multiple_of(QK_K), "TQ2_0 takes whole 256-weight blocks");
+    assert!(
+        values.len().is_multiple_of(QK_K),
+        "TQ2_0 takes whole 256-weight blocks"
+    );
     let mut out = Vec::with_capacity(values.len() / QK_K * 66);
     for block in values.chunks_exact(QK_K) {
         for half in 0..2 {
@@ -115,7 +118,10 @@ fn pack_trits(digits: impl Iterator<Item = i8>) -> u8 {
 
 /// Encodes ternary values (`values.len()` a multiple of 256) as TQ1_0 blocks, every block with scale `d`.
 pub fn encode_tq1_0(values: &[i8], d: f16) -> Vec<u8> {
-    assert!(values.len().is_multiple_of(QK_K), "TQ1_0 takes whole 256-weight blocks");
+    assert!(
+        values.len().is_multiple_of(QK_K),
+        "TQ1_0 takes whole 256-weight blocks"
+    );
     let mut out = Vec::with_capacity(values.len() / QK_K * 54);
     for x in values.chunks_exact(QK_K) {
         for m in 0..32 {
@@ -144,7 +150,11 @@ pub fn decode_i2s(data: &[u8], n: usize, tensor: &str) -> Result<(Vec<i8>, f32)>
     if data.len() != n / 4 + 32 {
         return Err(GgufError::tensor(
             tensor,
-            format!("I2_S data is {} bytes; {n} weights take {}", data.len(), n / 4 + 32),
+            format!(
+                "I2_S data is {} bytes; {n} weights take {}",
+                data.len(),
+                n / 4 + 32
+            ),
         ));
     }
     let mut values = vec![0i8; n];
@@ -155,7 +165,10 @@ pub fn decode_i2s(data: &[u8], n: usize, tensor: &str) -> Result<(Vec<i8>, f32)>
                 if code == 3 {
                     return Err(GgufError::tensor(
                         tensor,
-                        format!("I2_S byte {} holds code 3, which is no ternary value", 32 * b + j),
+                        format!(
+                            "I2_S byte {} holds code 3, which is no ternary value",
+                            32 * b + j
+                        ),
                     ));
                 }
                 values[QK_I2_S * b + 32 * g + j] = code as i8 - 1;
@@ -169,7 +182,10 @@ pub fn decode_i2s(data: &[u8], n: usize, tensor: &str) -> Result<(Vec<i8>, f32)>
 
 /// Encodes ternary values (`values.len()` a multiple of 128) as I2_S with the scale `scale`.
 pub fn encode_i2s(values: &[i8], scale: f32) -> Vec<u8> {
-    assert!(values.len().is_multiple_of(QK_I2_S), "I2_S takes whole 128-weight blocks");
+    assert!(
+        values.len().is_multiple_of(QK_I2_S),
+        "I2_S takes whole 128-weight blocks"
+    );
     let n = values.len();
     let mut out = vec![0u8; n / 4 + 32];
     for (b, block) in values.chunks_exact(QK_I2_S).enumerate() {
@@ -268,7 +284,9 @@ mod tests {
         let mut x = seed;
         (0..n)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((x >> 33) % 3) as i8 - 1
             })
             .collect()
@@ -324,7 +342,12 @@ mod tests {
     fn differing_block_scales_are_refused_and_zero_blocks_ignored() {
         let mut v = ternary(3, 512);
         let s = [f16::from_f32(0.5), f16::from_f32(0.25)];
-        assert!(tensor_scale(&v, &s, "t").unwrap_err().to_string().contains("differ"));
+        assert!(
+            tensor_scale(&v, &s, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("differ")
+        );
         v[256..].fill(0);
         assert_eq!(tensor_scale(&v, &s, "t").unwrap(), 0.5);
         assert!(tensor_scale(&v, &[f16::NAN, f16::ONE], "t").is_err());

@@ -21,7 +21,9 @@ pub enum GgufError {
         found: [u8; 4],
     },
     /// A version this reader does not know.
-    #[error("field `version`: GGUF version {found} is not supported; this reader reads versions 2 and 3")]
+    #[error(
+        "field `version`: GGUF version {found} is not supported; this reader reads versions 2 and 3"
+    )]
     Version {
         /// The version found.
         found: u32,
@@ -35,9 +37,7 @@ pub enum GgufError {
         reason: String,
     },
     /// A tensor of a ggml type this build does not read.
-    #[error(
-        "tensor `{tensor}`: type {name} (id {id}) is not read; this build reads {supported}"
-    )]
+    #[error("tensor `{tensor}`: type {name} (id {id}) is not read; this build reads {supported}")]
     UnsupportedType {
         /// The tensor.
         tensor: String,

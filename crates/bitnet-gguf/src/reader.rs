@@ -98,7 +98,10 @@ impl GgufFile {
             Backing::Map(m) => m,
             Backing::Owned(v) => v,
         };
-        let mut c = Cursor { bytes: data, pos: 0 };
+        let mut c = Cursor {
+            bytes: data,
+            pos: 0,
+        };
         let magic: [u8; 4] = c.take(4, "magic")?.try_into().expect("4 bytes");
         if magic != MAGIC {
             return Err(GgufError::Magic { found: magic });
@@ -124,7 +127,12 @@ impl GgufFile {
             }
             metadata.push((key, value));
         }
-        let alignment = match metadata.get(index.get("general.alignment").copied().unwrap_or(usize::MAX)) {
+        let alignment = match metadata.get(
+            index
+                .get("general.alignment")
+                .copied()
+                .unwrap_or(usize::MAX),
+        ) {
             None => DEFAULT_ALIGNMENT,
             Some((_, Value::U32(a))) if *a > 0 && a.is_power_of_two() => u64::from(*a),
             Some((_, v)) => {
@@ -186,7 +194,9 @@ impl GgufFile {
         if data_offset > file_len {
             return Err(GgufError::field(
                 "tensor data",
-                format!("the data section would start at byte {data_offset}, past the end of the {file_len}-byte file"),
+                format!(
+                    "the data section would start at byte {data_offset}, past the end of the {file_len}-byte file"
+                ),
             ));
         }
         let data_len = file_len - data_offset;
@@ -354,7 +364,12 @@ impl<'a> Cursor<'a> {
             ValueType::Bool => match self.array::<1>(field)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(GgufError::field(field, format!("bool byte {b}, not 0 or 1"))),
+                b => {
+                    return Err(GgufError::field(
+                        field,
+                        format!("bool byte {b}, not 0 or 1"),
+                    ));
+                }
             },
             ValueType::String => Value::String(self.string(field)?),
             ValueType::Array => {

@@ -33,7 +33,11 @@ fn invalid(msg: String) -> io::Error {
 impl<W: Write> GgufWriter<W> {
     /// Writes the header, `metadata` and the directory of `tensors`; their data follows with
     /// [`GgufWriter::write_tensor`], in the same order.
-    pub fn new(mut out: W, metadata: &[(String, Value)], tensors: Vec<TensorDesc>) -> io::Result<Self> {
+    pub fn new(
+        mut out: W,
+        metadata: &[(String, Value)],
+        tensors: Vec<TensorDesc>,
+    ) -> io::Result<Self> {
         let mut head = Vec::new();
         head.extend_from_slice(&crate::MAGIC);
         head.extend_from_slice(&3u32.to_le_bytes());
@@ -76,7 +80,10 @@ impl<W: Write> GgufWriter<W> {
             return Err(invalid(format!("tensor `{name}` is not in the directory")));
         };
         if t.name != name {
-            return Err(invalid(format!("expected tensor `{}`, got `{name}`", t.name)));
+            return Err(invalid(format!(
+                "expected tensor `{}`, got `{name}`",
+                t.name
+            )));
         }
         let len = t.ggml_type.byte_len(&t.dims).map_err(invalid)?;
         if bytes.len() as u64 != len {
