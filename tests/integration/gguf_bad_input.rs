@@ -1,0 +1,175 @@
+//! Malformed GGUF files, crafted here: `bitnet convert` exits 2 with a message naming the field, and leaves
+//! no output or temporary file.
+
+use half::f16;
+
+use crate::gguf::gguf_fixture;
+use crate::util::*;
+
+fn string(s: &str) -> Vec<u8> {
+    [&(s.len() as u64).to_le_bytes()[..], s.as_bytes()].concat()
+}
+
+/// A GGUF file from raw parts: `kv` is (key, value type tag, encoded value); `tensors` (name, dims, type,
+/// offset); `data` the data section.
+fn gguf_bytes(
+    version: u32,
+    kv: &[(&str, u32, Vec<u8>)],
+    tensors: &[(&str, &[u64], u32, u64)],
+    data: &[u8],
+) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(version.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((kv.len() as u64).to_le_bytes());
+    for (k, tag, v) in kv {
+        b.extend(string(k));
+        b.extend(tag.to_le_bytes());
+        b.extend(v);
+    }
+    for (name, dims, ty, offset) in tensors {
+        b.extend(string(name));
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in *dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(ty.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+    }
+    b.resize(b.len().div_ceil(32) * 32, 0);
+    b.extend(data);
+    b
+}
+
+fn arch(a: &str) -> (&'static str, u32, Vec<u8>) {
+    ("general.architecture", 8, string(a))
+}
+
+#[test]
+fn malformed_gguf_files_are_refused_naming_the_field() {
+    let ok_kv = || vec![arch("llama")];
+    let array_past_end = [&8u32.to_le_bytes()[..], &(1u64 << 40).to_le_bytes()].concat();
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        (
+            "unknown version",
+            gguf_bytes(7, &ok_kv(), &[], &[]),
+            vec!["`version`", "7", "versions 2 and 3"],
+        ),
+        (
+            "a type not read",
+            gguf_bytes(
+                3,
+                &ok_kv(),
+                &[("token_embd.weight", &[256, 4], 12, 0)],
+                &[0; 1024],
+            ),
+            vec![
+                "token_embd.weight",
+                "Q4_K",
+                "F32, F16, BF16, TQ1_0, TQ2_0, I2_S",
+            ],
+        ),
+        (
+            "offset past the end",
+            gguf_bytes(
+                3,
+                &ok_kv(),
+                &[("output_norm.weight", &[8], 0, 64)],
+                &[0; 32],
+            ),
+            vec!["tensor `output_norm.weight` offset", "past the end"],
+        ),
+        (
+            "overlapping tensors",
+            gguf_bytes(
+                3,
+                &ok_kv(),
+                &[("a.weight", &[16], 0, 0), ("b.weight", &[8], 0, 32)],
+                &[0; 96],
+            ),
+            vec!["tensor `b.weight` offset", "overlap"],
+        ),
+        (
+            "string length past the file",
+            gguf_bytes(
+                3,
+                &[(
+                    "general.architecture",
+                    8,
+                    (1u64 << 50).to_le_bytes().to_vec(),
+                )],
+                &[],
+                &[],
+            ),
+            vec!["general.architecture", "string length"],
+        ),
+        (
+            "array length past the file",
+            gguf_bytes(
+                3,
+                &[arch("llama"), ("tokenizer.ggml.tokens", 9, array_past_end)],
+                &[],
+                &[],
+            ),
+            vec!["tokenizer.ggml.tokens", "array length"],
+        ),
+        (
+            "an architecture not supported",
+            gguf_bytes(3, &[arch("gpt2")], &[], &[]),
+            vec![
+                "general.architecture",
+                "`gpt2`",
+                "llama, bitnet, bitnet-b1.58, bitnet-25",
+            ],
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (what, bytes, needles) in cases {
+        let input = dir.path().join("bad.gguf");
+        std::fs::write(&input, bytes).unwrap();
+        let out = dir.path().join("out.bitnet");
+        let o = run(&[
+            "convert",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
+        for n in needles {
+            assert!(
+                stderr(&o).contains(n),
+                "{what}: {n:?} not in {}",
+                stderr(&o)
+            );
+        }
+        assert_only(dir.path(), &["bad.gguf"]);
+    }
+}
+
+#[test]
+fn tq_blocks_with_differing_scales_are_refused() {
+    // A valid model file whose first q block is re-scaled: not one scale per tensor.
+    let src = std::fs::read(gguf_fixture("falcon3-tq-tiny.tq2_0")).unwrap();
+    let file = bitnet_gguf::GgufFile::from_bytes(src.clone()).unwrap();
+    let t = file.tensor("blk.0.attn_q.weight").unwrap();
+    let at = (file.data_offset() + t.offset) as usize + 64;
+    let mut bytes = src;
+    let d = f16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    bytes[at..at + 2].copy_from_slice(&f16::from_f32(d.to_f32() * 2.0).to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("scaled.gguf");
+    std::fs::write(&input, bytes).unwrap();
+    let o = run(&[
+        "convert",
+        input.to_str().unwrap(),
+        "-o",
+        dir.path().join("o.bitnet").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("blk.0.attn_q.weight") && stderr(&o).contains("block scales differ"),
+        "{}",
+        stderr(&o)
+    );
+    assert_only(dir.path(), &["scaled.gguf"]);
+}
