@@ -1,6 +1,7 @@
 //! Malformed GGUF files, crafted here: `bitnet convert` exits 2 with a message naming the field, and leaves
 //! no output or temporary file.
 
+use bitnet_gguf::{GgufFile, GgufWriter, TensorDesc, Value};
 use half::f16;
 
 use crate::gguf::gguf_fixture;
@@ -172,4 +173,145 @@ fn tq_blocks_with_differing_scales_are_refused() {
         stderr(&o)
     );
     assert_only(dir.path(), &["scaled.gguf"]);
+}
+
+/// Copies a GGUF fixture with one metadata value replaced or added (or removed, for `None`).
+fn with_metadata(name: &str, key: &str, value: Option<Value>, out: &std::path::Path) {
+    let src = GgufFile::open(gguf_fixture(name)).unwrap();
+    let mut meta: Vec<(String, Value)> = src
+        .metadata()
+        .iter()
+        .filter_map(|(k, v)| match (k == key, &value) {
+            (true, Some(new)) => Some((k.clone(), new.clone())),
+            (true, None) => None,
+            (false, _) => Some((k.clone(), v.clone())),
+        })
+        .collect();
+    if let (None, Some(v)) = (src.get(key), value) {
+        meta.push((key.to_string(), v));
+    }
+    let descs = src
+        .tensors()
+        .iter()
+        .map(|t| TensorDesc {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ggml_type: t.ggml_type,
+        })
+        .collect();
+    let mut w = GgufWriter::new(std::fs::File::create(out).unwrap(), &meta, descs).unwrap();
+    for t in src.tensors() {
+        w.write_tensor(&t.name, src.data(t)).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn pre_tokenizers_and_vocabularies_not_known_are_refused_and_falcon_e_warned() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.gguf");
+    let out = d.join("out.bitnet");
+    let convert = || {
+        run(&[
+            "convert",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+
+    with_metadata(
+        "falcon3-tq-tiny.tq2_0",
+        "tokenizer.ggml.pre",
+        Some(Value::String("mystery".into())),
+        &input,
+    );
+    let o = convert();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("tokenizer.ggml.pre") && stderr(&o).contains("`mystery`"),
+        "{}",
+        stderr(&o)
+    );
+    assert_only(d, &["in.gguf"]);
+
+    with_metadata(
+        "falcon3-tq-tiny.tq2_0",
+        "tokenizer.ggml.model",
+        Some(Value::String("llama".into())),
+        &input,
+    );
+    let o = convert();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("tokenizer.ggml.model"),
+        "{}",
+        stderr(&o)
+    );
+    assert_only(d, &["in.gguf"]);
+
+    // Falcon-E's name: read as LLaMA 3's split (this vocabulary's own), with a warning that says so.
+    with_metadata(
+        "falcon3-tq-tiny.tq2_0",
+        "tokenizer.ggml.pre",
+        Some(Value::String("falcon_e".into())),
+        &input,
+    );
+    let o = convert();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: tokenizer.ggml.pre `falcon_e`"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A missing required key is named.
+    with_metadata("falcon3-tq-tiny.tq2_0", "llama.block_count", None, &input);
+    let o = run(&[
+        "convert",
+        input.to_str().unwrap(),
+        "-o",
+        d.join("o2.bitnet").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("llama.block_count") && stderr(&o).contains("missing"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn rope_scaling_and_partial_rotary_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.gguf");
+    for (key, value, needle) in [
+        (
+            "llama.rope.dimension_count",
+            Value::U32(32),
+            "partial rotary",
+        ),
+        (
+            "llama.rope.scaling.type",
+            Value::String("yarn".into()),
+            "`yarn` RoPE scaling",
+        ),
+    ] {
+        with_metadata("falcon3-tq-tiny.tq2_0", key, Some(value), &input);
+        let out = dir.path().join("out.bitnet");
+        let o = run(&[
+            "convert",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{key}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(key) && stderr(&o).contains(needle),
+            "{}",
+            stderr(&o)
+        );
+        assert_only(dir.path(), &["in.gguf"]);
+    }
 }
