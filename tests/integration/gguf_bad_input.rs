@@ -283,7 +283,7 @@ fn pre_tokenizers_and_vocabularies_not_known_are_refused_and_falcon_e_warned() {
 }
 
 #[test]
-fn rope_scaling_and_partial_rotary_are_refused() {
+fn rope_scaling_partial_rotary_and_huge_dimensions_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.gguf");
     for (key, value, needle) in [
@@ -296,6 +296,16 @@ fn rope_scaling_and_partial_rotary_are_refused() {
             "llama.rope.scaling.type",
             Value::String("yarn".into()),
             "`yarn` RoPE scaling",
+        ),
+        (
+            "llama.embedding_length",
+            Value::U64(1 << 40),
+            "larger than any model",
+        ),
+        (
+            "llama.attention.head_count",
+            Value::U32(u32::MAX),
+            "larger than any model",
         ),
     ] {
         with_metadata("falcon3-tq-tiny.tq2_0", key, Some(value), &input);

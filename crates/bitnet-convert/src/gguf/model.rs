@@ -20,6 +20,9 @@ pub enum Family {
     BitnetB158,
 }
 
+/// The largest dimension, head count or context length accepted from a file's metadata.
+const MAX_DIM: u64 = 1 << 24;
+
 /// The architecture names this build reads.
 pub const SUPPORTED: &str = "llama, bitnet, bitnet-b1.58, bitnet-25";
 
@@ -145,6 +148,23 @@ impl GgufModel {
             &a("attention.layer_norm_rms_epsilon"),
         )?;
         let theta = key_f64(&file, path, &a("rope.freq_base"))?.unwrap_or(10000.0);
+        // Bounded so that every product of two dimensions below fits: a hostile file cannot overflow them.
+        for (key, v) in [
+            ("embedding_length", hidden),
+            ("block_count", layers),
+            ("feed_forward_length", ffn),
+            ("attention.head_count", heads),
+            ("attention.head_count_kv", kv),
+            ("context_length", ctx),
+        ] {
+            if v > MAX_DIM {
+                return Err(ConvertError::field(
+                    path,
+                    &a(key),
+                    format!("{v} is larger than any model (limit {MAX_DIM})"),
+                ));
+            }
+        }
         if heads == 0 || kv == 0 || heads % kv != 0 || hidden == 0 || layers == 0 || ffn == 0 {
             return Err(ConvertError::field(
                 path,
@@ -185,7 +205,7 @@ impl GgufModel {
                 format!("RoPE over {r} of {head_dim} dimensions (partial rotary) is not supported"),
             ));
         }
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || head_dim % 2 != 0 || head_dim > MAX_DIM {
             return Err(ConvertError::field(
                 path,
                 &a("attention.key_length"),
