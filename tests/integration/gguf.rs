@@ -23,7 +23,7 @@ enum Scale {
 }
 
 /// (GGUF fixture, source checkpoint, how its scales are stored).
-const CASES: [(&str, &str, Scale); 8] = [
+const CASES: [(&str, &str, Scale); 10] = [
     ("demo.tq2_0", "demo", Scale::F16),
     ("demo.tq1_0", "demo", Scale::F16),
     ("demo.i2_s", "demo", Scale::Exact),
@@ -32,6 +32,16 @@ const CASES: [(&str, &str, Scale); 8] = [
     ("falcon3-tq-tiny.tq1_0", "falcon3-tq-tiny", Scale::F16),
     ("falcon3-tiny.tq2_0", "falcon3-tiny", Scale::F16),
     ("falcon3-tiny.i2_s", "falcon3-tiny", Scale::Exact),
+    (
+        "bitnet-1bitllm-tiny.tq2_0",
+        "bitnet-1bitllm-tiny",
+        Scale::F16,
+    ),
+    (
+        "bitnet-1bitllm-tiny.i2_s",
+        "bitnet-1bitllm-tiny",
+        Scale::Exact,
+    ),
 ];
 
 pub(crate) fn gguf_fixture(name: &str) -> PathBuf {
@@ -65,6 +75,10 @@ pub(crate) fn texts() -> Vec<String> {
         &std::fs::read(repo_root().join("fixtures/family-chat-template-cases.json")).unwrap(),
     )
     .unwrap();
+    let sp: Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("fixtures/tokenizer-cases-sentencepiece.json")).unwrap(),
+    )
+    .unwrap();
     let mut out: Vec<String> = ["llama3", "small"]
         .iter()
         .flat_map(|k| cases[k]["cases"].as_array().unwrap().iter())
@@ -76,6 +90,13 @@ pub(crate) fn texts() -> Vec<String> {
             .unwrap()
             .iter()
             .map(|c| c["rendered"].as_str().unwrap().to_string()),
+    );
+    out.extend(
+        sp["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().to_string()),
     );
     out
 }
@@ -136,18 +157,34 @@ fn assert_same_model(a: &Path, b: &Path, scale: Scale, what: &str) {
                     ea.name
                 );
             }
-            TensorKind::F32 => assert!(da == db, "{what}: {} differs", ea.name),
-            TensorKind::Bf16 => {
+            TensorKind::F32 if ea.name != "token_embd" && ea.name != "output" => {
+                assert!(da == db, "{what}: {} differs", ea.name)
+            }
+            TensorKind::F32 | TensorKind::Bf16 => {
+                // The GGUF files hold the embedding and head as F16, as llama.cpp and bitnet.cpp write them.
                 assert_eq!(eb.kind, TensorKind::F32, "{what}: {}", ea.name);
-                let bad = da
-                    .chunks_exact(2)
+                let a: Vec<f32> = if ea.kind == TensorKind::Bf16 {
+                    da.chunks_exact(2)
+                        .map(|x| bf16::from_le_bytes([x[0], x[1]]).to_f32())
+                        .collect()
+                } else {
+                    da.chunks_exact(4)
+                        .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+                        .collect()
+                };
+                let bad = a
+                    .iter()
                     .zip(db.chunks_exact(4))
                     .filter(|(x, y)| {
-                        f16_round(bf16::from_le_bytes([x[0], x[1]]).to_f32()).to_bits()
+                        f16_round(**x).to_bits()
                             != f32::from_le_bytes([y[0], y[1], y[2], y[3]]).to_bits()
                     })
                     .count();
-                assert_eq!(bad, 0, "{what}: {} values differ from f16(bf16)", ea.name);
+                assert_eq!(
+                    bad, 0,
+                    "{what}: {} values differ from f16 of the checkpoint's",
+                    ea.name
+                );
             }
             _ => unreachable!(),
         }
@@ -220,8 +257,14 @@ fn gguf_fixtures_pass_verify_against_transformers() {
         // f16 scales move every projection's output by up to 2^-11 relative, and so shift int8 activation
         // rounding everywhere: no position stays within 1e-3 of transformers, and on the random-weight
         // falcon3 fixtures the cosine falls to 0.9989 (README, "GGUF").
-        if scale == Scale::F16 {
+        if scale == Scale::F16 || source == "bitnet-1bitllm-tiny" {
             args.extend(["--min-cosine", "0.998", "--min-tight", "0"]);
+        }
+        // 1bitLLM's embedding (tied, so also the head) is F32 in the checkpoint and F16 in GGUF files: every
+        // value moves by up to 2^-11 relative at both ends of the model, which on this random-weight
+        // fixture gives KL up to 0.12 and cosine 0.9985 even with exact scales (README, "GGUF").
+        if source == "bitnet-1bitllm-tiny" {
+            args.extend(["--max-kl", "0.2"]);
         }
         let o = run(&args);
         assert!(
@@ -282,7 +325,7 @@ fn gguf_fixtures_generate_greedily_as_their_checkpoint() {
         for case in oracle["prompts"].as_array().unwrap() {
             let text = case["text"].as_str().unwrap();
             let got = greedy(&b, text, n);
-            if scale == Scale::Exact {
+            if scale == Scale::Exact && source != "bitnet-1bitllm-tiny" {
                 // The same weights bit for bit: the same tokens as the checkpoint's own conversion.
                 assert_eq!(got, greedy(&a, text, n), "{gguf}: {text}");
             } else if source == "demo" {

@@ -239,7 +239,7 @@ fn pre_tokenizers_and_vocabularies_not_known_are_refused_and_falcon_e_warned() {
     with_metadata(
         "falcon3-tq-tiny.tq2_0",
         "tokenizer.ggml.model",
-        Some(Value::String("llama".into())),
+        Some(Value::String("rwkv".into())),
         &input,
     );
     let o = convert();

@@ -14,6 +14,9 @@
 //! Any other name is refused (naming the field and the known names): tokenizing with a guessed regex
 //! would silently give other ids than the model was trained on. Token types 2 (unknown), 3 (control) and
 //! 4 (user-defined) become added tokens, special for 2 and 3, so they are matched whole in text.
+//!
+//! LLaMA 2's SentencePiece BPE (`tokenizer.ggml.model = llama`, 1bitLLM) is rebuilt as transformers'
+//! `LlamaTokenizer` builds it from a `tokenizer.model` (see [`sentencepiece_json`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -92,25 +95,19 @@ pub fn from_gguf(
                 "missing: the file carries no tokenizer",
             )
         })?;
-    if model != "gpt2" {
+    if model != "gpt2" && model != "llama" {
         return Err(field(
             path,
             "tokenizer.ggml.model",
             format!(
                 "`{model}` is not read; this build rebuilds byte-level BPE vocabularies (`gpt2`: LLaMA 3, \
-                 Falcon3, 2B4T). Convert the Hugging Face folder instead (a SentencePiece `tokenizer.model` is read there)"
+                 Falcon3, 2B4T) and LLaMA 2's SentencePiece BPE (`llama`: 1bitLLM). Convert the Hugging Face \
+                 folder instead, whose tokenizer files are used as they are"
             ),
         ));
     }
     let tokens = strings(file, path, "tokenizer.ggml.tokens")?
         .ok_or_else(|| field(path, "tokenizer.ggml.tokens", "missing"))?;
-    let merges = strings(file, path, "tokenizer.ggml.merges")?.ok_or_else(|| {
-        field(
-            path,
-            "tokenizer.ggml.merges",
-            "missing (a BPE vocabulary needs its merges)",
-        )
-    })?;
     let types: Vec<i64> = match file.get("tokenizer.ggml.token_type") {
         None => vec![1; tokens.len()],
         Some(v) => v
@@ -136,6 +133,127 @@ pub fn from_gguf(
         }
     }
     let has = |t: &str| seen.get(t).map(|&i| i as u32);
+    let json = if model == "llama" {
+        sentencepiece_json(file, path, &tokens, &types)?
+    } else {
+        bpe_json(file, path, &tokens, &types, &has, warnings, notes)?
+    };
+    special_ids(file, path, json, tokens.len(), &has)
+}
+
+/// LLaMA 2's SentencePiece BPE (`tokenizer.ggml.model = llama`) as transformers' `LlamaTokenizer` builds its
+/// `tokenizer.json` ([`crate::sentencepiece`]): the pieces are the tokens up to the last one that is not
+/// user-defined; the user-defined tokens after them (`<pad>`, `</line>` of `added_tokens.json`, which
+/// llama.cpp's converter appends) and the unknown and control pieces are added tokens; byte fallback when the vocabulary has byte tokens; the
+/// prefix space from `tokenizer.ggml.add_space_prefix` (default true), put in front of the first segment only
+/// (transformers' `legacy: false`; GGUF does not record the flag). Merges are derived from the vocabulary, as
+/// transformers does for a BPE `tokenizer.model`.
+fn sentencepiece_json(
+    file: &GgufFile,
+    path: &Path,
+    tokens: &[String],
+    types: &[i64],
+) -> Result<Vec<u8>> {
+    use crate::sentencepiece::{
+        self as sp, AddedToken, ModelType, Piece, PieceType, SentencePieceModel, TokenizerSettings,
+    };
+    let scores: Vec<f32> = match file.get("tokenizer.ggml.scores") {
+        None => vec![0.0; tokens.len()],
+        Some(v) => v
+            .as_array()
+            .filter(|a| a.len() == tokens.len())
+            .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
+            .ok_or_else(|| {
+                field(
+                    path,
+                    "tokenizer.ggml.scores",
+                    format!("expected {} numbers", tokens.len()),
+                )
+            })?,
+    };
+    let n_pieces = types.iter().rposition(|&t| t != 4).map_or(0, |i| i + 1);
+    let kind = |t: i64| match t {
+        2 => PieceType::Unknown,
+        3 => PieceType::Control,
+        4 => PieceType::UserDefined,
+        5 => PieceType::Unused,
+        6 => PieceType::Byte,
+        _ => PieceType::Normal,
+    };
+    let pieces: Vec<Piece> = (0..n_pieces)
+        .map(|i| Piece {
+            piece: tokens[i].clone(),
+            score: scores[i],
+            kind: kind(types[i]),
+        })
+        .collect();
+    let id = |key: &str| {
+        file.get(key)
+            .and_then(Value::as_i64)
+            .filter(|&i| (0..tokens.len() as i64).contains(&i))
+    };
+    let flag = |key: &str, default: bool| file.get(key).and_then(Value::as_bool).unwrap_or(default);
+    let text = |i: Option<i64>| i.map(|i| tokens[i as usize].clone()).unwrap_or_default();
+    let prefix = flag("tokenizer.ggml.add_space_prefix", true);
+    let model = SentencePieceModel {
+        pieces,
+        model_type: ModelType::Bpe,
+        byte_fallback: types.contains(&6),
+        unk_id: id("tokenizer.ggml.unknown_token_id")
+            .or_else(|| types.iter().position(|&t| t == 2).map(|i| i as i64))
+            .map_or(-1, |i| i as i32),
+        bos_id: id("tokenizer.ggml.bos_token_id").map_or(-1, |i| i as i32),
+        eos_id: id("tokenizer.ggml.eos_token_id").map_or(-1, |i| i as i32),
+        normalizer_name: "identity".into(),
+        has_charsmap: false,
+        add_dummy_prefix: prefix,
+        remove_extra_whitespaces: false,
+    };
+    let settings = TokenizerSettings {
+        add_bos_token: flag("tokenizer.ggml.add_bos_token", true),
+        add_eos_token: flag("tokenizer.ggml.add_eos_token", false),
+        add_prefix_space: prefix,
+        legacy: false,
+        bos_token: text(id("tokenizer.ggml.bos_token_id")),
+        eos_token: text(id("tokenizer.ggml.eos_token_id")),
+        // transformers' LlamaTokenizer registers `<unk>`, `<s>` and `</s>` as special added tokens, so they
+        // are matched whole in text; so are the user-defined tokens appended after the pieces.
+        added_tokens: (0..tokens.len())
+            .filter(|&i| i >= n_pieces || matches!(types[i], 2 | 3))
+            .map(|i| AddedToken {
+                id: i as u32,
+                content: tokens[i].clone(),
+                special: true,
+                lstrip: false,
+                rstrip: false,
+                single_word: false,
+                normalized: false,
+                declared_in: path.to_path_buf(),
+            })
+            .collect(),
+    };
+    let value = sp::tokenizer_json(&model, &settings)
+        .map_err(|e| field(path, "tokenizer.ggml.tokens", e))?;
+    Ok(serde_json::to_vec(&value).expect("JSON values serialize"))
+}
+
+/// A byte-level BPE vocabulary (`tokenizer.ggml.model = gpt2`) as a `tokenizer.json` (module overview).
+fn bpe_json(
+    file: &GgufFile,
+    path: &Path,
+    tokens: &[String],
+    types: &[i64],
+    has: &dyn Fn(&str) -> Option<u32>,
+    warnings: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<u8>> {
+    let merges = strings(file, path, "tokenizer.ggml.merges")?.ok_or_else(|| {
+        field(
+            path,
+            "tokenizer.ggml.merges",
+            "missing (a BPE vocabulary needs its merges)",
+        )
+    })?;
     let pre = file.get("tokenizer.ggml.pre").and_then(Value::as_str);
     let (split, ignore_merges) = match pre {
         Some("llama-bpe" | "llama3" | "llama-v3" | "falcon3") => (Some(LLAMA3_REGEX), true),
@@ -177,7 +295,7 @@ pub fn from_gguf(
         .collect();
     let added: Vec<Json> = tokens
         .iter()
-        .zip(&types)
+        .zip(types)
         .enumerate()
         .filter(|(_, (_, ty))| matches!(ty, 2..=4))
         .map(|(id, (t, ty))| {
@@ -203,8 +321,17 @@ pub fn from_gguf(
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
                   "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges}
     });
+    Ok(serde_json::to_vec(&tokenizer).expect("JSON values serialize"))
+}
 
-    let n = tokens.len();
+/// BOS, end ids, BOS policy and chat template, with the `tokenizer.json` made from the vocabulary.
+fn special_ids(
+    file: &GgufFile,
+    path: &Path,
+    json: Vec<u8>,
+    n: usize,
+    has: &dyn Fn(&str) -> Option<u32>,
+) -> Result<Vocab> {
     let bos = token_id(file, path, "tokenizer.ggml.bos_token_id", n)?;
     let mut eos_ids = Vec::new();
     for key in [
@@ -244,7 +371,7 @@ pub fn from_gguf(
         ),
     };
     Ok(Vocab {
-        json: serde_json::to_vec(&tokenizer).expect("JSON values serialize"),
+        json,
         info: TokenizerInfo {
             tokenizer_json: Some("tokenizer.json".into()),
             bos_token_id: bos,
