@@ -16,7 +16,7 @@
 //! 4 (user-defined) become added tokens, special for 2 and 3, so they are matched whole in text.
 //!
 //! LLaMA 2's SentencePiece BPE (`tokenizer.ggml.model = llama`, 1bitLLM) is rebuilt as transformers'
-//! `LlamaTokenizer` builds it from a `tokenizer.model` (see [`sentencepiece_json`]).
+//! `LlamaTokenizer` builds it from a `tokenizer.model` ([`crate::sentencepiece`]).
 
 use std::collections::HashMap;
 use std::path::Path;
