@@ -84,7 +84,7 @@ pub struct Engine {
 /// the head the caller will use: an untied model's exact head needs a copy of its own.
 pub fn resolve_model(model: &str, head: Option<HeadArg>) -> anyhow::Result<PathBuf> {
     let p = Path::new(model);
-    if p.is_file() && bitnet_convert::gguf::is_gguf(p) {
+    if bitnet_convert::gguf::is_gguf(p) {
         let resolved = bitnet_convert::hub::ResolvedModel {
             dir: p.to_path_buf(),
             repo: None,

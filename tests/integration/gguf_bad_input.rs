@@ -115,6 +115,16 @@ fn malformed_gguf_files_are_refused_naming_the_field() {
             vec!["tokenizer.ggml.tokens", "array length"],
         ),
         (
+            "a damaged magic",
+            b"GGUX\x03\0\0\0".to_vec(),
+            vec!["not a GGUF file"],
+        ),
+        (
+            "a file too short for a header",
+            b"GG".to_vec(),
+            vec!["field `magic`"],
+        ),
+        (
             "an architecture not supported",
             gguf_bytes(3, &[arch("gpt2")], &[], &[]),
             vec![
@@ -324,4 +334,51 @@ fn rope_scaling_partial_rotary_and_huge_dimensions_are_refused() {
         );
         assert_only(dir.path(), &["in.gguf"]);
     }
+}
+
+#[test]
+fn tensors_the_graph_does_not_use_are_refused() {
+    // A TL1/TL2-style per-tensor scale beside a projection: nothing here would multiply by it.
+    let src = GgufFile::open(gguf_fixture("falcon3-tq-tiny.tq2_0")).unwrap();
+    let mut descs: Vec<TensorDesc> = src
+        .tensors()
+        .iter()
+        .map(|t| TensorDesc {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ggml_type: t.ggml_type,
+        })
+        .collect();
+    descs.push(TensorDesc {
+        name: "blk.0.attn_q.scale".into(),
+        dims: vec![1],
+        ggml_type: bitnet_gguf::GgmlType::F32,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("extra.gguf");
+    let mut w = GgufWriter::new(
+        std::fs::File::create(&input).unwrap(),
+        src.metadata(),
+        descs,
+    )
+    .unwrap();
+    for t in src.tensors() {
+        w.write_tensor(&t.name, src.data(t)).unwrap();
+    }
+    w.write_tensor("blk.0.attn_q.scale", &2f32.to_le_bytes())
+        .unwrap();
+    w.finish().unwrap();
+    let o = run(&[
+        "convert",
+        input.to_str().unwrap(),
+        "-o",
+        dir.path().join("o.bitnet").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("blk.0.attn_q.scale") && stderr(&o).contains("not part of the graph"),
+        "{}",
+        stderr(&o)
+    );
+    assert_only(dir.path(), &["extra.gguf"]);
 }

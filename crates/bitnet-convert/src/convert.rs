@@ -90,7 +90,7 @@ pub fn convert(
     on_temp: &mut dyn FnMut(&Path),
 ) -> Result<ConvertReport> {
     let as_path = Path::new(input);
-    if as_path.is_file() && bitnet_gguf::is_gguf(as_path) {
+    if crate::gguf::is_gguf(as_path) {
         return crate::gguf::convert_gguf(as_path, output, opts, progress, on_temp);
     }
     let resolved = hub::resolve(input, env)?;

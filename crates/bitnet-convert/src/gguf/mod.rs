@@ -23,7 +23,15 @@ pub mod vocab;
 
 pub use model::{Family, GgufModel, SUPPORTED};
 
-pub use bitnet_gguf::is_gguf;
+/// Whether `path` is a GGUF file to convert: a file starting with the GGUF magic, or named `*.gguf` (so a
+/// damaged one gets the GGUF reader's error, not a folder's).
+pub fn is_gguf(path: &Path) -> bool {
+    path.is_file()
+        && (bitnet_gguf::is_gguf(path)
+            || path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf")))
+}
 
 use std::path::Path;
 
