@@ -563,8 +563,9 @@ fn chat_page_in_headless_chromium() {
     }
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let model = convert(&fixture("bitnet-llama3-tiny"), dir.path(), &[]);
-    let reference = fixture("bitnet-llama3-tiny");
+    // The demo model trained here, so the screenshot shows English.
+    let model = convert(&fixture("demo"), dir.path(), &[]);
+    let reference = fixture("demo");
     let reference = reference.to_str().expect("UTF-8 fixture path");
     // One thread keeps generation slow enough to watch it stream.
     let server = Server::start(&model, &["--reference", reference, "--threads", "1"]);
@@ -617,7 +618,7 @@ fn chat_page_in_headless_chromium() {
     let t0 = Instant::now();
     let first = chat_turn(
         &mut chrome,
-        "Hello! What is a ternary weight?",
+        "Hello! What should the Congress do this year?",
         false,
         "packed reply",
     );
@@ -656,7 +657,7 @@ fn chat_page_in_headless_chromium() {
         "FP32 reference"
     );
     chrome.eval("document.getElementById('max-tokens').value = '48'; true");
-    let second = chat_turn(&mut chrome, "And in FP32?", true, "FP32 reply");
+    let second = chat_turn(&mut chrome, "And what about the economy?", true, "FP32 reply");
     let rows = compare_rows(&mut chrome);
     assert!(rows[1].1 && !rows[0].1, "the FP32 row is current: {rows:?}");
     for (cells, _) in &rows {
@@ -707,9 +708,9 @@ fn chat_page_in_headless_chromium() {
         "[...document.querySelectorAll('#messages .msg')].map((m) => [m.className, m.textContent])",
     );
     let expected = json!([
-        ["msg user", "Hello! What is a ternary weight?"],
+        ["msg user", "Hello! What should the Congress do this year?"],
         ["msg assistant", first],
-        ["msg user", "And in FP32?"],
+        ["msg user", "And what about the economy?"],
         ["msg assistant", second],
     ]);
     assert_eq!(bubbles, expected, "the conversation on the page");
