@@ -2,12 +2,20 @@
 
 use std::path::PathBuf;
 
+use bitnet_model::HeadKind;
+use bitnet_runtime::{LoadOptions, SamplingOverrides};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Convert, inspect and run BitNet b1.58 ternary language models on CPUs.
 #[derive(Debug, Parser)]
 #[command(name = "bitnet", version, about, propagate_version = true)]
 pub struct Cli {
+    /// More detail on stderr (-v: debug lines; -vv: everyone's trace lines). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print nothing on stderr but errors (no notes, warnings or progress bars).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -29,6 +37,7 @@ pub enum Command {
     /// Talk with the model: one message per line; /help for commands.
     Chat(ChatArgs),
     /// Serve an OpenAI-compatible HTTP API and a web chat page.
+    #[cfg(feature = "serve")]
     Serve(ServeArgs),
     /// Download a Hub repo (or take a folder) and convert it into the cache, without running it.
     Pull(PullArgs),
@@ -64,9 +73,6 @@ pub struct ConvertArgs {
     /// Replace OUTPUT if it exists.
     #[arg(short, long)]
     pub force: bool,
-    /// Print nothing but errors.
-    #[arg(short, long)]
-    pub quiet: bool,
 }
 
 /// `bitnet inspect`.
@@ -200,6 +206,14 @@ impl HeadArg {
             HeadArg::Int8 => "int8",
         }
     }
+
+    /// The runtime's name for it.
+    pub fn kind(self) -> HeadKind {
+        match self {
+            HeadArg::Exact => HeadKind::Exact,
+            HeadArg::Int8 => HeadKind::Int8,
+        }
+    }
 }
 
 /// `bitnet perplexity`.
@@ -263,6 +277,30 @@ pub struct GenArgs {
     /// LM head (default: int8 when the file has one, else exact).
     #[arg(long, value_enum)]
     pub head: Option<HeadArg>,
+}
+
+impl GenArgs {
+    /// How to load the model.
+    pub fn load(&self) -> LoadOptions {
+        LoadOptions {
+            kernel: self.kernel.clone(),
+            threads: self.threads,
+            head: self.head.map(HeadArg::kind),
+        }
+    }
+
+    /// The sampling flags given.
+    pub fn overrides(&self) -> SamplingOverrides {
+        SamplingOverrides {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            max_tokens: self.max_tokens,
+        }
+    }
 }
 
 /// `bitnet run`.

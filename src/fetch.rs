@@ -1,8 +1,17 @@
-//! Downloads from the Hub with what a person watching needs: on a terminal a progress bar per file,
-//! and everywhere one line per downloaded file (size, whether it resumed, retries, time).
+//! How the command line fetches and converts models for the runtime: downloads from the Hub with what a
+//! person watching needs (on a terminal a progress bar per file, and everywhere one line per downloaded
+//! file: size, whether it resumed, retries, time), and conversions by a child `bitnet convert`, so they
+//! have that command's progress bar, its Ctrl-C cleanup and its atomic write (a terminal's Ctrl-C
+//! reaches both processes; the child removes its temporary file).
 
 use std::io::IsTerminal;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bitnet_runtime::Provider;
+use bitnet_runtime::store::HeadVariant;
 
 use bitnet_hub::download::{self, Event};
 use bitnet_hub::{HubEnv, ResolvedModel};
@@ -147,4 +156,34 @@ pub fn resolve_or_download(spec: &str, env: &HubEnv) -> anyhow::Result<ResolvedM
 pub fn download(spec: &str, env: &HubEnv) -> anyhow::Result<ResolvedModel> {
     let mut display = Display::new(spec);
     Ok(download::download(spec, env, &mut |e| display.on_event(e))?)
+}
+
+/// The command line's [`Provider`].
+pub struct Cli;
+
+impl Provider for Cli {
+    fn download(&self, spec: &str, env: &HubEnv) -> anyhow::Result<ResolvedModel> {
+        resolve_or_download(spec, env)
+    }
+
+    fn convert(&self, input: &str, out: &Path, head: HeadVariant) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("locating the bitnet executable")?;
+        let status = Command::new(exe)
+            .arg("convert")
+            .arg(input)
+            .arg("-o")
+            .arg(out)
+            .args(["--lm-head", head.flag(), "--force"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .context("starting `bitnet convert`")?;
+        if !status.success() {
+            bail!(
+                "the conversion of {input} into {} failed (the error is above); nothing was kept",
+                out.display()
+            );
+        }
+        Ok(())
+    }
 }

@@ -6,10 +6,8 @@
 
 mod cli;
 mod commands;
-mod engine;
 mod fetch;
-mod serve;
-mod store;
+mod logging;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -26,6 +24,7 @@ pub enum Outcome {
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    logging::init(args.verbose, args.quiet);
     match commands::run(args) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::CheckFailed) => ExitCode::from(1),

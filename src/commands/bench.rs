@@ -68,8 +68,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     if let Some(t) = args.threads
         && t > cores()
     {
-        eprintln!(
-            "warning: --threads {t} is more than this machine's {} cores; threads will compete for them",
+        tracing::warn!(
+            "--threads {t} is more than this machine's {} cores; threads will compete for them",
             cores()
         );
     }
@@ -83,7 +83,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
     // A synthetic model lives in a temporary file, mapped like a real one and removed at the end.
     let _tmp;
     let path: PathBuf = match (&args.model, &args.synthetic) {
-        (Some(m), _) => crate::engine::resolve_model(m, None)?,
+        (Some(m), _) => bitnet_runtime::resolve_model(m, None, &crate::fetch::Cli)?,
         (None, Some(name)) => {
             let family = bitnet_model::synthetic::family(name)
                 .with_context(|| format!("--synthetic: no family `{name}`"))?;
@@ -333,7 +333,7 @@ fn bench_packed(path: &Path, args: &BenchArgs, kernels: Kernels) -> anyhow::Resu
             let t = PackedModel::calibrate_threads(file.clone(), kernels, cores())
                 .with_context(|| format!("loading {}", path.display()))?;
             if t < cores() {
-                eprintln!(
+                tracing::info!(
                     "note: {} threads measured slower than 1 on this machine now; using 1 (set --threads to override)",
                     cores()
                 );

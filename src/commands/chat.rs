@@ -10,14 +10,14 @@ use bitnet_model::Backend;
 
 use crate::Outcome;
 use crate::cli::ChatArgs;
-use crate::engine::Engine;
+use bitnet_runtime::Engine;
 
 const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system message and reset), \
 /stats (figures of the last answer), /help, /exit (or Ctrl-D); Ctrl-C stops an answer";
 
 pub fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
-    let engine = Engine::open(&args.model, &args.gen_args)?;
-    let mut params = engine.sampling(&args.gen_args)?;
+    let engine = Engine::open(&args.model, &args.gen_args.load(), &crate::fetch::Cli)?;
+    let mut params = engine.sampling(&args.gen_args.overrides())?;
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let cancel = cancel.clone();
@@ -113,7 +113,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
             }
             let dropped = if history.len() >= 2 { 2 } else { 1 };
             history.drain(..dropped);
-            eprintln!(
+            tracing::info!(
                 "note: the conversation no longer fits the context of {ctx} tokens; dropped the oldest turn"
             );
         };

@@ -16,7 +16,7 @@ use crate::cli::{ConvertArgs, LmHeadArg};
 /// The temporary output, removed by the Ctrl-C handler if the process is interrupted.
 static TEMP_OUTPUT: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
+pub fn run(args: ConvertArgs, quiet: bool) -> anyhow::Result<Outcome> {
     if args.output.exists() && !args.force {
         bail!(
             "{}: already exists (pass --force to replace it)",
@@ -43,7 +43,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
             LmHeadArg::Int8 => LmHead::Int8,
         },
     };
-    let bar = if args.quiet || !std::io::stderr().is_terminal() {
+    let bar = if quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {
         ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
@@ -78,12 +78,12 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
     }
     bar.finish_and_clear();
     let report = result.with_context(|| format!("converting {}", args.input))?;
-    if !args.quiet {
+    if !quiet {
         for w in &report.warnings {
-            eprintln!("warning: {w}");
+            tracing::warn!("{w}");
         }
         for n in &report.notes {
-            eprintln!("note: {n}");
+            tracing::info!("note: {n}");
         }
         let bpw = report.file_bytes as f64 * 8.0 / report.parameters as f64;
         eprintln!(

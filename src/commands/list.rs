@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::human_bytes;
 use crate::Outcome;
 use crate::cli::ListArgs;
-use crate::store::{Source, Store};
+use bitnet_runtime::store::{Source, Store};
 
 /// One converted model.
 #[derive(Debug, Clone, Serialize)]

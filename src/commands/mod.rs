@@ -9,6 +9,8 @@ mod perplexity;
 mod pull;
 mod rm;
 mod run;
+#[cfg(feature = "serve")]
+mod serve;
 mod verify;
 
 use crate::Outcome;
@@ -17,13 +19,14 @@ use crate::cli::{Cli, Command};
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Convert(args) => convert::run(args),
+        Command::Convert(args) => convert::run(args, cli.quiet),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),
-        Command::Serve(args) => crate::serve::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(args),
         Command::Pull(args) => pull::run(args),
         Command::List(args) => list::run(args),
         Command::Rm(args) => rm::run(args),

@@ -9,7 +9,7 @@ use super::human_bytes;
 use super::list::{Entry, entries};
 use crate::Outcome;
 use crate::cli::RmArgs;
-use crate::store::Store;
+use bitnet_runtime::store::Store;
 
 /// Whether `what` names `e`: its name, its repo id (with or without `@revision`), or its folder.
 fn matches(e: &Entry, what: &str) -> bool {

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::Outcome;
 use crate::cli::RunArgs;
-use crate::engine::Engine;
+use bitnet_runtime::Engine;
 
 pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let prompt = match &args.prompt {
@@ -34,8 +34,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if prompt.trim().is_empty() {
         bail!("the prompt is empty: pass -p TEXT or text on stdin");
     }
-    let engine = Engine::open(&args.model, &args.gen_args)?;
-    let params = engine.sampling(&args.gen_args)?;
+    let engine = Engine::open(&args.model, &args.gen_args.load(), &crate::fetch::Cli)?;
+    let params = engine.sampling(&args.gen_args.overrides())?;
     let ids = if args.chat {
         let mut messages = Vec::new();
         if let Some(s) = &args.system {

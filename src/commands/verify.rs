@@ -241,7 +241,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
     }
     if model.has_int8_head() {
         heads.push(HeadKind::Int8);
-        eprintln!(
+        tracing::info!(
             "note: {} holds an int8 LM head; its figures are reported separately from the exact head's",
             args.model.display()
         );

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use bitnet_chat::{KNOWN_ROLES, Message, SamplingParams};
 use serde_json::{Map, Value, json};
 
-use crate::engine::StopReason;
+use bitnet_runtime::StopReason;
 
 /// An error in OpenAI's format: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone)]
