@@ -41,6 +41,9 @@ pub enum ModelError {
         /// The limit.
         limit: usize,
     },
+    /// A trace lacks an activation a comparison needs.
+    #[error("the reference trace has no {0}")]
+    MissingTrace(String),
     /// An error of the underlying file.
     #[error(transparent)]
     Format(#[from] bitnet_format::FormatError),

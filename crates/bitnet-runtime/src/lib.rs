@@ -8,7 +8,8 @@
 //! - [`models::resolve_model`] turns what a user names (a file, a Hugging Face folder, a repo id) into a
 //!   `.bitnet` file, downloading and converting once into the [`store::Store`] through a
 //!   [`models::Provider`].
-//! - [`perplexity`] scores a text; [`sys`] reads the process's memory figures.
+//! - [`verify`] compares the packed path's logits with transformers' or an FP32 reference's;
+//!   [`perplexity`] scores a text; [`sys`] reads the process's memory figures.
 //!
 //! Nothing here prints: notes and warnings go through `tracing`.
 
@@ -23,6 +24,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod store;
 pub mod sys;
+pub mod verify;
 
 pub use decoder::{SeqDecoder, Step, StopReason, reuse_prefix};
 pub use engine::{Engine, Generation, LoadOptions};
