@@ -657,7 +657,12 @@ fn chat_page_in_headless_chromium() {
         "FP32 reference"
     );
     chrome.eval("document.getElementById('max-tokens').value = '48'; true");
-    let second = chat_turn(&mut chrome, "And what about the economy?", true, "FP32 reply");
+    let second = chat_turn(
+        &mut chrome,
+        "And what about the economy?",
+        true,
+        "FP32 reply",
+    );
     let rows = compare_rows(&mut chrome);
     assert!(rows[1].1 && !rows[0].1, "the FP32 row is current: {rows:?}");
     for (cells, _) in &rows {

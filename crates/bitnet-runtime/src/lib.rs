@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod decoder;
 pub mod engine;
 pub mod metrics;
