@@ -47,6 +47,25 @@ pub enum Command {
     Rm(RmArgs),
     /// How well the model predicts a text (perplexity), per LM head.
     Perplexity(PerplexityArgs),
+    /// What this machine offers a model: CPU features and kernel set, threads, memory and bandwidth, caches.
+    Doctor(DoctorArgs),
+    /// Print a shell completion script (e.g. `bitnet completions bash > ~/.local/share/bash-completion/completions/bitnet`).
+    Completions(CompletionsArgs),
+}
+
+/// `bitnet doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bitnet completions`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
 }
 
 /// LM head storage.

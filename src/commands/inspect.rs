@@ -2,7 +2,6 @@
 
 use std::io::{IsTerminal, Write};
 
-use anyhow::Context;
 use bitnet_format::{BitnetFile, TensorKind};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
@@ -53,8 +52,7 @@ fn bits_per_weight(bytes: u64, elems: u64) -> f64 {
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
-    let file =
-        BitnetFile::open(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let file = BitnetFile::open(&args.file)?;
     let mismatches = if args.check {
         let total: u64 = file.header().tensors.iter().map(|e| e.length).sum();
         let bar = if std::io::stderr().is_terminal() {

@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod convert;
+mod doctor;
 mod inspect;
 mod list;
 mod perplexity;
@@ -31,6 +32,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::List(args) => list::run(args),
         Command::Rm(args) => rm::run(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "bitnet", &mut std::io::stdout());
+            Ok(Outcome::Success)
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod bad_input;
 mod bench;
 mod browser;
 mod convert;
+mod errors;
 mod http;
 mod hub_cache;
 mod hub_download;

@@ -125,9 +125,9 @@ pub struct Checkpoint {
 
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
-    serde_json::from_slice(&text).map_err(|source| ConvertError::Json {
+    serde_json::from_slice(&text).map_err(|error| ConvertError::Json {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

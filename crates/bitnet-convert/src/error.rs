@@ -7,23 +7,23 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ConvertError {
     /// An operating-system error on a named file or folder.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, not a `source`, so a chain of causes prints it once).
+        error: std::io::Error,
     },
     /// The input is neither a model folder nor a repo id found in the local Hugging Face cache.
     #[error("{0}")]
     NotFound(String),
     /// A JSON file that does not parse.
-    #[error("{path}: not valid JSON: {source}")]
+    #[error("{path}: not valid JSON: {error}")]
     Json {
         /// The file.
         path: PathBuf,
         /// The parse error.
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// A config field that is missing or holds an unexpected value.
     #[error("{path}: field `{field}`: {reason}")]
@@ -100,10 +100,10 @@ pub enum ConvertError {
 pub type Result<T> = std::result::Result<T, ConvertError>;
 
 impl ConvertError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         ConvertError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 

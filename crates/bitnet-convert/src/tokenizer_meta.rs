@@ -95,14 +95,12 @@ pub(crate) fn read_tokenizer(
         (None, None)
     };
     let tok_value: Option<Value> = match &tokenizer_json {
-        Some(bytes) => {
-            Some(
-                serde_json::from_slice(bytes).map_err(|source| ConvertError::Json {
-                    path: tok_path.clone(),
-                    source,
-                })?,
-            )
-        }
+        Some(bytes) => Some(
+            serde_json::from_slice(bytes).map_err(|error| ConvertError::Json {
+                path: tok_path.clone(),
+                error,
+            })?,
+        ),
         None => None,
     };
     let tc_path = dir.join("tokenizer_config.json");

@@ -129,16 +129,47 @@ pub struct ChecksumMismatch {
     pub actual: String,
 }
 
+/// What a file in a format people confuse with ours is, and what to do with it.
+fn other_format(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&MAGIC) {
+        return None;
+    }
+    if bytes.starts_with(b"GGUF") {
+        return Some(
+            "a GGUF file, not a .bitnet file: convert it with `bitnet convert FILE.gguf -o model.bitnet`",
+        );
+    }
+    // safetensors: an 8-byte little-endian header length, then the JSON header.
+    if bytes.len() > 8 && bytes[8] == b'{' {
+        return Some(
+            "a safetensors file, not a .bitnet file: convert the checkpoint folder that holds it with \
+             `bitnet convert FOLDER -o model.bitnet`",
+        );
+    }
+    None
+}
+
 impl BitnetFile {
-    /// Maps `path` read-only and validates it.
+    /// Maps `path` read-only and validates it. Every error names `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<BitnetFile> {
         let path = path.as_ref();
+        let not_bitnet = |what: &str| FormatError::NotBitnet {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+        };
+        if path.is_dir() {
+            return Err(not_bitnet(if path.join("config.json").is_file() {
+                "a Hugging Face checkpoint folder, not a .bitnet file: convert it with `bitnet convert FOLDER -o \
+                 model.bitnet` (or give the folder to `bitnet run`, which converts it once)"
+            } else {
+                "a folder, not a .bitnet file"
+            }));
+        }
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
         let meta = file.metadata().map_err(|e| FormatError::io(path, e))?;
         if !meta.is_file() {
-            return Err(FormatError::io(
-                path,
-                std::io::Error::other("not a regular file"),
+            return Err(not_bitnet(
+                "not a regular file (a .bitnet file is read from a regular file)",
             ));
         }
         let storage = if meta.len() == 0 {
@@ -150,7 +181,13 @@ impl BitnetFile {
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
             Storage::Map(map)
         };
-        let mut f = Self::from_storage(storage)?;
+        if let Some(what) = other_format(storage.bytes()) {
+            return Err(not_bitnet(what));
+        }
+        let mut f = Self::from_storage(storage).map_err(|e| FormatError::InFile {
+            path: path.to_path_buf(),
+            error: Box::new(e),
+        })?;
         f.path = Some(path.to_path_buf());
         Ok(f)
     }

@@ -331,9 +331,15 @@ impl PackedModel {
             HeadKind::Int8 => self.int8_head.is_some(),
         };
         if !present {
-            return Err(ModelError::MissingTensor(format!(
-                "{head:?} LM head (output)"
-            )));
+            return Err(ModelError::NoHead(match head {
+                HeadKind::Int8 => {
+                    "the file has no int8 LM head: convert with `--lm-head int8` to add one, or use the exact head"
+                }
+                HeadKind::Exact => {
+                    "the file has no exact LM head (its untied head is stored as int8 only): convert with \
+                     `--lm-head bf16` for one, or use the int8 head"
+                }
+            }));
         }
         self.default_head = head;
         Ok(())

@@ -243,7 +243,7 @@ pub fn bench_packed(
     kernels: Kernels,
 ) -> anyhow::Result<BackendReport> {
     let t0 = Instant::now();
-    let file = Arc::new(BitnetFile::open(path).with_context(|| path.display().to_string())?);
+    let file = Arc::new(BitnetFile::open(path)?);
     let open_s = t0.elapsed().as_secs_f64();
     let threads = match o.threads {
         Some(t) => t,
@@ -340,7 +340,7 @@ pub fn bench_reference(
     let model = match checkpoint {
         Some(r) => ReferenceModel::load(r, &bitnet_convert::HubEnv::from_process())?,
         None => {
-            let file = BitnetFile::open(path).with_context(|| path.display().to_string())?;
+            let file = BitnetFile::open(path)?;
             ReferenceModel::from_packed(&file)?
         }
     };

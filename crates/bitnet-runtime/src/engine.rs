@@ -88,7 +88,7 @@ impl Engine {
 
     /// Opens the `.bitnet` file at `path`.
     pub fn open_file(path: &Path, opts: &LoadOptions) -> anyhow::Result<Engine> {
-        let file = Arc::new(BitnetFile::open(path).with_context(|| path.display().to_string())?);
+        let file = Arc::new(BitnetFile::open(path)?);
         let kernels = match &opts.kernel {
             Some(k) => Kernels::by_name(k).map_err(|e| anyhow::anyhow!("--kernel: {e}"))?,
             None => Kernels::from_env().map_err(|e| anyhow::anyhow!(e))?,

@@ -157,7 +157,7 @@ pub fn verify(opts: &VerifyOptions, note: &mut dyn FnMut(String)) -> anyhow::Res
         pass: false,
         seconds: 0.0,
     };
-    let file = Arc::new(BitnetFile::open(path).with_context(|| path.display().to_string())?);
+    let file = Arc::new(BitnetFile::open(path)?);
     let bad = file.verify_checksums(|_| {});
     if !bad.is_empty() {
         let names: Vec<_> = bad.iter().map(|m| m.name.as_str()).collect();
