@@ -17,7 +17,7 @@ use bitnet_hub::download::{self, Event};
 use bitnet_hub::{HubEnv, ResolvedModel};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::commands::human_bytes;
+use indicatif::BinaryBytes;
 
 /// What the display knows of the file in flight.
 struct InFlight {
@@ -55,7 +55,7 @@ impl Display<'_> {
                     self.repo,
                     &commit[..commit.len().min(12)],
                     files.len(),
-                    human_bytes(total)
+                    BinaryBytes(total)
                 );
             }
             Event::Listed { .. } | Event::Cached { .. } => {}
@@ -117,7 +117,7 @@ impl Display<'_> {
                 let mut notes = String::new();
                 if let Some(c) = self.current.take().filter(|c| c.file == file) {
                     if c.resumed_from > 0 {
-                        notes.push_str(&format!(", resumed at {}", human_bytes(c.resumed_from)));
+                        notes.push_str(&format!(", resumed at {}", BinaryBytes(c.resumed_from)));
                     }
                     if c.retries > 0 {
                         notes.push_str(&format!(
@@ -131,7 +131,7 @@ impl Display<'_> {
                 eprintln!(
                     "downloaded {}: {file} ({}{notes})",
                     self.repo,
-                    human_bytes(size)
+                    BinaryBytes(size)
                 );
             }
         }

@@ -16,9 +16,9 @@ use bitnet_runtime::bench::{BackendReport, BenchOptions, bench_packed, bench_ref
 use bitnet_runtime::sys::cores;
 use serde::Serialize;
 
-use super::human_bytes;
 use crate::Outcome;
 use crate::cli::{BackendArg, BenchArgs, LmHeadArg};
+use indicatif::BinaryBytes;
 
 /// The packed path against the FP32 reference.
 #[derive(Debug, Serialize)]
@@ -76,7 +76,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
             tracing::info!(
                 "wrote a {name}-shaped model ({}) with random weights ({}) to {} in {:.1} s",
                 family.repo,
-                human_bytes(len),
+                BinaryBytes(len).to_string(),
                 p.display(),
                 t0.elapsed().as_secs_f64()
             );
@@ -228,7 +228,8 @@ fn print_row(out: &mut impl Write, r: &BackendReport) -> std::io::Result<()> {
         r.bytes_per_token as f64 / 1e6,
         r.roof_tok_s,
         100.0 * r.roof_fraction,
-        r.peak_rss_bytes.map_or("?".to_string(), human_bytes),
+        r.peak_rss_bytes
+            .map_or("?".to_string(), |b| BinaryBytes(b).to_string()),
         r.load_s,
     )
 }

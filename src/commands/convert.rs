@@ -9,9 +9,9 @@ use anyhow::{Context, bail};
 use bitnet_convert::{ConvertOptions, HubEnv, LmHead, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{human_bytes, human_count};
 use crate::Outcome;
 use crate::cli::{ConvertArgs, LmHeadArg};
+use indicatif::{BinaryBytes, HumanCount};
 
 /// The temporary output, removed by the Ctrl-C handler if the process is interrupted.
 static TEMP_OUTPUT: Mutex<Option<PathBuf>> = Mutex::new(None);
@@ -89,10 +89,10 @@ pub fn run(args: ConvertArgs, quiet: bool) -> anyhow::Result<Outcome> {
         eprintln!(
             "wrote {} ({}, {} tensors, {} parameters of which {} ternary, {:.2} bits per parameter overall) in {:.1} s",
             report.output.display(),
-            human_bytes(report.file_bytes),
+            BinaryBytes(report.file_bytes),
             report.tensors,
-            human_count(report.parameters),
-            human_count(report.ternary_parameters),
+            HumanCount(report.parameters),
+            HumanCount(report.ternary_parameters),
             bpw,
             start.elapsed().as_secs_f64()
         );

@@ -11,9 +11,9 @@ use bitnet_runtime::store::Store;
 use bitnet_runtime::sys::cores;
 use serde::Serialize;
 
-use super::human_bytes;
 use crate::Outcome;
 use crate::cli::DoctorArgs;
+use indicatif::BinaryBytes;
 
 #[derive(Serialize)]
 struct Folder {
@@ -188,7 +188,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<Outcome> {
         report.chosen_kernel
     );
     println!("cores           {}", report.cores);
-    let mem = |b: Option<u64>| b.map_or("unknown".to_string(), human_bytes);
+    let mem = |b: Option<u64>| b.map_or("unknown".to_string(), |b| BinaryBytes(b).to_string());
     println!(
         "memory          {} total, {} available",
         mem(report.memory_total_bytes),
@@ -205,7 +205,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<Outcome> {
         println!(
             "{label:<15} {} ({}, {} files)",
             f.path.display(),
-            human_bytes(f.bytes),
+            BinaryBytes(f.bytes),
             f.files
         );
     }
@@ -224,8 +224,8 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<Outcome> {
         println!(
             "  {:<16} {:>10}  {:>10}/token  ~{:.0} tok/s{}",
             f.name,
-            human_bytes(f.file_bytes),
-            human_bytes(f.bytes_per_token),
+            BinaryBytes(f.file_bytes).to_string(),
+            BinaryBytes(f.bytes_per_token).to_string(),
             bandwidth / f.bytes_per_token as f64,
             if f.fits_in_memory == Some(false) {
                 "  (more than the memory available)"

@@ -6,9 +6,9 @@ use bitnet_format::{BitnetFile, TensorKind};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::human_bytes;
 use crate::Outcome;
 use crate::cli::InspectArgs;
+use indicatif::BinaryBytes;
 
 struct Totals {
     parameters: u64,
@@ -168,7 +168,7 @@ fn print_text(
         out,
         "file          {} ({}, format v{}.{})",
         args.file.display(),
-        human_bytes(file.len()),
+        BinaryBytes(file.len()),
         p.major,
         p.minor
     )?;
@@ -225,7 +225,7 @@ fn print_text(
     )?;
     let tk = &h.tokenizer;
     let tok = match file.tokenizer_json() {
-        Some(b) => format!("tokenizer.json embedded ({})", human_bytes(b.len() as u64)),
+        Some(b) => format!("tokenizer.json embedded ({})", BinaryBytes(b.len() as u64)),
         None => "no tokenizer".to_string(),
     };
     let bos = match tk.bos_token_id {
@@ -290,7 +290,7 @@ fn print_text(
         h.tensors.len(),
         t.parameters,
         t.ternary_parameters,
-        human_bytes(t.model_bytes),
+        BinaryBytes(t.model_bytes),
         bits_per_weight(t.model_bytes, t.parameters),
         bits_per_weight(t.ternary_bytes, t.ternary_parameters)
     )?;
