@@ -92,6 +92,9 @@ pub struct ConvertArgs {
     /// Replace OUTPUT if it exists.
     #[arg(short, long)]
     pub force: bool,
+    /// Print what was written as JSON on stdout (sizes, counts, warnings, notes, time).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `bitnet inspect`.

@@ -17,6 +17,7 @@ use indicatif::{BinaryBytes, HumanCount};
 static TEMP_OUTPUT: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 pub fn run(args: ConvertArgs, quiet: bool) -> anyhow::Result<Outcome> {
+    let json = args.json;
     if args.output.exists() && !args.force {
         bail!(
             "{}: already exists (pass --force to replace it)",
@@ -85,7 +86,28 @@ pub fn run(args: ConvertArgs, quiet: bool) -> anyhow::Result<Outcome> {
         for n in &report.notes {
             tracing::info!("note: {n}");
         }
-        let bpw = report.file_bytes as f64 * 8.0 / report.parameters as f64;
+    }
+    let bpw = report.file_bytes as f64 * 8.0 / report.parameters as f64;
+    let seconds = start.elapsed().as_secs_f64();
+    if json {
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            schema_version: u32,
+            input: &'a str,
+            #[serde(flatten)]
+            report: &'a bitnet_convert::ConvertReport,
+            bits_per_parameter: f64,
+            seconds: f64,
+        }
+        let v = Json {
+            schema_version: 1,
+            input: &args.input,
+            report: &report,
+            bits_per_parameter: bpw,
+            seconds,
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if !quiet {
         eprintln!(
             "wrote {} ({}, {} tensors, {} parameters of which {} ternary, {:.2} bits per parameter overall) in {:.1} s",
             report.output.display(),
@@ -94,7 +116,7 @@ pub fn run(args: ConvertArgs, quiet: bool) -> anyhow::Result<Outcome> {
             HumanCount(report.parameters),
             HumanCount(report.ternary_parameters),
             bpw,
-            start.elapsed().as_secs_f64()
+            seconds
         );
     }
     Ok(Outcome::Success)

@@ -6,11 +6,34 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, bail};
 use bitnet_chat::Message;
 use bitnet_model::Backend;
-use serde_json::json;
+use bitnet_runtime::StopReason;
+use serde::Serialize;
 
 use crate::Outcome;
 use crate::cli::RunArgs;
 use bitnet_runtime::Engine;
+
+/// `run --json`: the names serve's usage uses (`prompt_tokens`, `completion_tokens`).
+#[derive(Serialize)]
+struct Report<'a> {
+    schema_version: u32,
+    text: &'a str,
+    ids: &'a [u32],
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    stop_reason: StopReason,
+    seed: u64,
+    timings: Timings,
+}
+
+#[derive(Serialize)]
+struct Timings {
+    prefill_s: f64,
+    time_to_first_token_s: f64,
+    decode_s: f64,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+}
 
 pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let prompt = match &args.prompt {
@@ -76,21 +99,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         &mut emit,
     )?;
     if json_mode {
-        let v = json!({
-            "text": g.text,
-            "ids": g.ids,
-            "prompt_tokens": g.prompt_tokens,
-            "generated_tokens": g.ids.len(),
-            "stop_reason": g.stop.as_str(),
-            "seed": params.seed,
-            "timings": {
-                "prefill_s": g.prefill_s,
-                "time_to_first_token_s": g.first_token_s,
-                "decode_s": g.decode_s,
-                "prefill_tok_s": g.prefill_tok_s(),
-                "decode_tok_s": g.decode_tok_s(),
+        let v = Report {
+            schema_version: 1,
+            text: &g.text,
+            ids: &g.ids,
+            prompt_tokens: g.prompt_tokens,
+            completion_tokens: g.ids.len(),
+            stop_reason: g.stop,
+            seed: params.seed,
+            timings: Timings {
+                prefill_s: g.prefill_s,
+                time_to_first_token_s: g.first_token_s,
+                decode_s: g.decode_s,
+                prefill_tok_s: g.prefill_tok_s(),
+                decode_tok_s: g.decode_tok_s(),
             },
-        });
+        };
         serde_json::to_writer(&mut stdout, &v)?;
         writeln!(stdout)?;
     } else if !g.text.ends_with('\n') {

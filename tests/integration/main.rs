@@ -4,6 +4,7 @@
 mod bad_input;
 mod bench;
 mod browser;
+mod cli;
 mod convert;
 mod errors;
 mod http;

@@ -119,7 +119,7 @@ impl std::fmt::Debug for BitnetFile {
 }
 
 /// A tensor whose bytes do not hash to the directory's checksum.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChecksumMismatch {
     /// Tensor name.
     pub name: String,
