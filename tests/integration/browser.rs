@@ -501,6 +501,18 @@ fn compare_rows(chrome: &mut Chromium) -> Vec<(Vec<String>, bool)> {
 /// Sends `text` as the user (typed into #prompt; `by_enter` presses Enter, else clicks #send),
 /// watches the reply stream in and checks it finished without an error. Returns the reply.
 fn chat_turn(chrome: &mut Chromium, text: &str, by_enter: bool, what: &str) -> String {
+    chat_turn_with(chrome, text, by_enter, true, what)
+}
+
+/// [`chat_turn`]; `check_stream` also requires the reply to be seen growing (a reply of a few tokens
+/// may arrive between two looks).
+fn chat_turn_with(
+    chrome: &mut Chromium,
+    text: &str,
+    by_enter: bool,
+    check_stream: bool,
+    what: &str,
+) -> String {
     let before = chrome.eval("document.querySelectorAll('#messages .msg.assistant').length");
     chrome.click("#prompt");
     chrome.type_text(text);
@@ -515,7 +527,9 @@ fn chat_turn(chrome: &mut Chromium, text: &str, by_enter: bool, what: &str) -> S
         chrome.click("#send");
     }
     let seen = watch_generation(chrome, 20);
-    check_streamed(&seen, what);
+    if check_stream {
+        check_streamed(&seen, what);
+    }
     let after = chrome.eval("document.querySelectorAll('#messages .msg.assistant').length");
     assert_eq!(
         after.as_u64(),
@@ -546,8 +560,9 @@ fn save(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-#[test]
-fn chat_page_in_headless_chromium() {
+/// Chromium's path, or `None` (with a note) when it is missing outside CI; under `BITNET_CI=1` a missing
+/// Chromium fails.
+fn chromium_or_skip() -> Option<PathBuf> {
     let binary = chromium_path();
     if !binary.exists() {
         assert!(
@@ -559,13 +574,20 @@ fn chat_page_in_headless_chromium() {
             "skipped: no Chromium at {} (apt-get install chromium, or set BITNET_CHROMIUM, to run the browser test)",
             binary.display()
         );
-        return;
+        return None;
     }
+    Some(binary)
+}
+
+#[test]
+fn chat_page_in_headless_chromium() {
+    let Some(binary) = chromium_or_skip() else {
+        return;
+    };
 
     let dir = tempfile::tempdir().expect("temp dir");
-    // The demo model trained here, so the screenshot shows English.
-    let model = convert(&fixture("demo"), dir.path(), &[]);
-    let reference = fixture("demo");
+    let model = convert(&fixture("bitnet-llama3-tiny"), dir.path(), &[]);
+    let reference = fixture("bitnet-llama3-tiny");
     let reference = reference.to_str().expect("UTF-8 fixture path");
     // One thread keeps generation slow enough to watch it stream.
     let server = Server::start(&model, &["--reference", reference, "--threads", "1"]);
@@ -618,7 +640,7 @@ fn chat_page_in_headless_chromium() {
     let t0 = Instant::now();
     let first = chat_turn(
         &mut chrome,
-        "Hello! What should the Congress do this year?",
+        "Hello! What is a ternary weight?",
         false,
         "packed reply",
     );
@@ -657,12 +679,7 @@ fn chat_page_in_headless_chromium() {
         "FP32 reference"
     );
     chrome.eval("document.getElementById('max-tokens').value = '48'; true");
-    let second = chat_turn(
-        &mut chrome,
-        "And what about the economy?",
-        true,
-        "FP32 reply",
-    );
+    let second = chat_turn(&mut chrome, "And in FP32?", true, "FP32 reply");
     let rows = compare_rows(&mut chrome);
     assert!(rows[1].1 && !rows[0].1, "the FP32 row is current: {rows:?}");
     for (cells, _) in &rows {
@@ -713,17 +730,12 @@ fn chat_page_in_headless_chromium() {
         "[...document.querySelectorAll('#messages .msg')].map((m) => [m.className, m.textContent])",
     );
     let expected = json!([
-        ["msg user", "Hello! What should the Congress do this year?"],
+        ["msg user", "Hello! What is a ternary weight?"],
         ["msg assistant", first],
-        ["msg user", "And what about the economy?"],
+        ["msg user", "And in FP32?"],
         ["msg assistant", second],
     ]);
     assert_eq!(bubbles, expected, "the conversation on the page");
-    if env_is_1("BITNET_UPDATE_SCREENSHOT") {
-        let docs = repo_root().join("docs/serve-page.png");
-        save(&docs, &png);
-        eprintln!("updated {}", docs.display());
-    }
 
     // At phone width the layout stacks: nothing sticks out sideways.
     chrome.set_viewport(PHONE, true);
@@ -755,6 +767,91 @@ fn chat_page_in_headless_chromium() {
         rows[1].0[3],
         rows[1].0[1],
         out_dir.display()
+    );
+}
+
+/// The README's screenshot: the demo model trained here (so the page shows English), one answer from the
+/// packed model and one from the FP32 reference. `BITNET_UPDATE_SCREENSHOT=1` copies it to
+/// docs/serve-page.png.
+#[test]
+fn demo_model_screenshot_in_headless_chromium() {
+    let Some(binary) = chromium_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = convert(&fixture("demo"), dir.path(), &[]);
+    let reference = fixture("demo");
+    let server = Server::start(
+        &model,
+        &[
+            "--reference",
+            reference.to_str().expect("UTF-8 path"),
+            "--threads",
+            "1",
+        ],
+    );
+    let mut chrome = Chromium::launch(&binary);
+    chrome.open_page();
+    chrome.set_viewport(DESKTOP, false);
+    let url = format!("http://{}/", server.addr);
+    let nav = chrome.call("Page.navigate", json!({"url": url}));
+    assert!(nav.get("errorText").is_none(), "navigate to {url}: {nav}");
+    chrome.wait_for(10, "document.readyState === 'complete'", "page load");
+    chrome.wait_for(
+        10,
+        "document.getElementById('backend').options.length === 2",
+        "the backend switch",
+    );
+    // The README's sampling settings for the demo model.
+    chrome.eval(
+        "document.getElementById('temperature').value = '0.7'; \
+         document.getElementById('top-p').value = '0.9'; \
+         document.getElementById('seed').value = '3'; \
+         document.getElementById('max-tokens').value = '60'; true",
+    );
+    let first = chat_turn_with(
+        &mut chrome,
+        "What should the Congress do this year?",
+        false,
+        false,
+        "demo packed reply",
+    );
+    chrome.eval(
+        "const s = document.getElementById('backend'); s.value = s.options[1].value; \
+         s.dispatchEvent(new Event('change', {bubbles: true})); true",
+    );
+    let second = chat_turn_with(
+        &mut chrome,
+        "And what about the economy?",
+        true,
+        false,
+        "demo FP32 reply",
+    );
+    // Trained on English: the replies are words, not byte soup.
+    for reply in [&first, &second] {
+        let letters = reply
+            .chars()
+            .filter(|c| c.is_ascii_alphabetic() || *c == ' ')
+            .count();
+        assert!(
+            letters * 10 >= reply.chars().count() * 8,
+            "not English-looking: {reply:?}"
+        );
+    }
+    let png = chrome.screenshot();
+    check_not_blank(&decode_png(&png), DESKTOP, "demo screenshot");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-test/demo.png");
+    save(&out, &png);
+    if env_is_1("BITNET_UPDATE_SCREENSHOT") {
+        let docs = repo_root().join("docs/serve-page.png");
+        save(&docs, &png);
+        eprintln!("updated {}", docs.display());
+    }
+    let errors = chrome.page_errors();
+    assert!(
+        errors.is_empty(),
+        "the page reported errors:\n{}",
+        errors.join("\n")
     );
 }
 
