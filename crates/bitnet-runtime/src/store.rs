@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use bitnet_format::{BitnetFile, TensorKind};
+use bitnet_format::{BitnetFile, TensorKind, hex};
 use bitnet_hub::ResolvedModel;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -101,10 +101,6 @@ fn format_version() -> String {
 
 fn converter() -> String {
     format!("bitnet {}", env!("CARGO_PKG_VERSION"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Letters, digits, `-`, `_` and `.` of `s`, the rest as `_`.
