@@ -299,6 +299,9 @@ pub struct GenArgs {
     /// LM head (default: int8 when the file has one, else exact).
     #[arg(long, value_enum)]
     pub head: Option<HeadArg>,
+    /// Positions the conversation may use; the KV cache is sized by it (default: the model's context).
+    #[arg(long)]
+    pub ctx: Option<usize>,
 }
 
 impl GenArgs {
@@ -308,6 +311,7 @@ impl GenArgs {
             kernel: self.kernel.clone(),
             threads: self.threads,
             head: self.head.map(HeadArg::kind),
+            ctx: self.ctx,
         }
     }
 
@@ -400,6 +404,10 @@ pub struct ServeArgs {
     /// LM head (default: int8 when the file has one, else exact).
     #[arg(long, value_enum)]
     pub head: Option<HeadArg>,
+    /// Positions each sequence may use; the KV caches (`--parallel` of them) are sized by it (default: the
+    /// model's context).
+    #[arg(long)]
+    pub ctx: Option<usize>,
 }
 
 /// `bitnet pull`.

@@ -48,6 +48,8 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<Outcome> {
         kernel: args.kernel.clone(),
         threads: args.threads,
         head: Some(heads[0].kind()),
+        // Each chunk has its own small session.
+        ctx: None,
     };
     let mut engine = Engine::open(&args.model, &load, &crate::fetch::Cli)?;
     let max_ctx = engine.context();

@@ -13,6 +13,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
             kernel: args.kernel,
             threads: args.threads,
             head: args.head.map(HeadArg::kind),
+            ctx: args.ctx,
         },
         host: args.host,
         port: args.port,

@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod convert;
 mod errors;
+mod hostile;
 mod http;
 mod hub_cache;
 mod hub_download;

@@ -230,6 +230,31 @@ impl BitnetFile {
         }
         let features = Features::parse(&header.features)
             .map_err(|reason| FormatError::field("features", reason))?;
+        header
+            .config
+            .validate()
+            .map_err(|(field, reason)| FormatError::field(&format!("config.{field}"), reason))?;
+        let vocab = header.config.vocab_size;
+        let t = &header.tokenizer;
+        for (field, id) in [
+            ("tokenizer.bos_token_id", t.bos_token_id),
+            ("tokenizer.pad_token_id", t.pad_token_id),
+        ]
+        .into_iter()
+        .chain(
+            t.eos_token_ids
+                .iter()
+                .map(|&i| ("tokenizer.eos_token_ids", Some(i))),
+        ) {
+            if let Some(id) = id
+                && id as usize >= vocab
+            {
+                return Err(FormatError::field(
+                    field,
+                    format!("id {id} is outside the vocabulary of {vocab}"),
+                ));
+            }
+        }
         let index = validate_directory(&header, preamble.data_offset, file_len)?;
         Ok(BitnetFile {
             storage,

@@ -25,6 +25,8 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// The LM head; default: int8 when the file has one, else exact.
     pub head: Option<HeadKind>,
+    /// Positions a sequence may use (the KV cache is sized by it); default: the model's context.
+    pub ctx: Option<usize>,
 }
 
 /// One generation's output and timings.
@@ -72,6 +74,40 @@ pub struct Engine {
     pub stop_ids: Vec<u32>,
     /// The mapped file.
     pub file: Arc<BitnetFile>,
+    /// Positions a sequence may use.
+    ctx: usize,
+}
+
+/// The context a run uses: `asked` (capped by nothing: past the model's it is an error), else the model's;
+/// refused when `sequences` KV caches of it do not fit the memory available.
+pub fn context_for(
+    config: &bitnet_format::ModelConfig,
+    asked: Option<usize>,
+    sequences: usize,
+) -> anyhow::Result<usize> {
+    let max = config.max_position_embeddings;
+    let ctx = match asked {
+        Some(0) => bail!("--ctx must be at least 1"),
+        Some(c) if c > max => {
+            bail!("--ctx {c} is more than the model's context of {max} positions")
+        }
+        Some(c) => c,
+        None => max,
+    };
+    let per = config.kv_bytes_per_position();
+    let need = per
+        .saturating_mul(ctx as u64)
+        .saturating_mul(sequences as u64);
+    if let Some(available) = crate::sys::mem_available()
+        && need > available
+    {
+        let fits = available / per.max(1) / sequences.max(1) as u64;
+        bail!(
+            "{sequences} KV cache(s) of {ctx} positions need {need} bytes ({per} per position), more than the \
+             {available} bytes of memory available: pass --ctx {fits} or less"
+        );
+    }
+    Ok(ctx)
 }
 
 impl Engine {
@@ -109,6 +145,7 @@ impl Engine {
         if let Some(head) = opts.head {
             model.set_head(head)?;
         }
+        let ctx = context_for(model.config(), opts.ctx, 1)?;
         let tokenizer =
             Tokenizer::from_file(&file).with_context(|| format!("{}", path.display()))?;
         let info = file.header().tokenizer.clone();
@@ -131,6 +168,7 @@ impl Engine {
             template,
             stop_ids: info.eos_token_ids.clone(),
             file,
+            ctx,
         })
     }
 
@@ -147,9 +185,14 @@ impl Engine {
         Ok(self.tokenizer.encode_prompt(&text)?)
     }
 
-    /// The model's context length.
+    /// Positions a sequence may use: `--ctx`, else the model's context length.
     pub fn context(&self) -> usize {
-        self.model.config().max_position_embeddings
+        self.ctx
+    }
+
+    /// Checks that `sequences` KV caches of [`Engine::context`] positions fit the memory available.
+    pub fn check_sequences(&self, sequences: usize) -> anyhow::Result<()> {
+        context_for(self.model.config(), Some(self.ctx), sequences).map(|_| ())
     }
 
     /// Feeds `ids` past the session's cache (reusing the longest common prefix with `cached`), then samples

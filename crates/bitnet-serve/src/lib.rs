@@ -99,6 +99,7 @@ pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
         anyhow::bail!("--parallel must be at least 1");
     }
     let engine = Arc::new(Engine::open(&args.model, &args.load, provider)?);
+    engine.check_sequences(args.parallel)?;
     let defaults = engine.sampling(&SamplingOverrides::default())?;
     let metrics = Arc::new(Metrics::default());
     let model_id = model_id(&args.model);

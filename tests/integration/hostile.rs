@@ -1,0 +1,148 @@
+//! Model files from strangers: crafted headers (the header checksum recomputed, as anyone can) get a clear
+//! error naming the field and its limit, quickly, before any large allocation; never an abort or a panic.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use crate::util::{bitnet, convert, fixture, stderr};
+
+/// Copies the `.bitnet` file `src` to `dst` with its header JSON edited by `edit`, the data section moved
+/// so the new header fits, every tensor offset moved with it, and the header checksum recomputed.
+pub fn craft(src: &Path, dst: &Path, edit: impl FnOnce(&mut Value)) {
+    let bytes = std::fs::read(src).unwrap();
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
+    let (header_len, data_offset) = (u64_at(16), u64_at(24));
+    let mut h: Value = serde_json::from_slice(&bytes[64..64 + header_len]).unwrap();
+    edit(&mut h);
+    let first = serde_json::to_vec(&h).unwrap().len();
+    let new_offset = (64 + first + 256).div_ceil(64) * 64;
+    for t in h["tensors"].as_array_mut().unwrap() {
+        let o = t["offset"].as_u64().unwrap() as usize;
+        t["offset"] = json!(o - data_offset + new_offset);
+    }
+    let hb = serde_json::to_vec(&h).unwrap();
+    assert!(64 + hb.len() <= new_offset);
+    let mut out = bytes[..16].to_vec();
+    out.extend_from_slice(&(hb.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(new_offset as u64).to_le_bytes());
+    out.extend_from_slice(&sha2::Sha256::digest(&hb));
+    out.extend_from_slice(&hb);
+    out.resize(new_offset, 0);
+    out.extend_from_slice(&bytes[data_offset..]);
+    std::fs::write(dst, out).unwrap();
+}
+
+/// Runs `bitnet args` and requires exit 2 within a few seconds with every needle in stderr.
+fn refused(args: &[&str], needles: &[&str]) {
+    let t0 = Instant::now();
+    let o = bitnet().args(args).output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "{args:?} took {:?}",
+        t0.elapsed()
+    );
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: no {n:?} in:\n{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// An edit of a header.
+type Edit = Box<dyn Fn(&mut Value)>;
+
+#[test]
+fn crafted_dimensions_are_refused_before_allocation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = convert(&fixture("demo"), tmp.path(), &[]);
+    let cases: Vec<(&str, Edit, Vec<&str>)> = vec![
+        (
+            "context",
+            Box::new(|h| h["config"]["max_position_embeddings"] = json!(2_000_000_000u64)),
+            vec![
+                "config.max_position_embeddings",
+                "2000000000 is outside 1..=16777216",
+            ],
+        ),
+        (
+            "layers",
+            Box::new(|h| h["config"]["num_layers"] = json!(1u64 << 44)),
+            vec!["config.num_layers", "outside 1..=1024"],
+        ),
+        (
+            "wrapping heads",
+            Box::new(|h| {
+                h["config"]["num_heads"] = json!(1u64 << 33);
+                h["config"]["head_dim"] = json!(1u64 << 31);
+            }),
+            vec!["config.num_heads", "outside 1..=1024"],
+        ),
+        (
+            "head_dim",
+            Box::new(|h| h["config"]["head_dim"] = json!(1u64 << 32)),
+            vec!["config.head_dim"],
+        ),
+        (
+            "kv heads",
+            Box::new(|h| h["config"]["num_kv_heads"] = json!(3)),
+            vec!["config.num_kv_heads", "does not divide"],
+        ),
+        (
+            "bos",
+            Box::new(|h| h["tokenizer"]["bos_token_id"] = json!(1u64 << 31)),
+            vec!["tokenizer.bos_token_id", "outside the vocabulary"],
+        ),
+    ];
+    for (name, edit, needles) in cases {
+        let bad = tmp
+            .path()
+            .join(format!("{}.bitnet", name.replace(' ', "-")));
+        craft(&good, &bad, edit);
+        let p = bad.to_str().unwrap();
+        refused(&["inspect", p], &needles);
+        refused(&["run", p, "-p", "Hello", "--max-tokens", "2"], &needles);
+    }
+}
+
+#[test]
+fn the_kv_cache_is_sized_by_the_context_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = convert(&fixture("demo"), tmp.path(), &[]);
+    // A valid but very long context: its KV cache would not fit this machine's memory.
+    let long = tmp.path().join("long.bitnet");
+    craft(&good, &long, |h| {
+        h["config"]["max_position_embeddings"] = json!(1u64 << 24)
+    });
+    let p = long.to_str().unwrap();
+    refused(&["run", p, "-p", "Hello"], &["KV cache", "pass --ctx"]);
+    // With --ctx it runs, and past the model's context --ctx is refused.
+    let o = bitnet()
+        .args([
+            "run",
+            p,
+            "-p",
+            "Hello",
+            "--ctx",
+            "64",
+            "--max-tokens",
+            "4",
+            "--temperature",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let g = good.to_str().unwrap();
+    refused(
+        &["run", g, "-p", "Hello", "--ctx", "100000"],
+        &["--ctx 100000 is more than the model's context of 512"],
+    );
+    refused(
+        &["run", g, "-p", "Hello", "--ctx", "0"],
+        &["--ctx must be at least 1"],
+    );
+}
