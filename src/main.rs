@@ -6,6 +6,7 @@
 
 mod cli;
 mod commands;
+mod escape;
 mod fetch;
 mod logging;
 
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "error: {err:#}");
+            let _ = writeln!(stderr, "error: {}", escape::controls(&format!("{err:#}")));
             ExitCode::from(2)
         }
     }

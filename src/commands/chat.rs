@@ -211,8 +211,15 @@ pub fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
         let Some(ids) = ids else { continue };
         params.max_tokens = params.max_tokens.min(ctx - ids.len());
         let mut stdout = std::io::stdout().lock();
+        // On a terminal, control characters in the answer are shown, not obeyed.
+        let tty = stdout.is_terminal();
+
         let mut emit = |s: &str| -> anyhow::Result<()> {
-            stdout.write_all(s.as_bytes())?;
+            if tty {
+                stdout.write_all(crate::escape::controls(s).as_bytes())?;
+            } else {
+                stdout.write_all(s.as_bytes())?;
+            }
             stdout.flush()?;
             Ok(())
         };

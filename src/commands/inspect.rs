@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::Outcome;
 use crate::cli::InspectArgs;
+use crate::escape::controls;
 
 struct Totals {
     parameters: u64,
@@ -221,7 +222,7 @@ fn print_text(
     writeln!(
         out,
         "file          {} ({}, format v{}.{})",
-        args.file.display(),
+        controls(&args.file.display().to_string()),
         BinaryBytes(file.len()),
         p.major,
         p.minor
@@ -239,8 +240,9 @@ fn print_text(
     }
     writeln!(
         out,
-        "architecture  {src}; written by {}",
-        h.source.converter
+        "architecture  {}; written by {}",
+        controls(&src),
+        controls(&h.source.converter)
     )?;
     writeln!(
         out,
@@ -304,7 +306,7 @@ fn print_text(
     let wname = h
         .tensors
         .iter()
-        .map(|e| e.name.len())
+        .map(|e| controls(&e.name).chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -329,7 +331,7 @@ fn print_text(
         writeln!(
             out,
             "{:<wname$}  {:<11}  {:>14}  {:>12}  {:>6}  {:>12}  {scale}",
-            e.name,
+            controls(&e.name),
             e.kind.as_str(),
             shape,
             e.length,
@@ -356,7 +358,9 @@ fn print_text(
                 writeln!(
                     out,
                     "checksum MISMATCH  {}: expected {}, got {}",
-                    m.name, m.expected, m.actual
+                    controls(&m.name),
+                    m.expected,
+                    m.actual
                 )?;
             }
         }

@@ -82,9 +82,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let cancel = AtomicBool::new(false);
     let mut stdout = std::io::stdout().lock();
     let json_mode = args.json;
+    // On a terminal, control characters in the text are shown, not obeyed.
+    let tty = stdout.is_terminal();
+
     let mut emit = |s: &str| -> anyhow::Result<()> {
         if !json_mode && !s.is_empty() {
-            stdout.write_all(s.as_bytes())?;
+            if tty {
+                stdout.write_all(crate::escape::controls(s).as_bytes())?;
+            } else {
+                stdout.write_all(s.as_bytes())?;
+            }
             stdout.flush()?;
         }
         Ok(())

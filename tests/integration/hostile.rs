@@ -146,3 +146,33 @@ fn the_kv_cache_is_sized_by_the_context_used() {
         &["--ctx must be at least 1"],
     );
 }
+
+#[test]
+fn escape_sequences_from_files_are_shown_not_obeyed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = convert(&fixture("demo"), tmp.path(), &[]);
+    let evil = tmp.path().join("evil.bitnet");
+    // An OSC 52 clipboard write and a screen clear in strings the header carries.
+    craft(&good, &evil, |h| {
+        h["source"]["converter"] = json!("\u{1b}]52;c;aGk=\u{7}evil");
+        h["architecture"] = json!("bitnet\u{1b}[2J");
+    });
+    let o = bitnet()
+        .args(["inspect", evil.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out}");
+    assert!(out.contains("\\u{1b}]52;c;aGk=\\u{7}evil"), "{out}");
+    // An error naming a path with an escape in it.
+    let o = bitnet()
+        .args(["inspect", "\u{1b}[2Jmissing.bitnet"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        !err.contains('\u{1b}') && err.contains("\\u{1b}[2Jmissing.bitnet"),
+        "{err}"
+    );
+}
