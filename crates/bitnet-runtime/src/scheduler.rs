@@ -270,6 +270,11 @@ fn packed_loop(
                 metrics.cancelled();
                 continue;
             }
+            // A prompt the model cannot run fails its own request here, never the batch it would join.
+            if let Err(why) = admissible(&job.prompt, v, ctx) {
+                send(&job, Event::Failed(why));
+                continue;
+            }
             let dec = match SeqDecoder::new(engine, &job.params, &job.stops) {
                 Ok(d) => d,
                 Err(e) => {
@@ -373,6 +378,26 @@ fn packed_loop(
     }
 }
 
+/// Why `prompt` cannot run: an id past the vocabulary (an added token the tokenizer knows and the
+/// embedding does not), or no room left in the context for a token.
+fn admissible(prompt: &[u32], vocab: usize, ctx: usize) -> Result<(), String> {
+    if prompt.is_empty() {
+        return Err("the prompt is empty".into());
+    }
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+        return Err(format!(
+            "token id {bad} is outside the model's vocabulary (0..{vocab}): the tokenizer knows a token the model cannot embed"
+        ));
+    }
+    if prompt.len() >= ctx {
+        return Err(format!(
+            "the prompt is {} tokens and the context holds {ctx}",
+            prompt.len()
+        ));
+    }
+    Ok(())
+}
+
 /// The free slot to run `prompt` in: the one whose cache shares the longest prefix with it (a
 /// conversation's earlier turns); without such a prefix a new slot while fewer than `parallel` exist,
 /// else the free slot holding the least.
@@ -414,6 +439,10 @@ fn pick_slot(
 
 /// Runs one job to its end on `backend` (no batching), with the loop `run` and `chat` use.
 fn run_single(engine: &Engine, backend: &dyn Backend, job: Job, metrics: &Metrics) {
+    if let Err(why) = admissible(&job.prompt, backend.config().vocab_size, engine.context()) {
+        send(&job, Event::Failed(why));
+        return;
+    }
     let mut session = backend.session(engine.context());
     let waited = job.received.elapsed().as_secs_f64();
     let cancelled = || job.events.is_closed();
@@ -450,5 +479,18 @@ fn run_single(engine: &Engine, backend: &dyn Backend, job: Job, metrics: &Metric
             metrics.completed(&f);
             send(&job, Event::Done(f));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admissible;
+
+    #[test]
+    fn prompts_the_model_cannot_run_are_refused_alone() {
+        assert!(admissible(&[1, 2, 3], 10, 8).is_ok());
+        assert!(admissible(&[1, 10], 10, 8).unwrap_err().contains("token id 10"));
+        assert!(admissible(&[], 10, 8).is_err());
+        assert!(admissible(&[1; 8], 10, 8).unwrap_err().contains("context holds 8"));
     }
 }

@@ -140,6 +140,16 @@ async fn generate(
             "context_length_exceeded",
         ));
     }
+    let vocab = app.engine.model.config().vocab_size;
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::param(
+            if kind == Kind::Chat { "messages" } else { "prompt" },
+            format!(
+                "the text holds token id {bad}, which the model cannot embed (its vocabulary is 0..{vocab}): \
+                 the tokenizer has a token the model lacks"
+            ),
+        ));
+    }
     let mut params = common.params.clone();
     // A huge max_tokens is bounded by the room left in the context (finish_reason `length` there).
     params.max_tokens = common
