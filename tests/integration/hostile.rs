@@ -176,3 +176,102 @@ fn escape_sequences_from_files_are_shown_not_obeyed() {
         "{err}"
     );
 }
+
+/// Copies `src` to `dst` with its embedded tokenizer.json replaced by `edit`'s version: the new bytes
+/// go at the end of the file, and the tokenizer's directory entry (offset, length, checksum) follows.
+pub fn craft_tokenizer(src: &Path, dst: &Path, edit: impl FnOnce(&mut Value)) {
+    let bytes = std::fs::read(src).unwrap();
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
+    let h: Value = serde_json::from_slice(&bytes[64..64 + u64_at(16)]).unwrap();
+    let name = h["tokenizer"]["tokenizer_json"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let entry = h["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap();
+    let (off, len) = (
+        entry["offset"].as_u64().unwrap() as usize,
+        entry["length"].as_u64().unwrap() as usize,
+    );
+    let mut tok: Value = serde_json::from_slice(&bytes[off..off + len]).unwrap();
+    edit(&mut tok);
+    let new_tok = serde_json::to_vec(&tok).unwrap();
+    let mut body = bytes.clone();
+    body.resize(body.len().div_ceil(64) * 64, 0);
+    let tail_offset = body.len();
+    body.extend_from_slice(&new_tok);
+    std::fs::write(dst, &body).unwrap();
+    // The header edit moves the data section; the tokenizer's new bytes move with it.
+    craft(dst, dst, |h| {
+        for t in h["tensors"].as_array_mut().unwrap() {
+            if t["name"] == name.as_str() {
+                t["offset"] = json!(tail_offset);
+                t["length"] = json!(new_tok.len());
+                t["shape"] = json!([new_tok.len()]);
+                t["sha256"] = json!(bitnet_format::hex(&sha2::Sha256::digest(&new_tok)));
+            }
+        }
+    });
+}
+
+#[test]
+fn a_token_the_model_cannot_embed_fails_its_request_only() {
+    use crate::http::{Server, Stream, streamed_text};
+    let tmp = tempfile::tempdir().unwrap();
+    let good = convert(&fixture("demo"), tmp.path(), &[]);
+    let vocab = crate::util::inspect_json(&good)["config"]["vocab_size"]
+        .as_u64()
+        .unwrap();
+    let evil = tmp.path().join("evil-tokenizer.bitnet");
+    // An added token whose id is past the embedding.
+    craft_tokenizer(&good, &evil, |t| {
+        t["added_tokens"].as_array_mut().unwrap().push(json!({
+            "id": vocab + 5, "content": "<|evil|>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }));
+    });
+    let server = Server::start(&evil, &["--parallel", "4", "--threads", "1"]);
+    let honest = |content: &str| {
+        json!({"messages": [{"role": "user", "content": content}], "max_tokens": 24,
+               "temperature": 0, "stream": true})
+    };
+    let run_honest = |hostile: bool| -> Vec<String> {
+        let mut a = Stream::open(
+            &server.addr,
+            "/v1/chat/completions",
+            &[],
+            &honest("The economy"),
+        );
+        let mut b = Stream::open(
+            &server.addr,
+            "/v1/chat/completions",
+            &[],
+            &honest("Our nation"),
+        );
+        assert_eq!((a.status, b.status), (200, 200));
+        let first = (a.next_event(), b.next_event());
+        assert!(first.0.is_some() && first.1.is_some());
+        if hostile {
+            let r = server.post(
+                "/v1/chat/completions",
+                &json!({"messages": [{"role": "user", "content": "hi <|evil|> there"}], "max_tokens": 4}),
+            );
+            assert_eq!(r.status, 400, "{}", r.text());
+            let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+            assert!(msg.contains("cannot embed"), "{msg}");
+        }
+        let mut ea = vec![first.0.unwrap()];
+        ea.extend(a.rest());
+        let mut eb = vec![first.1.unwrap()];
+        eb.extend(b.rest());
+        vec![streamed_text(&ea), streamed_text(&eb)]
+    };
+    let baseline = run_honest(false);
+    let with_hostile = run_honest(true);
+    assert_eq!(baseline, with_hostile, "the honest streams changed");
+    assert!(baseline.iter().all(|t| !t.is_empty()));
+}
