@@ -128,9 +128,9 @@ fn the_line_editor_has_arrow_keys_history_and_ctrl_c_at_the_prompt() {
         .unwrap();
     let prompts = |s: &str| s.lines().filter(|l| l.starts_with("> ")).count();
     wait_for(&session, |s| s.contains("chatting with"), 30);
-    // Arrow keys move the cursor: `/hlp`, three to the left, `e` makes `/help`.
+    // Arrow keys move the cursor: `/hlp`, two to the left, `e` makes `/help`.
     tmux(&["send-keys", "-t", &session, "/hlp"]);
-    tmux(&["send-keys", "-t", &session, "Left", "Left", "Left"]);
+    tmux(&["send-keys", "-t", &session, "Left", "Left"]);
     tmux(&["send-keys", "-t", &session, "e", "Enter"]);
     let screen = wait_for(&session, |s| s.contains("commands: /reset"), 20);
     assert!(!screen.contains("unknown command"), "{screen}");

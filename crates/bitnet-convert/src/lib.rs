@@ -23,6 +23,7 @@ pub mod error;
 pub mod hub;
 pub mod quantize;
 pub mod sentencepiece;
+pub mod source_file;
 mod tokenizer_meta;
 
 pub use config::{ScaleOp, TernaryStorage};

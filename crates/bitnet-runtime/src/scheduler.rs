@@ -489,8 +489,16 @@ mod tests {
     #[test]
     fn prompts_the_model_cannot_run_are_refused_alone() {
         assert!(admissible(&[1, 2, 3], 10, 8).is_ok());
-        assert!(admissible(&[1, 10], 10, 8).unwrap_err().contains("token id 10"));
+        assert!(
+            admissible(&[1, 10], 10, 8)
+                .unwrap_err()
+                .contains("token id 10")
+        );
         assert!(admissible(&[], 10, 8).is_err());
-        assert!(admissible(&[1; 8], 10, 8).unwrap_err().contains("context holds 8"));
+        assert!(
+            admissible(&[1; 8], 10, 8)
+                .unwrap_err()
+                .contains("context holds 8")
+        );
     }
 }

@@ -143,7 +143,11 @@ async fn generate(
     let vocab = app.engine.model.config().vocab_size;
     if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::param(
-            if kind == Kind::Chat { "messages" } else { "prompt" },
+            if kind == Kind::Chat {
+                "messages"
+            } else {
+                "prompt"
+            },
             format!(
                 "the text holds token id {bad}, which the model cannot embed (its vocabulary is 0..{vocab}): \
                  the tokenizer has a token the model lacks"
