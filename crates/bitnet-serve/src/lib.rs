@@ -98,6 +98,12 @@ pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
     if args.parallel == 0 {
         anyhow::bail!("--parallel must be at least 1");
     }
+    if args.max_queue == 0 {
+        anyhow::bail!(
+            "--max-queue must be at least 1: it counts the requests waiting for a sequence, and a request \
+             waits briefly even when one is free"
+        );
+    }
     let engine = Arc::new(Engine::open(&args.model, &args.load, provider)?);
     engine.check_sequences(args.parallel)?;
     let defaults = engine.sampling(&SamplingOverrides::default())?;
