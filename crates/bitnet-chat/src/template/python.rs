@@ -1,5 +1,10 @@
 //! Python semantics where minijinja's differ and a template can see them: whitespace, `strip`,
 //! `title`, and `str()`/`repr()` of the values a template holds (floats as Python prints them).
+//!
+//! Hand-written on purpose: what a template prints must be byte-identical to what transformers' Jinja
+//! prints, and no crate gives Python's `str()`/`repr()` of minijinja values (`True`, `None`, `1e+16`,
+//! `['a', "it's"]`, Python's choice of quotes and escapes) or Python's definitions of whitespace, cased
+//! and printable characters.
 
 use std::fmt::Write as _;
 

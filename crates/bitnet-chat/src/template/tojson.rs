@@ -1,4 +1,9 @@
 //! `tojson`: Python's `json.dumps`, as transformers registers it for chat templates.
+//!
+//! Hand-written on purpose: the prompt must be byte-identical to transformers', and neither
+//! minijinja's `tojson` (it escapes HTML characters) nor serde_json (no `", "`/`": "` separators by
+//! default, no `ensure_ascii`, floats not in Python's `repr`, no `NaN`/`Infinity`, keys not converted
+//! the way Python converts them) writes what `json.dumps` writes.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
