@@ -9,7 +9,7 @@
 //! 3. temperature (`logit / T`), softmax;
 //! 4. top-k (`0` = off), top-p (the smallest set of most likely tokens whose mass reaches `top_p`, at
 //!    least one), min-p (drop tokens less likely than `min_p` times the most likely one);
-//! 5. a draw from what is left, renormalized, with a hand-written SplitMix64 generator seeded by
+//! 5. a draw from what is left, renormalized, with a SplitMix64 generator (rand_xoshiro) seeded by
 //!    [`SamplingParams::seed`].
 //!
 //! Everything is defined exactly, so the same seed draws the same tokens on every machine, whatever
@@ -26,6 +26,8 @@
 //! pass over power-of-two buckets of mass and a selection inside one bucket, and the draw a linear
 //! scan. The sampler reuses its buffers, so after the first call it does not allocate.
 
+use rand_xoshiro::SplitMix64;
+use rand_xoshiro::rand_core::{RngCore, SeedableRng};
 use std::collections::BinaryHeap;
 
 use bitnet_format::GenerationDefaults;
@@ -133,24 +135,16 @@ impl SamplingParams {
     }
 }
 
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and the same sequence everywhere.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
+/// SplitMix64 (Steele, Lea, Flood 2014; rand_xoshiro's): tiny, fast, and the same sequence everywhere,
+/// seeded with the seed itself as its state.
+fn splitmix64(seed: u64) -> SplitMix64 {
+    SplitMix64::seed_from_u64(seed)
+}
 
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)` with 53 random bits.
-    #[cfg(test)]
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
+/// Uniform in `[0, 1)` with 53 random bits.
+#[cfg(test)]
+fn next_f64(rng: &mut SplitMix64) -> f64 {
+    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// `1/k!` for `k = 0..=10`, computed at compile time with IEEE-754 division.
@@ -375,7 +369,7 @@ impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Sampler> {
         params.validate()?;
         Ok(Sampler {
-            rng: SplitMix64(params.seed),
+            rng: splitmix64(params.seed),
             params,
             penalized: Vec::new(),
             weights: Vec::new(),

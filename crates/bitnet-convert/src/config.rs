@@ -75,7 +75,10 @@ pub(crate) fn parse_config(path: &Path, cfg: &Value, arch: &Architecture) -> Res
     let hidden_size = r.usize_req("hidden_size")?;
     let num_heads = r.usize_req("num_attention_heads")?;
     let num_kv_heads = r.usize_opt("num_key_value_heads")?.unwrap_or(num_heads);
-    for (field, v) in [("num_attention_heads", num_heads), ("num_key_value_heads", num_kv_heads)] {
+    for (field, v) in [
+        ("num_attention_heads", num_heads),
+        ("num_key_value_heads", num_kv_heads),
+    ] {
         if v == 0 {
             return Err(ConvertError::field(path, field, "must be at least 1"));
         }

@@ -8,9 +8,9 @@ fn sampler(f: impl FnOnce(&mut SamplingParams)) -> Sampler {
 
 /// Pseudo-random logits of `n` tokens, reproducible.
 fn logits(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64(seed);
+    let mut rng = splitmix64(seed);
     (0..n)
-        .map(|_| (rng.next_f64() * 8.0 - 4.0) as f32)
+        .map(|_| (next_f64(&mut rng) * 8.0 - 4.0) as f32)
         .collect()
 }
 
@@ -77,7 +77,7 @@ fn same_seed_same_tokens_different_seed_different_tokens() {
 #[test]
 fn splitmix64_reference_values() {
     // Reference outputs of SplitMix64 seeded with 1234567 (from the algorithm's published C code).
-    let mut r = SplitMix64(1_234_567);
+    let mut r = splitmix64(1_234_567);
     let got: Vec<u64> = (0..5).map(|_| r.next_u64()).collect();
     assert_eq!(
         got,
@@ -89,9 +89,9 @@ fn splitmix64_reference_values() {
             16_408_922_859_458_223_821,
         ]
     );
-    let mut r = SplitMix64(0);
+    let mut r = splitmix64(0);
     for _ in 0..10_000 {
-        let u = r.next_f64();
+        let u = next_f64(&mut r);
         assert!((0.0..1.0).contains(&u));
     }
 }
@@ -328,7 +328,7 @@ fn reference_pick(logits: &[f32], p: &SamplingParams, r: u64) -> u32 {
 
 #[test]
 fn selection_pipeline_equals_the_full_sort_reference() {
-    let mut rng = SplitMix64(77);
+    let mut rng = splitmix64(77);
     for case in 0..300u64 {
         let n = [3, 50, 1000, 20_000][case as usize % 4];
         // Coarse logits make many exact ties; some are masked.
@@ -336,7 +336,7 @@ fn selection_pipeline_equals_the_full_sort_reference() {
             .map(|_| match rng.next_u64() % 10 {
                 0 => f32::NEG_INFINITY,
                 x if x < 4 => (rng.next_u64() % 8) as f32 * 0.5,
-                _ => (rng.next_f64() * 12.0 - 6.0) as f32,
+                _ => (next_f64(&mut rng) * 12.0 - 6.0) as f32,
             })
             .collect();
         if l.iter().all(|&x| x == f32::NEG_INFINITY) {
@@ -351,7 +351,7 @@ fn selection_pipeline_equals_the_full_sort_reference() {
             ..SamplingParams::default()
         };
         let mut s = Sampler::new(p.clone()).unwrap();
-        let mut r = SplitMix64(case);
+        let mut r = splitmix64(case);
         for _ in 0..5 {
             assert_eq!(
                 s.sample(&l, &[]).unwrap(),
