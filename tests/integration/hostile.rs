@@ -275,3 +275,52 @@ fn a_token_the_model_cannot_embed_fails_its_request_only() {
     assert_eq!(baseline, with_hostile, "the honest streams changed");
     assert!(baseline.iter().all(|t| !t.is_empty()));
 }
+
+#[test]
+fn convert_reads_only_the_checkpoint_and_writes_only_a_regular_file() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = crate::util::copy_fixture("demo", &tmp.path().join("ck"));
+    // A chat template that is a link to a file outside the folder is refused, not embedded.
+    std::fs::write(tmp.path().join("secret.txt"), "hf_secret").unwrap();
+    std::os::unix::fs::symlink(
+        tmp.path().join("secret.txt"),
+        ck.join("chat_template.jinja"),
+    )
+    .unwrap();
+    let out = tmp.path().join("out.bitnet");
+    let o = bitnet()
+        .args(["convert", ck.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("outside the checkpoint folder"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+    std::fs::remove_file(ck.join("chat_template.jinja")).unwrap();
+    // The output is never a device: `-o /dev/null -f` is refused and /dev/null stays a device.
+    let o = bitnet()
+        .args(["convert", ck.to_str().unwrap(), "-o", "/dev/null", "-f"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    // A temporary file left by a killed conversion of the same output is removed by the next one.
+    let stale = tmp.path().join(".out.bitnet.tmp-4000000");
+    std::fs::write(&stale, "partial").unwrap();
+    let o = bitnet()
+        .args(["convert", ck.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stale.exists(), "the stale temporary file is still there");
+}
