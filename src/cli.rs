@@ -302,6 +302,10 @@ pub struct GenArgs {
     /// Positions the conversation may use; the KV cache is sized by it (default: the model's context).
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// Do not check the tensor checksums before the file's first use (they are checked once per file and
+    /// remembered in the model cache).
+    #[arg(long)]
+    pub no_verify: bool,
 }
 
 impl GenArgs {
@@ -312,6 +316,7 @@ impl GenArgs {
             threads: self.threads,
             head: self.head.map(HeadArg::kind),
             ctx: self.ctx,
+            no_verify: self.no_verify,
         }
     }
 
@@ -408,6 +413,9 @@ pub struct ServeArgs {
     /// model's context).
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// Do not check the tensor checksums before the file's first use.
+    #[arg(long)]
+    pub no_verify: bool,
 }
 
 /// `bitnet pull`.

@@ -50,6 +50,7 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<Outcome> {
         head: Some(heads[0].kind()),
         // Each chunk has its own small session.
         ctx: None,
+        no_verify: false,
     };
     let mut engine = Engine::open(&args.model, &load, &crate::fetch::Cli)?;
     let max_ctx = engine.context();

@@ -14,6 +14,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
             threads: args.threads,
             head: args.head.map(HeadArg::kind),
             ctx: args.ctx,
+            no_verify: args.no_verify,
         },
         host: args.host,
         port: args.port,

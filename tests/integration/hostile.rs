@@ -324,3 +324,54 @@ fn convert_reads_only_the_checkpoint_and_writes_only_a_regular_file() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stale.exists(), "the stale temporary file is still there");
 }
+
+#[test]
+fn flipped_tensor_bytes_are_caught_before_first_use_and_the_check_is_remembered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = convert(&fixture("demo"), tmp.path(), &[]);
+    let cache = tmp.path().join("cache");
+    let run_it = |extra: &[&str]| {
+        bitnet()
+            .args([
+                "run",
+                out.to_str().unwrap(),
+                "-p",
+                "The",
+                "--max-tokens",
+                "2",
+            ])
+            .args(extra)
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .unwrap()
+    };
+    // A good file runs, and its check is remembered (path, size, time, inode, header).
+    let o = run_it(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let remembered = std::fs::read_to_string(cache.join("bitnet/verified.json")).unwrap();
+    assert!(remembered.contains("demo.bitnet"), "{remembered}");
+    // One flipped bit in a weight: refused with the tensor named (a rewrite changes the time, so the
+    // remembered check no longer applies).
+    let info = crate::util::inspect_json(&out);
+    let t = info["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "blk.2.ffn_down")
+        .unwrap();
+    let mut bytes = std::fs::read(&out).unwrap();
+    bytes[t["offset"].as_u64().unwrap() as usize + 100] ^= 0x01;
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&out, &bytes).unwrap();
+    let o = run_it(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("tensor `blk.2.ffn_down` does not match its checksum"),
+        "{err}"
+    );
+    assert!(err.contains("--no-verify"), "{err}");
+    // Those who want it can run it anyway.
+    let o = run_it(&["--no-verify"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

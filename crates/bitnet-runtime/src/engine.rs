@@ -27,6 +27,8 @@ pub struct LoadOptions {
     pub head: Option<HeadKind>,
     /// Positions a sequence may use (the KV cache is sized by it); default: the model's context.
     pub ctx: Option<usize>,
+    /// Skip checking the tensor checksums before the file's first use.
+    pub no_verify: bool,
 }
 
 /// One generation's output and timings.
@@ -125,6 +127,9 @@ impl Engine {
     /// Opens the `.bitnet` file at `path`.
     pub fn open_file(path: &Path, opts: &LoadOptions) -> anyhow::Result<Engine> {
         let file = Arc::new(BitnetFile::open(path)?);
+        if !opts.no_verify {
+            crate::integrity::ensure_verified(&file, path)?;
+        }
         let kernels = match &opts.kernel {
             Some(k) => Kernels::by_name(k).map_err(|e| anyhow::anyhow!("--kernel: {e}"))?,
             None => Kernels::from_env().map_err(|e| anyhow::anyhow!(e))?,

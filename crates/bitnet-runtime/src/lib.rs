@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod decoder;
 pub mod engine;
+pub mod integrity;
 pub mod metrics;
 pub mod models;
 pub mod perplexity;
