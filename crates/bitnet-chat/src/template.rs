@@ -102,6 +102,10 @@ pub fn validate_roles(messages: &[Message], allowed: &[&str]) -> Result<()> {
     }
 }
 
+/// The fuel of one render: 2 million instructions, or 128 MB of text built or written, or a mix (a
+/// conversation of a thousand turns takes well under 1% of it).
+pub const RENDER_FUEL: u64 = 2_000_000;
+
 /// A compiled chat template with the special-token strings it is rendered with.
 pub struct ChatTemplate {
     name: String,
@@ -133,6 +137,9 @@ impl ChatTemplate {
         let name = name.into();
         let source = source.into();
         let mut env = Environment::new();
+        // A budget for every render: instructions, and bytes of text built or written (64 per unit), so a
+        // template from a stranger that loops or doubles a string without bound stops with an error.
+        env.set_fuel(Some(RENDER_FUEL));
         let compiled = rewrite_generation_tags(&source).into_owned();
         configure(&mut env)
             .and_then(|()| env.add_template_owned(name.clone(), compiled))
@@ -226,9 +233,17 @@ impl ChatTemplate {
             }
             cause = e.source();
         }
+        let message = if err.kind() == minijinja::ErrorKind::OutOfFuel {
+            format!(
+                "the template ran out of its budget of {RENDER_FUEL} steps: it loops or builds text without \
+                 bound"
+            )
+        } else {
+            describe(err)
+        };
         ChatError::TemplateRender {
             template: self.name.clone(),
-            message: describe(err),
+            message,
         }
     }
 }
@@ -299,7 +314,8 @@ fn rewrite_generation_tags(source: &str) -> Cow<'_, str> {
     while let Some(at) = rest.find("{%") {
         out.push_str(&rest[..at]);
         let tag = &rest[at..];
-        match tag.find("%}") {
+        // The closing `%}` comes after the opening `{%` (in `{%}` they share the `%`).
+        match tag[2..].find("%}").map(|e| e + 2) {
             Some(end) => {
                 let whole = &tag[..end + 2];
                 out.push_str(&rewrite_tag(whole));

@@ -296,3 +296,44 @@ fn strftime_now_formats_the_current_date() {
     let date = render_str("{{ strftime_now('%d %b %Y') }}");
     assert_eq!(date.len(), 11, "{date}");
 }
+
+#[test]
+fn hostile_templates_stop_with_an_error() {
+    let msgs = [Message::user("hi")];
+    for (name, src) in [
+        (
+            "nested loops",
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        ),
+        (
+            "doubling",
+            "{% set s = namespace(v='ab') %}{% for i in range(64) %}{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v|length }}",
+        ),
+        (
+            "huge output",
+            "{% for i in range(100000000) %}0123456789{% endfor %}",
+        ),
+    ] {
+        let t = ChatTemplate::new(name, src, "<s>", "</s>").unwrap();
+        let t0 = std::time::Instant::now();
+        let e = t.render(&msgs, true).unwrap_err().to_string();
+        // Out of fuel, or minijinja's own refusal of a range it cannot pay for.
+        assert!(
+            e.contains("ran out of its budget") || e.contains("too many elements"),
+            "{name}: {e}"
+        );
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{name}: {:?}",
+            t0.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_stray_percent_brace_near_generation_is_a_syntax_error_not_a_panic() {
+    let e = ChatTemplate::new("t", "{%} generation", "<s>", "</s>");
+    assert!(e.is_err());
+    let ok = ChatTemplate::new("t", "{% generation %}x{% endgeneration %}", "<s>", "</s>").unwrap();
+    assert_eq!(ok.render(&[Message::user("hi")], false).unwrap(), "x");
+}
