@@ -2,12 +2,20 @@
 
 use std::path::PathBuf;
 
+use bitnet_model::HeadKind;
+use bitnet_runtime::{LoadOptions, SamplingOverrides};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Convert, inspect and run BitNet b1.58 ternary language models on CPUs.
 #[derive(Debug, Parser)]
 #[command(name = "bitnet", version, about, propagate_version = true)]
 pub struct Cli {
+    /// More detail on stderr (-v: debug lines; -vv: everyone's trace lines). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print nothing on stderr but errors (no notes, warnings or progress bars).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -31,6 +39,7 @@ pub enum Command {
     /// Talk with the model: one message per line; /help for commands.
     Chat(ChatArgs),
     /// Serve an OpenAI-compatible HTTP API and a web chat page.
+    #[cfg(feature = "serve")]
     Serve(ServeArgs),
     /// Download a Hub repo (or take a folder) and convert it into the cache, without running it.
     Pull(PullArgs),
@@ -40,6 +49,25 @@ pub enum Command {
     Rm(RmArgs),
     /// How well the model predicts a text (perplexity), per LM head.
     Perplexity(PerplexityArgs),
+    /// What this machine offers a model: CPU features and kernel set, threads, memory and bandwidth, caches.
+    Doctor(DoctorArgs),
+    /// Print a shell completion script (e.g. `bitnet completions bash > ~/.local/share/bash-completion/completions/bitnet`).
+    Completions(CompletionsArgs),
+}
+
+/// `bitnet doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bitnet completions`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
 }
 
 /// LM head storage.
@@ -66,9 +94,9 @@ pub struct ConvertArgs {
     /// Replace OUTPUT if it exists.
     #[arg(short, long)]
     pub force: bool,
-    /// Print nothing but errors.
-    #[arg(short, long)]
-    pub quiet: bool,
+    /// Print what was written as JSON on stdout (sizes, counts, warnings, notes, time).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The ternary type of `bitnet export`.
@@ -96,9 +124,6 @@ pub struct ExportArgs {
     /// Replace OUTPUT if it exists.
     #[arg(short, long)]
     pub force: bool,
-    /// Print nothing but errors.
-    #[arg(short, long)]
-    pub quiet: bool,
 }
 
 /// `bitnet inspect`.
@@ -232,6 +257,14 @@ impl HeadArg {
             HeadArg::Int8 => "int8",
         }
     }
+
+    /// The runtime's name for it.
+    pub fn kind(self) -> HeadKind {
+        match self {
+            HeadArg::Exact => HeadKind::Exact,
+            HeadArg::Int8 => HeadKind::Int8,
+        }
+    }
 }
 
 /// `bitnet perplexity`.
@@ -295,6 +328,39 @@ pub struct GenArgs {
     /// LM head (default: int8 when the file has one, else exact).
     #[arg(long, value_enum)]
     pub head: Option<HeadArg>,
+    /// Positions the conversation may use; the KV cache is sized by it (default: the model's context).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Do not check the tensor checksums before the file's first use (they are checked once per file and
+    /// remembered in the model cache).
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+impl GenArgs {
+    /// How to load the model.
+    pub fn load(&self) -> LoadOptions {
+        LoadOptions {
+            kernel: self.kernel.clone(),
+            threads: self.threads,
+            head: self.head.map(HeadArg::kind),
+            ctx: self.ctx,
+            no_verify: self.no_verify,
+        }
+    }
+
+    /// The sampling flags given.
+    pub fn overrides(&self) -> SamplingOverrides {
+        SamplingOverrides {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            max_tokens: self.max_tokens,
+        }
+    }
 }
 
 /// `bitnet run`.
@@ -372,6 +438,13 @@ pub struct ServeArgs {
     /// LM head (default: int8 when the file has one, else exact).
     #[arg(long, value_enum)]
     pub head: Option<HeadArg>,
+    /// Positions each sequence may use; the KV caches (`--parallel` of them) are sized by it (default: the
+    /// model's context).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Do not check the tensor checksums before the file's first use.
+    #[arg(long)]
+    pub no_verify: bool,
 }
 
 /// `bitnet pull`.

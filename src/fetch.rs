@@ -1,14 +1,23 @@
-//! Downloads from the Hub with what a person watching needs: on a terminal a progress bar per file,
-//! and everywhere one line per downloaded file (size, whether it resumed, retries, time).
+//! How the command line fetches and converts models for the runtime: downloads from the Hub with what a
+//! person watching needs (on a terminal a progress bar per file, and everywhere one line per downloaded
+//! file: size, whether it resumed, retries, time), and conversions by a child `bitnet convert`, so they
+//! have that command's progress bar, its Ctrl-C cleanup and its atomic write (a terminal's Ctrl-C
+//! reaches both processes; the child removes its temporary file).
 
 use std::io::IsTerminal;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bitnet_runtime::Provider;
+use bitnet_runtime::store::HeadVariant;
 
 use bitnet_hub::download::{self, Event};
 use bitnet_hub::{HubEnv, ResolvedModel};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::commands::human_bytes;
+use indicatif::BinaryBytes;
 
 /// What the display knows of the file in flight.
 struct InFlight {
@@ -46,7 +55,7 @@ impl Display<'_> {
                     self.repo,
                     &commit[..commit.len().min(12)],
                     files.len(),
-                    human_bytes(total)
+                    BinaryBytes(total)
                 );
             }
             Event::Listed { .. } | Event::Cached { .. } => {}
@@ -108,7 +117,7 @@ impl Display<'_> {
                 let mut notes = String::new();
                 if let Some(c) = self.current.take().filter(|c| c.file == file) {
                     if c.resumed_from > 0 {
-                        notes.push_str(&format!(", resumed at {}", human_bytes(c.resumed_from)));
+                        notes.push_str(&format!(", resumed at {}", BinaryBytes(c.resumed_from)));
                     }
                     if c.retries > 0 {
                         notes.push_str(&format!(
@@ -122,7 +131,7 @@ impl Display<'_> {
                 eprintln!(
                     "downloaded {}: {file} ({}{notes})",
                     self.repo,
-                    human_bytes(size)
+                    BinaryBytes(size)
                 );
             }
         }
@@ -147,4 +156,34 @@ pub fn resolve_or_download(spec: &str, env: &HubEnv) -> anyhow::Result<ResolvedM
 pub fn download(spec: &str, env: &HubEnv) -> anyhow::Result<ResolvedModel> {
     let mut display = Display::new(spec);
     Ok(download::download(spec, env, &mut |e| display.on_event(e))?)
+}
+
+/// The command line's [`Provider`].
+pub struct Cli;
+
+impl Provider for Cli {
+    fn download(&self, spec: &str, env: &HubEnv) -> anyhow::Result<ResolvedModel> {
+        resolve_or_download(spec, env)
+    }
+
+    fn convert(&self, input: &str, out: &Path, head: HeadVariant) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("locating the bitnet executable")?;
+        let status = Command::new(exe)
+            .arg("convert")
+            .arg(input)
+            .arg("-o")
+            .arg(out)
+            .args(["--lm-head", head.flag(), "--force"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .context("starting `bitnet convert`")?;
+        if !status.success() {
+            bail!(
+                "the conversion of {input} into {} failed (the error is above); nothing was kept",
+                out.display()
+            );
+        }
+        Ok(())
+    }
 }

@@ -6,15 +6,14 @@
 
 mod cli;
 mod commands;
-mod engine;
+mod escape;
 mod fetch;
-mod serve;
-mod store;
+mod logging;
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 /// What a command reports when it ran to the end.
 pub enum Outcome {
@@ -24,8 +23,26 @@ pub enum Outcome {
     CheckFailed,
 }
 
+/// `0.1.0 (commit 1a2b3c4d5e6f, 2026-12-02, release; kernels avx512vnni avxvnni ...; this CPU: avx512vnni)`.
+pub fn version() -> String {
+    let here = bitnet_kernels::Kernels::detect().name;
+    format!(
+        "{} (commit {}, {}, {} build; kernel sets {}; this CPU runs {here})",
+        env!("CARGO_PKG_VERSION"),
+        env!("BITNET_COMMIT"),
+        env!("BITNET_COMMIT_DATE"),
+        env!("BITNET_PROFILE"),
+        bitnet_kernels::dispatch::NAMES.join(" "),
+    )
+}
+
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let matches = cli::Cli::command().long_version(version()).get_matches();
+    let args = match cli::Cli::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    logging::init(args.verbose, args.quiet);
     match commands::run(args) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::CheckFailed) => ExitCode::from(1),
@@ -34,7 +51,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "error: {err:#}");
+            let _ = writeln!(stderr, "error: {}", escape::controls(&format!("{err:#}")));
             ExitCode::from(2)
         }
     }

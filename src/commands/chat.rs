@@ -1,57 +1,148 @@
-//! `bitnet chat`: a conversation on stdin/stdout that keeps its KV cache between turns.
+//! `bitnet chat`: a conversation that keeps its KV cache between turns. On a terminal, lines are edited
+//! with rustyline (arrow keys, history kept in the user's data folder, `"""` for several lines, Ctrl-C
+//! clears the line, Ctrl-D leaves); piped stdin is read line by line.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use bitnet_chat::Message;
 use bitnet_model::Backend;
+use bitnet_runtime::Engine;
+use rustyline::DefaultEditor;
+use rustyline::error::ReadlineError;
 
 use crate::Outcome;
 use crate::cli::ChatArgs;
-use crate::engine::Engine;
 
 const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system message and reset), \
-/stats (figures of the last answer), /help, /exit (or Ctrl-D); Ctrl-C stops an answer";
+/stats (figures of the last answer), /help, /exit (or Ctrl-D); \"\"\" starts and ends a message of several \
+lines; Ctrl-C clears the line, or stops an answer";
+
+/// Where the chat history lives: `$XDG_DATA_HOME/bitnet`, else `~/.local/share/bitnet`.
+fn history_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+    Some(base.join("bitnet").join("chat_history"))
+}
+
+/// Where messages come from.
+enum Input {
+    Editor(Box<DefaultEditor>, Option<PathBuf>),
+    Piped(std::io::StdinLock<'static>),
+}
+
+impl Input {
+    /// The next message (several lines between `"""` marks), or `None` at the end.
+    fn next(&mut self) -> anyhow::Result<Option<String>> {
+        let first = match self.line("> ")? {
+            Some(l) => l,
+            None => return Ok(None),
+        };
+        if first.trim_start().starts_with("\"\"\"") {
+            let mut text = first.trim_start()[3..].to_string();
+            loop {
+                if let Some(done) = text.strip_suffix("\"\"\"") {
+                    text = done.to_string();
+                    break;
+                }
+                match self.line("... ")? {
+                    Some(l) => {
+                        text.push('\n');
+                        text.push_str(&l);
+                    }
+                    None => break,
+                }
+            }
+            self.remember(&format!("\"\"\"{text}\"\"\""));
+            return Ok(Some(text));
+        }
+        self.remember(&first);
+        Ok(Some(first))
+    }
+
+    /// One line; Ctrl-C at the prompt clears it and asks again.
+    fn line(&mut self, prompt: &str) -> anyhow::Result<Option<String>> {
+        match self {
+            Input::Editor(ed, _) => loop {
+                match ed.readline(prompt) {
+                    Ok(l) => return Ok(Some(l)),
+                    Err(ReadlineError::Interrupted) => {
+                        eprintln!("(Ctrl-D or /exit leaves)");
+                        continue;
+                    }
+                    Err(ReadlineError::Eof) => return Ok(None),
+                    Err(e) => return Err(e).context("reading the terminal"),
+                }
+            },
+            Input::Piped(lines) => loop {
+                let mut buf = Vec::new();
+                if lines.read_until(b'\n', &mut buf).context("reading stdin")? == 0 {
+                    return Ok(None);
+                }
+                match String::from_utf8(buf) {
+                    Ok(l) => return Ok(Some(l.trim_end_matches(['\n', '\r']).to_string())),
+                    Err(_) => eprintln!("error: that line is not valid UTF-8; it was skipped"),
+                }
+            },
+        }
+    }
+
+    fn remember(&mut self, entry: &str) {
+        if let Input::Editor(ed, path) = self
+            && !entry.trim().is_empty()
+        {
+            let _ = ed.add_history_entry(entry);
+            if let Some(p) = path {
+                let _ = ed.append_history(p);
+            }
+        }
+    }
+}
+
+fn open_input() -> anyhow::Result<Input> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(Input::Piped(std::io::stdin().lock()));
+    }
+    let mut ed = DefaultEditor::new().context("starting the line editor")?;
+    let path = history_path();
+    if let Some(p) = &path {
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if p.is_file() {
+            let _ = ed.load_history(p);
+        }
+    }
+    Ok(Input::Editor(Box::new(ed), path))
+}
 
 pub fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
-    let engine = Engine::open(&args.model, &args.gen_args)?;
-    let mut params = engine.sampling(&args.gen_args)?;
+    let engine = Engine::open(&args.model, &args.gen_args.load(), &crate::fetch::Cli)?;
+    let mut params = engine.sampling(&args.gen_args.overrides())?;
     let cancel = Arc::new(AtomicBool::new(false));
     {
+        // While an answer streams, the terminal is in its normal mode and Ctrl-C is a signal; at the prompt
+        // the line editor reads it as a key.
         let cancel = cancel.clone();
         ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed))
             .context("installing the Ctrl-C handler")?;
     }
-    let interactive = std::io::stdin().is_terminal();
+    let mut input = open_input()?;
     let ctx = engine.context();
     let mut system = args.system.clone();
     let mut history: Vec<Message> = Vec::new();
     let mut session = engine.model.session(ctx);
     let mut cached: Vec<u32> = Vec::new();
     let mut last_stats = String::from("no answer yet");
-    if interactive {
+    if matches!(input, Input::Editor(..)) {
         eprintln!("chatting with {} ({HELP})", args.model);
     }
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock();
-    let mut buf = Vec::new();
-    loop {
-        if interactive {
-            eprint!("> ");
-            std::io::stderr().flush().ok();
-        }
-        buf.clear();
-        let n = lines.read_until(b'\n', &mut buf).context("reading stdin")?;
-        if n == 0 {
-            break;
-        }
-        let Ok(line) = std::str::from_utf8(&buf) else {
-            eprintln!("error: that line is not valid UTF-8; it was skipped");
-            continue;
-        };
-        let line = line.trim_end_matches(['\n', '\r']);
+    while let Some(line) = input.next()? {
         cancel.store(false, Ordering::Relaxed);
         match line.trim() {
             "" => continue,
@@ -85,7 +176,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
             }
             _ => {}
         }
-        history.push(Message::user(line.to_string()));
+        history.push(Message::user(line));
         // Drop the oldest turns until the conversation and a reply fit the context.
         let reserve = params.max_tokens.min(ctx / 4).max(1);
         let ids = loop {
@@ -113,15 +204,22 @@ pub fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
             }
             let dropped = if history.len() >= 2 { 2 } else { 1 };
             history.drain(..dropped);
-            eprintln!(
+            tracing::info!(
                 "note: the conversation no longer fits the context of {ctx} tokens; dropped the oldest turn"
             );
         };
         let Some(ids) = ids else { continue };
         params.max_tokens = params.max_tokens.min(ctx - ids.len());
         let mut stdout = std::io::stdout().lock();
+        // On a terminal, control characters in the answer are shown, not obeyed.
+        let tty = stdout.is_terminal();
+
         let mut emit = |s: &str| -> anyhow::Result<()> {
-            stdout.write_all(s.as_bytes())?;
+            if tty {
+                stdout.write_all(crate::escape::controls(s).as_bytes())?;
+            } else {
+                stdout.write_all(s.as_bytes())?;
+            }
             stdout.flush()?;
             Ok(())
         };
@@ -156,7 +254,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
             g.stop.as_str()
         );
         eprintln!("{last_stats}");
-        if g.stop.as_str() == "cancelled" {
+        if g.stop == bitnet_runtime::StopReason::Cancelled {
             eprintln!("(stopped)");
         }
     }

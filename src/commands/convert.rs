@@ -9,14 +9,15 @@ use anyhow::{Context, bail};
 use bitnet_convert::{ConvertOptions, HubEnv, LmHead, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{human_bytes, human_count};
 use crate::Outcome;
 use crate::cli::{ConvertArgs, LmHeadArg};
+use indicatif::{BinaryBytes, HumanCount};
 
 /// The temporary output, removed by the Ctrl-C handler if the process is interrupted.
 static TEMP_OUTPUT: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
+pub fn run(args: ConvertArgs, quiet: bool) -> anyhow::Result<Outcome> {
+    let json = args.json;
     if args.output.exists() && !args.force {
         bail!(
             "{}: already exists (pass --force to replace it)",
@@ -43,7 +44,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
             LmHeadArg::Int8 => LmHead::Int8,
         },
     };
-    let bar = if args.quiet || !std::io::stderr().is_terminal() {
+    let bar = if quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {
         ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
@@ -78,23 +79,44 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<Outcome> {
     }
     bar.finish_and_clear();
     let report = result.with_context(|| format!("converting {}", args.input))?;
-    if !args.quiet {
+    if !quiet {
         for w in &report.warnings {
-            eprintln!("warning: {w}");
+            tracing::warn!("{w}");
         }
         for n in &report.notes {
-            eprintln!("note: {n}");
+            tracing::info!("note: {n}");
         }
-        let bpw = report.file_bytes as f64 * 8.0 / report.parameters as f64;
+    }
+    let bpw = report.file_bytes as f64 * 8.0 / report.parameters as f64;
+    let seconds = start.elapsed().as_secs_f64();
+    if json {
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            schema_version: u32,
+            input: &'a str,
+            #[serde(flatten)]
+            report: &'a bitnet_convert::ConvertReport,
+            bits_per_parameter: f64,
+            seconds: f64,
+        }
+        let v = Json {
+            schema_version: 1,
+            input: &args.input,
+            report: &report,
+            bits_per_parameter: bpw,
+            seconds,
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if !quiet {
         eprintln!(
             "wrote {} ({}, {} tensors, {} parameters of which {} ternary, {:.2} bits per parameter overall) in {:.1} s",
             report.output.display(),
-            human_bytes(report.file_bytes),
+            BinaryBytes(report.file_bytes),
             report.tensors,
-            human_count(report.parameters),
-            human_count(report.ternary_parameters),
+            HumanCount(report.parameters),
+            HumanCount(report.ternary_parameters),
             bpw,
-            start.elapsed().as_secs_f64()
+            seconds
         );
     }
     Ok(Outcome::Success)

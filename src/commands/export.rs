@@ -3,11 +3,11 @@
 use anyhow::{Context, bail};
 use bitnet_convert::gguf::export::{ExportType, export};
 
-use super::human_bytes;
 use crate::Outcome;
 use crate::cli::{ExportArgs, GgufTypeArg};
+use indicatif::BinaryBytes;
 
-pub fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
+pub fn run(args: ExportArgs, quiet: bool) -> anyhow::Result<Outcome> {
     if args.output.exists() && !args.force {
         bail!(
             "{}: already exists (pass --force to replace it)",
@@ -20,14 +20,14 @@ pub fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
     };
     let report = export(&args.input, &args.output, ty)
         .with_context(|| format!("exporting {}", args.input.display()))?;
-    if !args.quiet {
+    if !quiet {
         for n in &report.notes {
             eprintln!("note: {n}");
         }
         eprintln!(
             "wrote {} ({}, architecture {}, {} projections as {:?}, {} as F32)",
             report.output.display(),
-            human_bytes(report.file_bytes),
+            BinaryBytes(report.file_bytes),
             report.architecture,
             report.ternary_tensors,
             ty,

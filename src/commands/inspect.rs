@@ -2,14 +2,13 @@
 
 use std::io::{IsTerminal, Write};
 
-use anyhow::Context;
-use bitnet_format::{BitnetFile, TensorKind};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{Value, json};
+use bitnet_format::{BitnetFile, ChecksumMismatch, TensorKind};
+use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
 
-use super::human_bytes;
 use crate::Outcome;
 use crate::cli::InspectArgs;
+use crate::escape::controls;
 
 struct Totals {
     parameters: u64,
@@ -53,8 +52,7 @@ fn bits_per_weight(bytes: u64, elems: u64) -> f64 {
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
-    let file =
-        BitnetFile::open(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let file = BitnetFile::open(&args.file)?;
     let mismatches = if args.check {
         let total: u64 = file.header().tensors.iter().map(|e| e.length).sum();
         let bar = if std::io::stderr().is_terminal() {
@@ -86,74 +84,129 @@ pub fn run(args: InspectArgs) -> anyhow::Result<Outcome> {
     }
 }
 
-fn to_json(
-    file: &BitnetFile,
+/// One tensor in `inspect --json`.
+#[derive(Serialize)]
+struct TensorJson<'a> {
+    name: &'a str,
+    kind: &'static str,
+    shape: &'a [u64],
+    offset: u64,
+    bytes: u64,
+    bits_per_weight: Option<f64>,
+    sha256: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct TokenizerJson<'a> {
+    embedded: bool,
+    tokenizer_json_bytes: Option<usize>,
+    bos_token_id: Option<u32>,
+    add_bos_token: bool,
+    eos_token_ids: &'a [u32],
+    pad_token_id: Option<u32>,
+    chat_template: bool,
+}
+
+#[derive(Serialize)]
+struct TotalsJson {
+    tensors: usize,
+    parameters: u64,
+    ternary_parameters: u64,
+    model_bytes: u64,
+    ternary_bytes: u64,
+    bits_per_weight: f64,
+    ternary_bits_per_weight: f64,
+}
+
+#[derive(Serialize)]
+struct CheckJson<'a> {
+    ok: bool,
+    mismatches: &'a [ChecksumMismatch],
+}
+
+/// `inspect --json`.
+#[derive(Serialize)]
+struct Report<'a> {
+    schema_version: u32,
+    file: String,
+    file_bytes: u64,
+    format_version: String,
+    header_bytes: u64,
+    data_offset: u64,
+    architecture: &'a str,
+    config: &'a bitnet_format::ModelConfig,
+    features: Vec<String>,
+    tokenizer: TokenizerJson<'a>,
+    generation: &'a bitnet_format::GenerationDefaults,
+    source: &'a bitnet_format::SourceInfo,
+    tensors: Vec<TensorJson<'a>>,
+    totals: TotalsJson,
+    check: Option<CheckJson<'a>>,
+}
+
+fn to_json<'a>(
+    file: &'a BitnetFile,
     args: &InspectArgs,
-    mismatches: Option<&[bitnet_format::ChecksumMismatch]>,
-) -> Value {
+    mismatches: Option<&'a [ChecksumMismatch]>,
+) -> Report<'a> {
     let h = file.header();
     let p = file.preamble();
     let t = totals(file);
-    let tensors: Vec<Value> = h
-        .tensors
-        .iter()
-        .map(|e| {
-            let mut v = json!({
-                "name": e.name,
-                "kind": e.kind.as_str(),
-                "shape": e.shape,
-                "offset": e.offset,
-                "bytes": e.length,
-                "bits_per_weight": if e.kind == TensorKind::Bytes { Value::Null } else { json!(bits_per_weight(e.length, e.num_elements())) },
-                "sha256": e.sha256,
-            });
-            if let Some(s) = e.scale() {
-                v["scale"] = json!(s);
-            }
-            if let Some(src) = &e.source {
-                v["source"] = json!(src);
-            }
-            v
-        })
-        .collect();
-    let mut v = json!({
-        "file": args.file.display().to_string(),
-        "file_bytes": file.len(),
-        "format_version": format!("{}.{}", p.major, p.minor),
-        "header_bytes": p.header_len,
-        "data_offset": p.data_offset,
-        "architecture": h.architecture,
-        "config": h.config,
-        "features": file.features().names(),
-        "tokenizer": {
-            "embedded": h.tokenizer.tokenizer_json.is_some(),
-            "tokenizer_json_bytes": file.tokenizer_json().map(|b| b.len()),
-            "bos_token_id": h.tokenizer.bos_token_id,
-            "add_bos_token": h.tokenizer.add_bos_token,
-            "eos_token_ids": h.tokenizer.eos_token_ids,
-            "pad_token_id": h.tokenizer.pad_token_id,
-            "chat_template": h.tokenizer.chat_template.is_some(),
+    Report {
+        schema_version: 1,
+        file: args.file.display().to_string(),
+        file_bytes: file.len(),
+        format_version: format!("{}.{}", p.major, p.minor),
+        header_bytes: p.header_len,
+        data_offset: p.data_offset,
+        architecture: &h.architecture,
+        config: &h.config,
+        features: file.features().names(),
+        tokenizer: TokenizerJson {
+            embedded: h.tokenizer.tokenizer_json.is_some(),
+            tokenizer_json_bytes: file.tokenizer_json().map(|b| b.len()),
+            bos_token_id: h.tokenizer.bos_token_id,
+            add_bos_token: h.tokenizer.add_bos_token,
+            eos_token_ids: &h.tokenizer.eos_token_ids,
+            pad_token_id: h.tokenizer.pad_token_id,
+            chat_template: h.tokenizer.chat_template.is_some(),
         },
-        "generation": h.generation,
-        "source": h.source,
-        "tensors": tensors,
-        "totals": {
-            "tensors": h.tensors.len(),
-            "parameters": t.parameters,
-            "ternary_parameters": t.ternary_parameters,
-            "model_bytes": t.model_bytes,
-            "ternary_bytes": t.ternary_bytes,
-            "bits_per_weight": bits_per_weight(t.model_bytes, t.parameters),
-            "ternary_bits_per_weight": bits_per_weight(t.ternary_bytes, t.ternary_parameters),
+        generation: &h.generation,
+        source: &h.source,
+        tensors: h
+            .tensors
+            .iter()
+            .map(|e| TensorJson {
+                name: &e.name,
+                kind: e.kind.as_str(),
+                shape: &e.shape,
+                offset: e.offset,
+                bytes: e.length,
+                bits_per_weight: (e.kind != TensorKind::Bytes)
+                    .then(|| bits_per_weight(e.length, e.num_elements())),
+                sha256: &e.sha256,
+                scale: e.scale(),
+                source: e.source.as_deref(),
+            })
+            .collect(),
+        totals: TotalsJson {
+            tensors: h.tensors.len(),
+            parameters: t.parameters,
+            ternary_parameters: t.ternary_parameters,
+            model_bytes: t.model_bytes,
+            ternary_bytes: t.ternary_bytes,
+            bits_per_weight: bits_per_weight(t.model_bytes, t.parameters),
+            ternary_bits_per_weight: bits_per_weight(t.ternary_bytes, t.ternary_parameters),
         },
-    });
-    if let Some(bad) = mismatches {
-        v["check"] = json!({
-            "ok": bad.is_empty(),
-            "mismatches": bad.iter().map(|m| json!({"name": m.name, "expected": m.expected, "actual": m.actual})).collect::<Vec<_>>(),
-        });
+        check: mismatches.map(|bad| CheckJson {
+            ok: bad.is_empty(),
+            mismatches: bad,
+        }),
     }
-    v
 }
 
 fn print_text(
@@ -169,8 +222,8 @@ fn print_text(
     writeln!(
         out,
         "file          {} ({}, format v{}.{})",
-        args.file.display(),
-        human_bytes(file.len()),
+        controls(&args.file.display().to_string()),
+        BinaryBytes(file.len()),
         p.major,
         p.minor
     )?;
@@ -187,8 +240,9 @@ fn print_text(
     }
     writeln!(
         out,
-        "architecture  {src}; written by {}",
-        h.source.converter
+        "architecture  {}; written by {}",
+        controls(&src),
+        controls(&h.source.converter)
     )?;
     writeln!(
         out,
@@ -227,7 +281,7 @@ fn print_text(
     )?;
     let tk = &h.tokenizer;
     let tok = match file.tokenizer_json() {
-        Some(b) => format!("tokenizer.json embedded ({})", human_bytes(b.len() as u64)),
+        Some(b) => format!("tokenizer.json embedded ({})", BinaryBytes(b.len() as u64)),
         None => "no tokenizer".to_string(),
     };
     let bos = match tk.bos_token_id {
@@ -252,7 +306,7 @@ fn print_text(
     let wname = h
         .tensors
         .iter()
-        .map(|e| e.name.len())
+        .map(|e| controls(&e.name).chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -277,7 +331,7 @@ fn print_text(
         writeln!(
             out,
             "{:<wname$}  {:<11}  {:>14}  {:>12}  {:>6}  {:>12}  {scale}",
-            e.name,
+            controls(&e.name),
             e.kind.as_str(),
             shape,
             e.length,
@@ -292,7 +346,7 @@ fn print_text(
         h.tensors.len(),
         t.parameters,
         t.ternary_parameters,
-        human_bytes(t.model_bytes),
+        BinaryBytes(t.model_bytes),
         bits_per_weight(t.model_bytes, t.parameters),
         bits_per_weight(t.ternary_bytes, t.ternary_parameters)
     )?;
@@ -304,7 +358,9 @@ fn print_text(
                 writeln!(
                     out,
                     "checksum MISMATCH  {}: expected {}, got {}",
-                    m.name, m.expected, m.actual
+                    controls(&m.name),
+                    m.expected,
+                    m.actual
                 )?;
             }
         }

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use bitnet_format::BitnetFile;
 use serde::Serialize;
 
-use super::human_bytes;
 use crate::Outcome;
 use crate::cli::ListArgs;
-use crate::store::{Source, Store};
+use bitnet_runtime::store::{Source, Store};
+use indicatif::BinaryBytes;
 
 /// One converted model.
 #[derive(Debug, Clone, Serialize)]
@@ -112,7 +112,7 @@ pub fn run(args: ListArgs) -> anyhow::Result<Outcome> {
                     .as_deref()
                     .map_or("-".into(), |r| r[..r.len().min(12)].to_string()),
                 e.lm_head.clone().unwrap_or_else(|| "-".into()),
-                human_bytes(e.bytes),
+                BinaryBytes(e.bytes).to_string(),
                 e.path.display().to_string(),
             ]
         })

@@ -6,10 +6,10 @@ use std::path::Path;
 use anyhow::Context;
 use bitnet_hub::HubEnv;
 
-use super::human_bytes;
 use crate::Outcome;
 use crate::cli::{HeadArg, PullArgs};
-use crate::store::Store;
+use bitnet_runtime::store::Store;
+use indicatif::BinaryBytes;
 
 pub fn run(args: PullArgs) -> anyhow::Result<Outcome> {
     let env = HubEnv::from_process();
@@ -19,7 +19,11 @@ pub fn run(args: PullArgs) -> anyhow::Result<Outcome> {
     } else {
         bitnet_hub::resolve(&args.model, &env)?
     };
-    let path = Store::from_env().converted(&resolved, args.head == Some(HeadArg::Exact))?;
+    let path = Store::from_env().converted(
+        &resolved,
+        args.head == Some(HeadArg::Exact),
+        &crate::fetch::Cli,
+    )?;
     let bytes = std::fs::metadata(&path)
         .with_context(|| format!("reading {}", path.display()))?
         .len();
@@ -30,7 +34,7 @@ pub fn run(args: PullArgs) -> anyhow::Result<Outcome> {
     eprintln!(
         "ready: {} ({}, from {from}); `bitnet run {}` uses it",
         path.display(),
-        human_bytes(bytes),
+        BinaryBytes(bytes),
         args.model
     );
     Ok(Outcome::Success)

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use super::human_bytes;
 use super::list::{Entry, entries};
 use crate::Outcome;
 use crate::cli::RmArgs;
-use crate::store::Store;
+use bitnet_runtime::store::Store;
+use indicatif::BinaryBytes;
 
 /// Whether `what` names `e`: its name, its repo id (with or without `@revision`), or its folder.
 fn matches(e: &Entry, what: &str) -> bool {
@@ -66,7 +66,7 @@ pub fn run(args: RmArgs) -> anyhow::Result<Outcome> {
         eprintln!(
             "removed {} ({}, {})",
             e.name,
-            human_bytes(e.bytes),
+            BinaryBytes(e.bytes),
             e.path.display()
         );
     }

@@ -6,11 +6,34 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, bail};
 use bitnet_chat::Message;
 use bitnet_model::Backend;
-use serde_json::json;
+use bitnet_runtime::StopReason;
+use serde::Serialize;
 
 use crate::Outcome;
 use crate::cli::RunArgs;
-use crate::engine::Engine;
+use bitnet_runtime::Engine;
+
+/// `run --json`: the names serve's usage uses (`prompt_tokens`, `completion_tokens`).
+#[derive(Serialize)]
+struct Report<'a> {
+    schema_version: u32,
+    text: &'a str,
+    ids: &'a [u32],
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    stop_reason: StopReason,
+    seed: u64,
+    timings: Timings,
+}
+
+#[derive(Serialize)]
+struct Timings {
+    prefill_s: f64,
+    time_to_first_token_s: f64,
+    decode_s: f64,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+}
 
 pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let prompt = match &args.prompt {
@@ -34,8 +57,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if prompt.trim().is_empty() {
         bail!("the prompt is empty: pass -p TEXT or text on stdin");
     }
-    let engine = Engine::open(&args.model, &args.gen_args)?;
-    let params = engine.sampling(&args.gen_args)?;
+    let engine = Engine::open(&args.model, &args.gen_args.load(), &crate::fetch::Cli)?;
+    let params = engine.sampling(&args.gen_args.overrides())?;
     let ids = if args.chat {
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
@@ -59,9 +82,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let cancel = AtomicBool::new(false);
     let mut stdout = std::io::stdout().lock();
     let json_mode = args.json;
+    // On a terminal, control characters in the text are shown, not obeyed.
+    let tty = stdout.is_terminal();
+
     let mut emit = |s: &str| -> anyhow::Result<()> {
         if !json_mode && !s.is_empty() {
-            stdout.write_all(s.as_bytes())?;
+            if tty {
+                stdout.write_all(crate::escape::controls(s).as_bytes())?;
+            } else {
+                stdout.write_all(s.as_bytes())?;
+            }
             stdout.flush()?;
         }
         Ok(())
@@ -76,21 +106,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         &mut emit,
     )?;
     if json_mode {
-        let v = json!({
-            "text": g.text,
-            "ids": g.ids,
-            "prompt_tokens": g.prompt_tokens,
-            "generated_tokens": g.ids.len(),
-            "stop_reason": g.stop.as_str(),
-            "seed": params.seed,
-            "timings": {
-                "prefill_s": g.prefill_s,
-                "time_to_first_token_s": g.first_token_s,
-                "decode_s": g.decode_s,
-                "prefill_tok_s": g.prefill_tok_s(),
-                "decode_tok_s": g.decode_tok_s(),
+        let v = Report {
+            schema_version: 1,
+            text: &g.text,
+            ids: &g.ids,
+            prompt_tokens: g.prompt_tokens,
+            completion_tokens: g.ids.len(),
+            stop_reason: g.stop,
+            seed: params.seed,
+            timings: Timings {
+                prefill_s: g.prefill_s,
+                time_to_first_token_s: g.first_token_s,
+                decode_s: g.decode_s,
+                prefill_tok_s: g.prefill_tok_s(),
+                decode_tok_s: g.decode_tok_s(),
             },
-        });
+        };
         serde_json::to_writer(&mut stdout, &v)?;
         writeln!(stdout)?;
     } else if !g.text.ends_with('\n') {

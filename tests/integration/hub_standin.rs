@@ -26,6 +26,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::get;
+pub use bitnet_format::hex;
 use serde_json::json;
 use sha2::Digest;
 
@@ -58,10 +59,6 @@ impl HubFile {
     pub fn etag(&self) -> &str {
         if self.lfs { &self.sha256 } else { &self.oid }
     }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Who may read a repo.

@@ -4,10 +4,13 @@
 mod bad_input;
 mod bench;
 mod browser;
+mod cli;
 mod convert;
+mod errors;
 mod gguf;
 mod gguf_bad_input;
 mod gguf_export;
+mod hostile;
 mod http;
 mod hub_cache;
 mod hub_download;

@@ -98,3 +98,71 @@ fn ctrl_c_stops_an_answer_and_the_chat_goes_on() {
     );
     tmux(&["kill-session", "-t", &session]);
 }
+
+#[test]
+fn the_line_editor_has_arrow_keys_history_and_ctrl_c_at_the_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&fixture("demo"), tmp.path(), &[]);
+    let data = tmp.path().join("data");
+    let session = format!("bitnet-edit-{}", std::process::id());
+    let cmd = format!(
+        "XDG_DATA_HOME='{}' '{}' chat '{}' --temperature 0 --max-tokens 8; echo EXITED-$?; sleep 30",
+        data.display(),
+        env!("CARGO_BIN_EXE_bitnet"),
+        file.display()
+    );
+    tmux(&["kill-session", "-t", &session]);
+    let _ = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "160",
+            "-y",
+            "50",
+            &cmd,
+        ])
+        .status()
+        .unwrap();
+    let prompts = |s: &str| s.lines().filter(|l| l.starts_with("> ")).count();
+    wait_for(&session, |s| s.contains("chatting with"), 30);
+    // Arrow keys move the cursor: `/hlp`, two to the left, `e` makes `/help`.
+    tmux(&["send-keys", "-t", &session, "/hlp"]);
+    tmux(&["send-keys", "-t", &session, "Left", "Left"]);
+    tmux(&["send-keys", "-t", &session, "e", "Enter"]);
+    let screen = wait_for(&session, |s| s.contains("commands: /reset"), 20);
+    assert!(!screen.contains("unknown command"), "{screen}");
+    // Ctrl-C at the prompt clears the line and the chat goes on.
+    tmux(&["send-keys", "-t", &session, "half a thought"]);
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    wait_for(&session, |s| s.contains("(Ctrl-D or /exit leaves)"), 20);
+    tmux(&["send-keys", "-t", &session, "Hello", "Enter"]);
+    wait_for(&session, |s| s.matches("tok/s").count() >= 1, 30);
+    // Up recalls the last message; sent again, it gets a second answer.
+    let before = wait_for(&session, |s| prompts(s) >= 4, 20);
+    tmux(&["send-keys", "-t", &session, "Up"]);
+    wait_for(
+        &session,
+        |s| s.lines().filter(|l| l.trim_end() == "> Hello").count() >= 2,
+        20,
+    );
+    tmux(&["send-keys", "-t", &session, "Enter"]);
+    let screen = wait_for(&session, |s| s.matches("tok/s").count() >= 2, 30);
+    assert!(
+        !screen.contains("EXITED"),
+        "before:\n{before}\nafter:\n{screen}"
+    );
+    tmux(&["send-keys", "-t", &session, "C-d"]);
+    let screen = wait_for(&session, |s| s.contains("EXITED-"), 20);
+    assert!(screen.contains("EXITED-0"), "{screen}");
+    tmux(&["kill-session", "-t", &session]);
+    // The history is kept in the user's data folder for the next chat; the cleared line is not in it.
+    let history = std::fs::read_to_string(data.join("bitnet/chat_history")).unwrap();
+    assert!(
+        history.contains("/help") && history.contains("Hello"),
+        "{history}"
+    );
+    assert!(!history.contains("half a thought"), "{history}");
+}

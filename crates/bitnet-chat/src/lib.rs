@@ -202,12 +202,34 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Runs `f`, which calls into `tokenizers`, turning a panic inside it (a malformed tokenizer.json can
+/// cause one) into an error: no panic crosses this crate's boundary.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Err(ChatError::BadTokenizer(format!(
+            "{what} failed inside the tokenizers library: {why}"
+        )))
+    })
+}
+
 impl Tokenizer {
     /// Loads `tokenizer.json` bytes (as embedded in a `.bitnet` file) with the file's tokenizer metadata.
+    /// The tokenizer is tried once on a sample text, so a malformed one fails here rather than on a
+    /// user's request.
     pub fn from_bytes(json: Option<&[u8]>, info: &TokenizerInfo) -> Result<Tokenizer> {
         let json = json.ok_or(ChatError::NoTokenizer)?;
-        let inner = tokenizers::Tokenizer::from_bytes(json)
-            .map_err(|e| ChatError::BadTokenizer(e.to_string()))?;
+        let inner = guarded("loading tokenizer.json", || {
+            let t = tokenizers::Tokenizer::from_bytes(json)
+                .map_err(|e| ChatError::BadTokenizer(e.to_string()))?;
+            t.encode("Hello, world! 123", true)
+                .map_err(|e| ChatError::BadTokenizer(format!("it cannot encode a sample: {e}")))?;
+            Ok(t)
+        })?;
         // Asked of the decoder itself rather than read from its JSON: `<0x41>` decodes to "A" exactly
         // when a ByteFallback step is in the decoder chain.
         let byte_fallback = inner
@@ -232,20 +254,22 @@ impl Tokenizer {
 
     /// Token ids of `text` as they appear in the text: no BOS, special tokens in the text recognized.
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| ChatError::Tokenize(e.to_string()))?;
+        let enc = guarded("tokenizing", || {
+            self.inner
+                .encode(text, false)
+                .map_err(|e| ChatError::Tokenize(e.to_string()))
+        })?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Token ids of a prompt: the tokenizer's own encoding with special tokens, then exactly one BOS at the
     /// start when the model wants one.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| ChatError::Tokenize(e.to_string()))?;
+        let enc = guarded("tokenizing", || {
+            self.inner
+                .encode(text, true)
+                .map_err(|e| ChatError::Tokenize(e.to_string()))
+        })?;
         let mut ids = enc.get_ids().to_vec();
         if let (true, Some(bos)) = (self.info.add_bos_token, self.info.bos_token_id)
             && ids.first() != Some(&bos)
@@ -257,9 +281,11 @@ impl Tokenizer {
 
     /// Text of `ids` (special tokens kept).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| ChatError::Tokenize(e.to_string()))
+        guarded("decoding", || {
+            self.inner
+                .decode(ids, false)
+                .map_err(|e| ChatError::Tokenize(e.to_string()))
+        })
     }
 
     /// The text of a token id (as in the vocabulary, e.g. `<|begin_of_text|>`), if the id exists. This is

@@ -25,7 +25,8 @@ pub struct Shard {
 
 impl Shard {
     fn open(path: PathBuf) -> Result<Shard> {
-        let file = File::open(&path).map_err(|e| ConvertError::io(&path, e))?;
+        let real = crate::source_file::checked(&path)?;
+        let file = File::open(&real).map_err(|e| ConvertError::io(&path, e))?;
         // SAFETY: a read-only private map of a checkpoint file; checkpoints are not modified while a
         // conversion reads them (a concurrent truncation would raise SIGBUS, as with any mmap reader).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ConvertError::io(&path, e))?;
@@ -124,10 +125,11 @@ pub struct Checkpoint {
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
-    serde_json::from_slice(&text).map_err(|source| ConvertError::Json {
+    let real = crate::source_file::checked(path)?;
+    let text = std::fs::read(real).map_err(|e| ConvertError::io(path, e))?;
+    serde_json::from_slice(&text).map_err(|error| ConvertError::Json {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

@@ -75,6 +75,14 @@ pub(crate) fn parse_config(path: &Path, cfg: &Value, arch: &Architecture) -> Res
     let hidden_size = r.usize_req("hidden_size")?;
     let num_heads = r.usize_req("num_attention_heads")?;
     let num_kv_heads = r.usize_opt("num_key_value_heads")?.unwrap_or(num_heads);
+    for (field, v) in [
+        ("num_attention_heads", num_heads),
+        ("num_key_value_heads", num_kv_heads),
+    ] {
+        if v == 0 {
+            return Err(ConvertError::field(path, field, "must be at least 1"));
+        }
+    }
     if num_heads % num_kv_heads != 0 {
         return Err(ConvertError::field(
             path,
@@ -150,7 +158,7 @@ pub(crate) fn parse_config(path: &Path, cfg: &Value, arch: &Architecture) -> Res
             }
         }
     }
-    Ok(ModelConfig {
+    let config = ModelConfig {
         vocab_size: r.usize_req("vocab_size")?,
         hidden_size,
         intermediate_size: r.usize_req("intermediate_size")?,
@@ -170,7 +178,18 @@ pub(crate) fn parse_config(path: &Path, cfg: &Value, arch: &Architecture) -> Res
         tie_word_embeddings: r
             .bool_opt("tie_word_embeddings")?
             .unwrap_or(arch.defaults.tie_word_embeddings),
-    })
+    };
+    // The limits every reader enforces (SPEC.md 3.2), checked before any tensor is read.
+    config.validate().map_err(|(field, reason)| {
+        let hf = match field {
+            "num_layers" => "num_hidden_layers",
+            "num_heads" => "num_attention_heads",
+            "num_kv_heads" => "num_key_value_heads",
+            other => other,
+        };
+        ConvertError::field(path, hf, reason)
+    })?;
+    Ok(config)
 }
 
 /// How a BitLinear's `weight_scale` relates to the real weight.

@@ -49,7 +49,7 @@ pub enum Progress<'a> {
 }
 
 /// What a conversion did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ConvertReport {
     /// The output file.
     pub output: PathBuf,

@@ -7,23 +7,23 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ConvertError {
     /// An operating-system error on a named file or folder.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, not a `source`, so a chain of causes prints it once).
+        error: std::io::Error,
     },
     /// The input is neither a model folder nor a repo id found in the local Hugging Face cache.
     #[error("{0}")]
     NotFound(String),
     /// A JSON file that does not parse.
-    #[error("{path}: not valid JSON: {source}")]
+    #[error("{path}: not valid JSON: {error}")]
     Json {
         /// The file.
         path: PathBuf,
         /// The parse error.
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// A config field that is missing or holds an unexpected value.
     #[error("{path}: field `{field}`: {reason}")]
@@ -95,12 +95,13 @@ pub enum ConvertError {
     #[error(transparent)]
     Format(#[from] bitnet_format::FormatError),
     /// A GGUF file that cannot be read (malformed, truncated, a type or version this build does not read).
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Gguf {
         /// The GGUF file.
         path: PathBuf,
-        /// What is wrong, naming the field or tensor.
-        source: bitnet_gguf::GgufError,
+        /// What is wrong, naming the field or tensor (in the message, not a `source`, so a chain of causes
+        /// prints it once).
+        error: bitnet_gguf::GgufError,
     },
 }
 
@@ -108,10 +109,10 @@ pub enum ConvertError {
 pub type Result<T> = std::result::Result<T, ConvertError>;
 
 impl ConvertError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         ConvertError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 

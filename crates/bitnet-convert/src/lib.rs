@@ -27,6 +27,7 @@ pub mod gguf;
 pub mod hub;
 pub mod quantize;
 pub mod sentencepiece;
+pub mod source_file;
 mod tokenizer_meta;
 
 pub use config::{ScaleOp, TernaryStorage};

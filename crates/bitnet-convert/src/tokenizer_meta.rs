@@ -69,7 +69,8 @@ pub(crate) fn read_tokenizer(
     let tok_path = dir.join("tokenizer.json");
     let spm_path = dir.join("tokenizer.model");
     let (tokenizer_json, json_source) = if tok_path.is_file() {
-        let bytes = std::fs::read(&tok_path).map_err(|e| ConvertError::io(&tok_path, e))?;
+        let real = crate::source_file::checked(&tok_path)?;
+        let bytes = std::fs::read(real).map_err(|e| ConvertError::io(&tok_path, e))?;
         (Some(bytes), Some("tokenizer.json".to_string()))
     } else if spm_path.is_file() {
         let converted = sentencepiece::convert_folder(dir)?;
@@ -95,14 +96,12 @@ pub(crate) fn read_tokenizer(
         (None, None)
     };
     let tok_value: Option<Value> = match &tokenizer_json {
-        Some(bytes) => {
-            Some(
-                serde_json::from_slice(bytes).map_err(|source| ConvertError::Json {
-                    path: tok_path.clone(),
-                    source,
-                })?,
-            )
-        }
+        Some(bytes) => Some(
+            serde_json::from_slice(bytes).map_err(|error| ConvertError::Json {
+                path: tok_path.clone(),
+                error,
+            })?,
+        ),
         None => None,
     };
     let tc_path = dir.join("tokenizer_config.json");
@@ -112,7 +111,10 @@ pub(crate) fn read_tokenizer(
 
     let jinja_path = dir.join("chat_template.jinja");
     let chat_template = if jinja_path.is_file() {
-        Some(std::fs::read_to_string(&jinja_path).map_err(|e| ConvertError::io(&jinja_path, e))?)
+        {
+            let real = crate::source_file::checked(&jinja_path)?;
+            Some(std::fs::read_to_string(real).map_err(|e| ConvertError::io(&jinja_path, e))?)
+        }
     } else {
         match tc.get("chat_template") {
             Some(Value::String(s)) => Some(s.clone()),

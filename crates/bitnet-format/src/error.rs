@@ -6,13 +6,30 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FormatError {
-    /// An operating-system error on a named file.
-    #[error("{path}: {source}")]
+    /// An operating-system error on a named file. (The error is part of the message, not a `source`, so
+    /// a chain of causes prints it once.)
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// The path names something that is not a `.bitnet` file; `what` says what it is and what to do.
+    #[error("{path}: {what}")]
+    NotBitnet {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead, and what to do.
+        what: String,
+    },
+    /// An error in the named file.
+    #[error("{path}: {error}")]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong in it.
+        error: Box<FormatError>,
     },
     /// The first bytes are not the `.bitnet` magic.
     #[error("not a .bitnet file: the first 8 bytes are {found:02x?}, expected {expected:02x?}")]
@@ -64,7 +81,7 @@ pub enum FormatError {
     },
     /// The header is not the JSON SPEC.md describes.
     #[error("header is not the JSON SPEC.md describes: {0}")]
-    HeaderJson(#[from] serde_json::Error),
+    HeaderJson(serde_json::Error),
     /// A tensor entry that breaks a rule of SPEC.md.
     #[error("tensor `{name}`: {reason}")]
     Tensor {
@@ -78,14 +95,20 @@ pub enum FormatError {
     MissingTensor(String),
 }
 
+impl From<serde_json::Error> for FormatError {
+    fn from(e: serde_json::Error) -> Self {
+        FormatError::HeaderJson(e)
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T> = std::result::Result<T, FormatError>;
 
 impl FormatError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         FormatError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 

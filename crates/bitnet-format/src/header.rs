@@ -183,6 +183,100 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
 }
 
+/// The largest dimensions a reader accepts (SPEC.md section 3.2): above any released model by a wide margin,
+/// and small enough that sizes computed from them cannot overflow and a file cannot ask for absurd memory
+/// before its tensors are checked.
+pub mod limits {
+    /// Vocabulary entries.
+    pub const VOCAB: usize = 1 << 20;
+    /// Residual-stream width.
+    pub const HIDDEN: usize = 1 << 16;
+    /// FFN width.
+    pub const INTERMEDIATE: usize = 1 << 18;
+    /// Decoder layers.
+    pub const LAYERS: usize = 1024;
+    /// Query heads.
+    pub const HEADS: usize = 1024;
+    /// Width of one head.
+    pub const HEAD_DIM: usize = 1024;
+    /// Query heads x head width.
+    pub const ATTENTION: usize = 1 << 16;
+    /// Context length (the KV cache is sized by the context a run uses, not by this).
+    pub const CONTEXT: usize = 1 << 24;
+}
+
+impl ModelConfig {
+    /// Checks every dimension against [`limits`] and against each other; names the field at fault.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let range = |field: &'static str, v: usize, max: usize| {
+            if v == 0 || v > max {
+                Err((field, format!("{v} is outside 1..={max}")))
+            } else {
+                Ok(())
+            }
+        };
+        range("vocab_size", self.vocab_size, limits::VOCAB)?;
+        range("hidden_size", self.hidden_size, limits::HIDDEN)?;
+        range(
+            "intermediate_size",
+            self.intermediate_size,
+            limits::INTERMEDIATE,
+        )?;
+        range("num_layers", self.num_layers, limits::LAYERS)?;
+        range("num_heads", self.num_heads, limits::HEADS)?;
+        range("num_kv_heads", self.num_kv_heads, self.num_heads)?;
+        range("head_dim", self.head_dim, limits::HEAD_DIM)?;
+        range(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            limits::CONTEXT,
+        )?;
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return Err((
+                "num_kv_heads",
+                format!(
+                    "{} does not divide num_heads {}",
+                    self.num_kv_heads, self.num_heads
+                ),
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err((
+                "head_dim",
+                format!("{} is odd; RoPE pairs dimensions", self.head_dim),
+            ));
+        }
+        let attention = self.num_heads * self.head_dim;
+        if attention > limits::ATTENTION {
+            return Err((
+                "num_heads",
+                format!(
+                    "num_heads x head_dim = {attention} is more than {}",
+                    limits::ATTENTION
+                ),
+            ));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err((
+                "rms_norm_eps",
+                format!("{} is not in (0, 1)", self.rms_norm_eps),
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return Err((
+                "rope_theta",
+                format!("{} is not a finite base above 1", self.rope_theta),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes of KV cache (f32 keys and values of every layer) per position.
+    pub fn kv_bytes_per_position(&self) -> u64 {
+        2 * 4 * (self.num_layers * self.num_kv_heads * self.head_dim) as u64
+    }
+}
+
 /// Tokenizer, BOS policy, stop tokens and chat template.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenizerInfo {

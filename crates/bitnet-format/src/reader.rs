@@ -119,7 +119,7 @@ impl std::fmt::Debug for BitnetFile {
 }
 
 /// A tensor whose bytes do not hash to the directory's checksum.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChecksumMismatch {
     /// Tensor name.
     pub name: String,
@@ -129,16 +129,47 @@ pub struct ChecksumMismatch {
     pub actual: String,
 }
 
+/// What a file in a format people confuse with ours is, and what to do with it.
+fn other_format(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&MAGIC) {
+        return None;
+    }
+    if bytes.starts_with(b"GGUF") {
+        return Some(
+            "a GGUF file, not a .bitnet file: convert it with `bitnet convert FILE.gguf -o model.bitnet`",
+        );
+    }
+    // safetensors: an 8-byte little-endian header length, then the JSON header.
+    if bytes.len() > 8 && bytes[8] == b'{' {
+        return Some(
+            "a safetensors file, not a .bitnet file: convert the checkpoint folder that holds it with \
+             `bitnet convert FOLDER -o model.bitnet`",
+        );
+    }
+    None
+}
+
 impl BitnetFile {
-    /// Maps `path` read-only and validates it.
+    /// Maps `path` read-only and validates it. Every error names `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<BitnetFile> {
         let path = path.as_ref();
+        let not_bitnet = |what: &str| FormatError::NotBitnet {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+        };
+        if path.is_dir() {
+            return Err(not_bitnet(if path.join("config.json").is_file() {
+                "a Hugging Face checkpoint folder, not a .bitnet file: convert it with `bitnet convert FOLDER -o \
+                 model.bitnet` (or give the folder to `bitnet run`, which converts it once)"
+            } else {
+                "a folder, not a .bitnet file"
+            }));
+        }
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
         let meta = file.metadata().map_err(|e| FormatError::io(path, e))?;
         if !meta.is_file() {
-            return Err(FormatError::io(
-                path,
-                std::io::Error::other("not a regular file"),
+            return Err(not_bitnet(
+                "not a regular file (a .bitnet file is read from a regular file)",
             ));
         }
         let storage = if meta.len() == 0 {
@@ -150,7 +181,13 @@ impl BitnetFile {
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
             Storage::Map(map)
         };
-        let mut f = Self::from_storage(storage)?;
+        if let Some(what) = other_format(storage.bytes()) {
+            return Err(not_bitnet(what));
+        }
+        let mut f = Self::from_storage(storage).map_err(|e| FormatError::InFile {
+            path: path.to_path_buf(),
+            error: Box::new(e),
+        })?;
         f.path = Some(path.to_path_buf());
         Ok(f)
     }
@@ -193,6 +230,31 @@ impl BitnetFile {
         }
         let features = Features::parse(&header.features)
             .map_err(|reason| FormatError::field("features", reason))?;
+        header
+            .config
+            .validate()
+            .map_err(|(field, reason)| FormatError::field(&format!("config.{field}"), reason))?;
+        let vocab = header.config.vocab_size;
+        let t = &header.tokenizer;
+        for (field, id) in [
+            ("tokenizer.bos_token_id", t.bos_token_id),
+            ("tokenizer.pad_token_id", t.pad_token_id),
+        ]
+        .into_iter()
+        .chain(
+            t.eos_token_ids
+                .iter()
+                .map(|&i| ("tokenizer.eos_token_ids", Some(i))),
+        ) {
+            if let Some(id) = id
+                && id as usize >= vocab
+            {
+                return Err(FormatError::field(
+                    field,
+                    format!("id {id} is outside the vocabulary of {vocab}"),
+                ));
+            }
+        }
         let index = validate_directory(&header, preamble.data_offset, file_len)?;
         Ok(BitnetFile {
             storage,

@@ -100,6 +100,7 @@ impl FileWriter {
         }
 
         let tmp = Self::temp_path_for(&dest)?;
+        Self::remove_stale_temps(&dest);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -134,11 +135,21 @@ impl FileWriter {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if dest.is_dir() {
-            return Err(FormatError::io(
-                dest,
-                std::io::Error::other("is a directory; give a file name"),
-            ));
+        // The output is replaced by a rename: only ever over a regular file (never a directory, a device,
+        // a FIFO or a link to one).
+        if let Ok(meta) = std::fs::symlink_metadata(dest)
+            && !meta.file_type().is_file()
+        {
+            return Err(FormatError::NotBitnet {
+                path: dest.to_path_buf(),
+                what: if meta.is_dir() {
+                    "is a directory; give a file name".into()
+                } else {
+                    "is not a regular file (a device, FIFO, socket or link): the output must be a regular \
+                     file or not exist"
+                        .into()
+                },
+            });
         }
         let file_name = dest
             .file_name()
@@ -146,6 +157,38 @@ impl FileWriter {
             .to_string_lossy()
             .into_owned();
         Ok(dir.join(format!(".{file_name}.tmp-{}", std::process::id())))
+    }
+
+    /// Removes the temporary files of earlier writes of `dest` whose process is gone (killed before it
+    /// could clean up); returns how many. Linux only (a process is alive while `/proc/PID` exists).
+    pub fn remove_stale_temps(dest: &Path) -> usize {
+        let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
+            return 0;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if !Path::new("/proc/self").exists() {
+            return 0;
+        }
+        let prefix = format!(".{}.tmp-", name.to_string_lossy());
+        let mut removed = 0;
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = n.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let alive = Path::new(&format!("/proc/{pid}")).exists();
+            if !alive
+                && e.file_type().is_ok_and(|t| t.is_file())
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// The planned directory (offsets are final; checksums and scales are filled in as tensors are written).

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum GgufError {
     /// An operating-system error.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, not a `source`, so a chain of causes prints it once).
+        error: std::io::Error,
     },
     /// Not a GGUF file.
     #[error("not a GGUF file (the first four bytes are {found:?}, not \"GGUF\")")]

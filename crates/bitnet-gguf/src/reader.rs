@@ -77,9 +77,9 @@ impl GgufFile {
     /// Maps and parses the file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io {
+        let io = |error| GgufError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: a read-only private map of a model file that is not modified while it is read (a

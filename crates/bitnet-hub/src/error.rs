@@ -122,7 +122,7 @@ pub enum HubError {
         reason: String,
     },
     /// Writing a download failed (a full disk, no permission); the partial file was removed.
-    #[error("{repo}: {file}: writing {path}: {source}; the partial download was removed")]
+    #[error("{repo}: {file}: writing {path}: {error}; the partial download was removed")]
     Write {
         /// The repo id.
         repo: String,
@@ -130,8 +130,8 @@ pub enum HubError {
         file: String,
         /// The `.incomplete` file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, not a `source`, so a chain of causes prints it once).
+        error: std::io::Error,
     },
     /// The repo has nothing the converter can read.
     #[error("{repo}@{revision}: {reason}")]
@@ -152,12 +152,12 @@ pub enum HubError {
         reason: String,
     },
     /// An operating-system error on a cache file (a full disk, no permission, ...).
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, not a `source`, so a chain of causes prints it once).
+        error: std::io::Error,
     },
 }
 
@@ -166,10 +166,10 @@ pub type Result<T> = std::result::Result<T, HubError>;
 
 impl HubError {
     #[cfg(feature = "download")]
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         HubError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 }

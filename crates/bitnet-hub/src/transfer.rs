@@ -216,7 +216,7 @@ impl<'a> Fetcher<'a> {
             repo: self.repo.to_string(),
             file: file.to_string(),
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         }
     }
 

@@ -41,6 +41,12 @@ pub enum ModelError {
         /// The limit.
         limit: usize,
     },
+    /// The LM head asked for is not in the file.
+    #[error("{0}")]
+    NoHead(&'static str),
+    /// A trace lacks an activation a comparison needs.
+    #[error("the reference trace has no {0}")]
+    MissingTrace(String),
     /// An error of the underlying file.
     #[error(transparent)]
     Format(#[from] bitnet_format::FormatError),

@@ -14,11 +14,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod error;
+pub mod layer_parity;
 pub mod packed;
 pub mod parity;
 pub mod session;
 pub mod synthetic;
 pub mod trace;
+pub mod trace_parity;
 
 pub use bitnet_format::ModelConfig;
 pub use error::{ModelError, Result};

@@ -122,6 +122,30 @@ pub fn compare(reference: &[f32], candidate: &[f32], vocab: usize) -> Comparison
 }
 
 impl Comparison {
+    /// One comparison over all the positions of `parts` (per-prompt comparisons).
+    pub fn merge(parts: &[Comparison]) -> Comparison {
+        let positions: usize = parts.iter().map(|c| c.positions).sum();
+        let n = positions.max(1) as f64;
+        let weighted = |f: fn(&Comparison) -> f64| {
+            parts.iter().map(|c| f(c) * c.positions as f64).sum::<f64>() / n
+        };
+        Comparison {
+            positions,
+            max_abs: parts.iter().map(|c| c.max_abs).fold(0.0, f64::max),
+            mean_abs: weighted(|c| c.mean_abs),
+            min_cosine: parts
+                .iter()
+                .map(|c| c.min_cosine)
+                .fold(f64::INFINITY, f64::min),
+            mean_cosine: weighted(|c| c.mean_cosine),
+            top1_agree: parts.iter().map(|c| c.top1_agree).sum(),
+            mean_kl: weighted(|c| c.mean_kl),
+            max_kl: parts.iter().map(|c| c.max_kl).fold(0.0, f64::max),
+            tight: parts.iter().map(|c| c.tight).sum(),
+            first_loose: None,
+        }
+    }
+
     /// Share of positions whose argmax agrees.
     pub fn top1_share(&self) -> f64 {
         self.top1_agree as f64 / self.positions.max(1) as f64
@@ -163,5 +187,41 @@ impl Comparison {
             ));
         }
         f
+    }
+}
+
+/// The figures as `verify --json` reports them (the shares included).
+impl serde::Serialize for Comparison {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Figures {
+            positions: usize,
+            max_abs_delta: f64,
+            mean_abs_delta: f64,
+            min_cosine: f64,
+            mean_cosine: f64,
+            top1_agree: usize,
+            top1_share: f64,
+            mean_kl: f64,
+            max_kl: f64,
+            tight_positions: usize,
+            tight_share: f64,
+            first_loose_position: Option<usize>,
+        }
+        Figures {
+            positions: self.positions,
+            max_abs_delta: self.max_abs,
+            mean_abs_delta: self.mean_abs,
+            min_cosine: self.min_cosine,
+            mean_cosine: self.mean_cosine,
+            top1_agree: self.top1_agree,
+            top1_share: self.top1_share(),
+            mean_kl: self.mean_kl,
+            max_kl: self.max_kl,
+            tight_positions: self.tight,
+            tight_share: self.tight_share(),
+            first_loose_position: self.first_loose,
+        }
+        .serialize(s)
     }
 }

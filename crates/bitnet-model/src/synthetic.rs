@@ -163,15 +163,11 @@ pub fn config_2b4t() -> ModelConfig {
     )
 }
 
-/// A small, fast generator (splitmix64): the same seed gives the same file everywhere.
-fn splitmix(mut x: u64) -> impl FnMut() -> u64 {
-    move || {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+/// A small, fast generator (SplitMix64, rand_xoshiro's): the same seed gives the same file everywhere.
+fn splitmix(x: u64) -> impl FnMut() -> u64 {
+    use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_xoshiro::SplitMix64::seed_from_u64(x);
+    move || rng.next_u64()
 }
 
 const BLOCK: usize = 1 << 16;

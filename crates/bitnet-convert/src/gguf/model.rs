@@ -39,9 +39,9 @@ impl Family {
 }
 
 pub(super) fn gguf_err(path: &Path) -> impl Fn(bitnet_gguf::GgufError) -> ConvertError + '_ {
-    move |source| ConvertError::Gguf {
+    move |error| ConvertError::Gguf {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

@@ -203,7 +203,8 @@ pub struct Converted {
 /// added_tokens.json) into a `tokenizer.json`.
 pub fn convert_folder(dir: &Path) -> Result<Converted> {
     let path = dir.join("tokenizer.model");
-    let bytes = std::fs::read(&path).map_err(|e| ConvertError::io(&path, e))?;
+    let real = crate::source_file::checked(&path)?;
+    let bytes = std::fs::read(real).map_err(|e| ConvertError::io(&path, e))?;
     let bad = |reason: String| ConvertError::Tokenizer {
         path: path.clone(),
         reason,

@@ -8,18 +8,18 @@
 //! beside `NAME.bitnet`) also records the folder's path and its files' sizes and modification times:
 //! when those still match, the hash is skipped.
 //!
-//! The copy is made by running `bitnet convert` as a child process, so it has that command's progress
-//! bar, its Ctrl-C cleanup and its atomic write (a terminal's Ctrl-C reaches both processes; the child
-//! removes its temporary file).
+//! The copy is made by the caller's [`Provider`] (the `bitnet` binary runs `bitnet convert` as a child
+//! process, so it has that command's progress bar, its Ctrl-C cleanup and its atomic write).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use anyhow::{Context, bail};
-use bitnet_format::{BitnetFile, TensorKind};
+use anyhow::Context;
+use bitnet_format::{BitnetFile, TensorKind, hex};
 use bitnet_hub::ResolvedModel;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::models::Provider;
 
 /// Which LM heads a copy holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,7 +32,8 @@ pub enum HeadVariant {
 }
 
 impl HeadVariant {
-    fn flag(self) -> &'static str {
+    /// The value of `bitnet convert --lm-head` that makes this copy.
+    pub fn flag(self) -> &'static str {
         match self {
             HeadVariant::Int8 => "int8",
             HeadVariant::Exact => "bf16",
@@ -43,8 +44,11 @@ impl HeadVariant {
 /// A file's size and modification time, the fast check that a folder is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
+    /// The file's name in the folder.
     pub name: String,
+    /// Its size.
     pub bytes: u64,
+    /// Its modification time, in nanoseconds since the Unix epoch.
     pub mtime_ns: u64,
 }
 
@@ -53,11 +57,19 @@ pub struct Stamp {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Source {
     /// A Hub repo at a commit.
-    Repo { repo: String, revision: String },
+    Repo {
+        /// `org/name`.
+        repo: String,
+        /// The commit.
+        revision: String,
+    },
     /// A folder: where it was last seen, its content hash and its files' stamps then.
     Folder {
+        /// The folder, canonical.
         path: PathBuf,
+        /// The sha256 over each read file's name, size and sha256.
         content_sha256: String,
+        /// Its files' stamps when it was converted.
         files: Vec<Stamp>,
     },
 }
@@ -65,11 +77,17 @@ pub enum Source {
 /// The JSON beside each converted copy.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The copy's name (`NAME.bitnet`, `NAME.json`).
     pub name: String,
+    /// What it was converted from.
     pub source: Source,
+    /// Which heads it holds.
     pub lm_head: HeadVariant,
+    /// The `.bitnet` format version written.
     pub format_version: String,
+    /// The converter that wrote it (`bitnet-convert` version).
     pub converter: String,
+    /// When, in seconds since the Unix epoch.
     pub created_unix: u64,
 }
 
@@ -83,10 +101,6 @@ fn format_version() -> String {
 
 fn converter() -> String {
     format!("bitnet {}", env!("CARGO_PKG_VERSION"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Letters, digits, `-`, `_` and `.` of `s`, the rest as `_`.
@@ -107,6 +121,7 @@ fn sanitize(s: &str) -> String {
 
 /// The folder of converted copies.
 pub struct Store {
+    /// Where the copies and their manifests are.
     pub dir: PathBuf,
 }
 
@@ -123,10 +138,12 @@ impl Store {
         }
     }
 
+    /// The model file of the copy `name`.
     pub fn model_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.bitnet"))
     }
 
+    /// The manifest of the copy `name`.
     pub fn manifest_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.json"))
     }
@@ -147,20 +164,30 @@ impl Store {
 
     /// The converted copy of `resolved` (made now if there is none). `want_exact`: the caller will
     /// ask for the exact head, which an int8 copy of an untied model lacks.
-    pub fn converted(&self, resolved: &ResolvedModel, want_exact: bool) -> anyhow::Result<PathBuf> {
+    pub fn converted(
+        &self,
+        resolved: &ResolvedModel,
+        want_exact: bool,
+        provider: &dyn Provider,
+    ) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating the cache folder {}", self.dir.display()))?;
-        let path = self.copy(resolved, HeadVariant::Int8)?;
+        let path = self.copy(resolved, HeadVariant::Int8, provider)?;
         if want_exact && !has_exact_head(&path) {
-            eprintln!(
+            tracing::info!(
                 "the copy with the int8 head has no exact head (the model's head is untied); making one with the exact head"
             );
-            return self.copy(resolved, HeadVariant::Exact);
+            return self.copy(resolved, HeadVariant::Exact, provider);
         }
         Ok(path)
     }
 
-    fn copy(&self, resolved: &ResolvedModel, head: HeadVariant) -> anyhow::Result<PathBuf> {
+    fn copy(
+        &self,
+        resolved: &ResolvedModel,
+        head: HeadVariant,
+        provider: &dyn Provider,
+    ) -> anyhow::Result<PathBuf> {
         let (source, label, input) = match (&resolved.repo, &resolved.revision) {
             (Some(repo), Some(rev)) => (
                 Source::Repo {
@@ -187,7 +214,7 @@ impl Store {
                 }) && self.usable(&m.name)
                 {
                     let p = self.model_path(&m.name);
-                    eprintln!("using the converted copy {}", p.display());
+                    tracing::info!("using the converted copy {}", p.display());
                     return Ok(p);
                 }
                 let content = content_sha256(&dir, &stamps)?;
@@ -226,10 +253,10 @@ impl Store {
                 .map_or(0, |d| d.as_secs()),
         };
         if self.usable(&name) {
-            eprintln!("using the converted copy {}", path.display());
+            tracing::info!("using the converted copy {}", path.display());
         } else {
-            eprintln!("converting {input} once into {}", path.display());
-            run_convert(&input, &path, head)?;
+            tracing::info!("converting {input} once into {}", path.display());
+            provider.convert(&input, &path, head)?;
         }
         // Also refreshes a folder's path and stamps, so the next run skips the hash.
         self.write_manifest(&manifest)?;
@@ -245,7 +272,7 @@ impl Store {
         match BitnetFile::open(&path) {
             Ok(_) => true,
             Err(e) => {
-                eprintln!(
+                tracing::info!(
                     "note: {} cannot be read by this build ({e}); converting again",
                     path.display()
                 );
@@ -277,28 +304,6 @@ fn has_exact_head(path: &Path) -> bool {
     let int8_only = file.entry("output").map(|e| e.kind) == Some(TensorKind::Int8R16)
         && !file.header().config.tie_word_embeddings;
     !int8_only
-}
-
-/// Runs `bitnet convert INPUT -o OUT --lm-head HEAD --force` as a child process.
-fn run_convert(input: &str, out: &Path, head: HeadVariant) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("locating the bitnet executable")?;
-    let status = Command::new(exe)
-        .arg("convert")
-        .arg(input)
-        .arg("-o")
-        .arg(out)
-        .args(["--lm-head", head.flag(), "--force"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .context("starting `bitnet convert`")?;
-    if !status.success() {
-        bail!(
-            "the conversion of {input} into {} failed (the error is above); nothing was kept",
-            out.display()
-        );
-    }
-    Ok(())
 }
 
 /// The files of `dir` a conversion reads, with their sizes and modification times, sorted.

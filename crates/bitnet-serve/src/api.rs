@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use bitnet_chat::{KNOWN_ROLES, Message, SamplingParams};
 use serde_json::{Map, Value, json};
 
-use crate::engine::StopReason;
+use bitnet_runtime::StopReason;
 
 /// An error in OpenAI's format: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone)]
@@ -111,15 +111,22 @@ fn field<'a>(m: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     m.get(name).filter(|v| !v.is_null())
 }
 
+/// A number field; the sampling fields are f32, so a value past f32's range is refused here rather than
+/// turned into infinity.
 fn number(m: &Map<String, Value>, name: &str) -> Result<Option<f64>, ApiError> {
     match field(m, name) {
         None => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-            ApiError::param(
+        Some(v) => match v.as_f64() {
+            Some(x) if (x as f32).is_finite() => Ok(Some(x)),
+            Some(x) => Err(ApiError::param(
+                name,
+                format!("`{name}` = {x} is outside the range of a 32-bit float"),
+            )),
+            None => Err(ApiError::param(
                 name,
                 format!("`{name}` must be a number, not {}", kind_of(v)),
-            )
-        }),
+            )),
+        },
     }
 }
 

@@ -6,12 +6,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::scheduler::Finish;
+use crate::scheduler::Finish;
 
 /// How far back the tokens/s gauge looks.
 const WINDOW: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
+/// Counters the scheduler and the HTTP side update.
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     prompt_tokens: AtomicU64,
@@ -35,12 +36,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Metrics {
+    /// Counts a request by route and status.
     pub fn request(&self, route: &str, status: u16) {
         *lock(&self.requests)
             .entry((route.to_string(), status))
             .or_default() += 1;
     }
 
+    /// Counts prompt tokens computed.
     pub fn prefilled(&self, tokens: usize) {
         self.prefill_tokens
             .fetch_add(tokens as u64, Ordering::Relaxed);
@@ -62,6 +65,7 @@ impl Metrics {
         }
     }
 
+    /// Counts a finished generation.
     pub fn completed(&self, f: &Finish) {
         self.completed.fetch_add(1, Ordering::Relaxed);
         self.first_token_us
@@ -74,22 +78,27 @@ impl Metrics {
             .fetch_add(f.completion_tokens as u64, Ordering::Relaxed);
     }
 
+    /// Counts a generation whose client left.
     pub fn cancelled(&self) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Sets the number of sequences being decoded.
     pub fn set_active(&self, n: usize) {
         self.active.store(n, Ordering::Relaxed);
     }
 
+    /// Sequences being decoded.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Requests answered.
     pub fn requests_total(&self) -> u64 {
         lock(&self.requests).values().sum()
     }
 
+    /// Tokens generated.
     pub fn completion_tokens(&self) -> u64 {
         self.completion_tokens.load(Ordering::Relaxed)
     }
@@ -220,12 +229,4 @@ impl Metrics {
         }
         out
     }
-}
-
-/// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`); Linux only.
-pub fn proc_status_bytes(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

@@ -1,4 +1,4 @@
-//! The engine side of `serve`: worker threads that own the model and run generation jobs, off the async
+//! The engine side of a server: worker threads that own the model and run generation jobs, off the async
 //! runtime. The packed worker decodes up to `--parallel` sequences together: each step runs every active
 //! sequence's next token through the weights at once ([`PackedModel::forward_batch`]), so clients share the
 //! weight reads that dominate decoding. The FP32 reference worker runs one job at a time.
@@ -10,19 +10,41 @@ use std::time::Instant;
 
 use bitnet_chat::SamplingParams;
 use bitnet_model::{Backend, Session};
-use tokio::sync::mpsc::UnboundedSender;
 
-use super::metrics::Metrics;
-use crate::engine::{Engine, SeqDecoder, StopReason, reuse_prefix};
+use crate::decoder::{SeqDecoder, StopReason, reuse_prefix};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+
+/// Where a job's events go (an HTTP response stream).
+pub trait EventSink: Send {
+    /// Delivers `e`; a receiver that is gone drops it (the job is cancelled at the next step).
+    fn send(&self, e: Event);
+    /// Whether the receiver is gone.
+    fn is_closed(&self) -> bool;
+}
+
+impl EventSink for tokio::sync::mpsc::UnboundedSender<Event> {
+    fn send(&self, e: Event) {
+        let _ = tokio::sync::mpsc::UnboundedSender::send(self, e);
+    }
+
+    fn is_closed(&self) -> bool {
+        tokio::sync::mpsc::UnboundedSender::is_closed(self)
+    }
+}
 
 /// One request for text.
 pub struct Job {
+    /// The prompt's token ids.
     pub prompt: Vec<u32>,
+    /// How to sample.
     pub params: SamplingParams,
+    /// Stop strings.
     pub stops: Vec<String>,
     /// Where the worker sends the text as it comes; when the receiver is gone (the client disconnected)
     /// the job is cancelled at the next step.
-    pub events: UnboundedSender<Event>,
+    pub events: Box<dyn EventSink>,
+    /// When the request arrived (time to first token counts from here).
     pub received: Instant,
 }
 
@@ -40,10 +62,13 @@ pub enum Event {
 /// How a job ended, with its counts and timings.
 #[derive(Debug, Clone)]
 pub struct Finish {
+    /// Why it ended.
     pub stop: StopReason,
+    /// The prompt's length in tokens.
     pub prompt_tokens: usize,
     /// Prompt tokens whose keys and values were already cached from an earlier request.
     pub cached_tokens: usize,
+    /// Tokens generated.
     pub completion_tokens: usize,
     /// From the request's arrival to its first sampled token.
     pub first_token_s: f64,
@@ -175,7 +200,7 @@ pub fn spawn_single(
 
 fn send(job: &Job, e: Event) {
     // A closed channel means the client left; the next step notices and cancels.
-    let _ = job.events.send(e);
+    job.events.send(e);
 }
 
 fn finish(job: &Job, dec: &SeqDecoder<'_>, stop: StopReason, t: (usize, f64, Instant)) -> Finish {
@@ -243,6 +268,11 @@ fn packed_loop(
             queued.fetch_sub(1, Ordering::SeqCst);
             if job.events.is_closed() {
                 metrics.cancelled();
+                continue;
+            }
+            // A prompt the model cannot run fails its own request here, never the batch it would join.
+            if let Err(why) = admissible(&job.prompt, v, ctx) {
+                send(&job, Event::Failed(why));
                 continue;
             }
             let dec = match SeqDecoder::new(engine, &job.params, &job.stops) {
@@ -348,6 +378,26 @@ fn packed_loop(
     }
 }
 
+/// Why `prompt` cannot run: an id past the vocabulary (an added token the tokenizer knows and the
+/// embedding does not), or no room left in the context for a token.
+fn admissible(prompt: &[u32], vocab: usize, ctx: usize) -> Result<(), String> {
+    if prompt.is_empty() {
+        return Err("the prompt is empty".into());
+    }
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+        return Err(format!(
+            "token id {bad} is outside the model's vocabulary (0..{vocab}): the tokenizer knows a token the model cannot embed"
+        ));
+    }
+    if prompt.len() >= ctx {
+        return Err(format!(
+            "the prompt is {} tokens and the context holds {ctx}",
+            prompt.len()
+        ));
+    }
+    Ok(())
+}
+
 /// The free slot to run `prompt` in: the one whose cache shares the longest prefix with it (a
 /// conversation's earlier turns); without such a prefix a new slot while fewer than `parallel` exist,
 /// else the free slot holding the least.
@@ -389,6 +439,10 @@ fn pick_slot(
 
 /// Runs one job to its end on `backend` (no batching), with the loop `run` and `chat` use.
 fn run_single(engine: &Engine, backend: &dyn Backend, job: Job, metrics: &Metrics) {
+    if let Err(why) = admissible(&job.prompt, backend.config().vocab_size, engine.context()) {
+        send(&job, Event::Failed(why));
+        return;
+    }
     let mut session = backend.session(engine.context());
     let waited = job.received.elapsed().as_secs_f64();
     let cancelled = || job.events.is_closed();
@@ -425,5 +479,26 @@ fn run_single(engine: &Engine, backend: &dyn Backend, job: Job, metrics: &Metric
             metrics.completed(&f);
             send(&job, Event::Done(f));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admissible;
+
+    #[test]
+    fn prompts_the_model_cannot_run_are_refused_alone() {
+        assert!(admissible(&[1, 2, 3], 10, 8).is_ok());
+        assert!(
+            admissible(&[1, 10], 10, 8)
+                .unwrap_err()
+                .contains("token id 10")
+        );
+        assert!(admissible(&[], 10, 8).is_err());
+        assert!(
+            admissible(&[1; 8], 10, 8)
+                .unwrap_err()
+                .contains("context holds 8")
+        );
     }
 }

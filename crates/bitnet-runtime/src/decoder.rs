@@ -1,0 +1,171 @@
+//! The per-sequence half of generation: sampling, end-of-turn ids, stop strings and streaming text.
+
+use anyhow::bail;
+use bitnet_chat::{Detokenizer, Sampler, SamplingParams, StopMatcher};
+use bitnet_model::Session;
+use serde::Serialize;
+
+use crate::engine::Engine;
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced an end-of-text or end-of-turn token.
+    Eos,
+    /// A stop string appeared.
+    StopString,
+    /// The most tokens asked for were generated.
+    Length,
+    /// The context is full.
+    Context,
+    /// The caller cancelled (Ctrl-C, a client that left).
+    Cancelled,
+}
+
+impl StopReason {
+    /// The name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Eos => "eos",
+            StopReason::StopString => "stop_string",
+            StopReason::Length => "length",
+            StopReason::Context => "context",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Keeps the longest prefix `ids` shares with the session's cache (`cached`), but never all of `ids`:
+/// the last prompt token must run to give logits. Returns how many positions were kept.
+pub fn reuse_prefix(session: &mut Session, cached: &mut Vec<u32>, ids: &[u32]) -> usize {
+    let common = cached
+        .iter()
+        .zip(ids)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(ids.len().saturating_sub(1));
+    session.truncate(common);
+    cached.truncate(common);
+    common
+}
+
+/// What one [`SeqDecoder::next`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Text to show now (may be empty while a stop string or a UTF-8 sequence is pending).
+    pub text: String,
+    /// The sampled token to feed to the model next, if generation goes on.
+    pub token: Option<u32>,
+    /// Why generation ended, if it did (then `text` includes everything held back).
+    pub stop: Option<StopReason>,
+}
+
+/// The per-sequence half of generation: sampling, end-of-turn ids, stop strings and detokenization, fed
+/// one set of logits at a time. `run`, `chat` and `serve` share it, so a sequence gives the same text
+/// whichever of them drives it.
+pub struct SeqDecoder<'e> {
+    sampler: Sampler,
+    stops: StopMatcher,
+    detok: Detokenizer<'e>,
+    stop_ids: &'e [u32],
+    max_tokens: usize,
+    ids: Vec<u32>,
+    text: String,
+    done: bool,
+}
+
+impl<'e> SeqDecoder<'e> {
+    /// A decoder for one sequence of `engine` sampling with `params`, stopping at `stops` too.
+    pub fn new(
+        engine: &'e Engine,
+        params: &SamplingParams,
+        stops: &[String],
+    ) -> anyhow::Result<SeqDecoder<'e>> {
+        Ok(SeqDecoder {
+            sampler: Sampler::new(params.clone())?,
+            stops: StopMatcher::new(stops)?,
+            detok: Detokenizer::new(&engine.tokenizer),
+            stop_ids: &engine.stop_ids,
+            max_tokens: params.max_tokens,
+            ids: Vec::new(),
+            text: String::new(),
+            done: false,
+        })
+    }
+
+    /// Samples from `logits` (the model's output after `history`, the ids in context). `room` says whether
+    /// the context has space for one more position.
+    pub fn next(&mut self, logits: &[f32], history: &[u32], room: bool) -> anyhow::Result<Step> {
+        if self.done {
+            bail!("generation already ended");
+        }
+        if self.ids.len() >= self.max_tokens {
+            return self.end(String::new(), StopReason::Length);
+        }
+        let next = self.sampler.sample(logits, history)?;
+        if self.stop_ids.contains(&next) {
+            return self.end(String::new(), StopReason::Eos);
+        }
+        self.ids.push(next);
+        let piece = self.stops.push(&self.detok.push(next)?);
+        self.text.push_str(&piece.text);
+        if piece.stop.is_some() {
+            self.done = true;
+            return Ok(Step {
+                text: piece.text,
+                token: None,
+                stop: Some(StopReason::StopString),
+            });
+        }
+        if self.ids.len() == self.max_tokens {
+            return self.end(piece.text, StopReason::Length);
+        }
+        if !room {
+            return self.end(piece.text, StopReason::Context);
+        }
+        Ok(Step {
+            text: piece.text,
+            token: Some(next),
+            stop: None,
+        })
+    }
+
+    /// Ends generation early (the client went away or pressed Ctrl-C): the text held back so far.
+    pub fn cancel(&mut self) -> anyhow::Result<String> {
+        if self.done {
+            return Ok(String::new());
+        }
+        Ok(self.end(String::new(), StopReason::Cancelled)?.text)
+    }
+
+    /// Flushes what the detokenizer and the stop matcher hold back (a stop string may still appear in it).
+    fn end(&mut self, mut text: String, reason: StopReason) -> anyhow::Result<Step> {
+        self.done = true;
+        let rest = self.stops.push(&self.detok.finish()?);
+        let mut tail = rest.text;
+        let reason = if rest.stop.is_some() {
+            StopReason::StopString
+        } else {
+            tail.push_str(&self.stops.finish());
+            reason
+        };
+        self.text.push_str(&tail);
+        text.push_str(&tail);
+        Ok(Step {
+            text,
+            token: None,
+            stop: Some(reason),
+        })
+    }
+
+    /// Tokens generated so far (end-of-turn ids excluded).
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Text generated so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}

@@ -1,0 +1,283 @@
+//! A loaded model (the packed weights, its tokenizer and chat template) and the loop that samples tokens
+//! and streams text: what `run`, `chat` and `perplexity` drive, and the serve scheduler builds on.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bitnet_chat::{ChatTemplate, Message, SamplingParams, Tokenizer};
+use bitnet_format::BitnetFile;
+use bitnet_kernels::Kernels;
+use bitnet_model::{Backend, HeadKind, PackedModel, Session};
+
+use crate::decoder::{SeqDecoder, StopReason, reuse_prefix};
+use crate::models::{Provider, resolve_model};
+use crate::sampling::SamplingOverrides;
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// A kernel set by name (`scalar`, `avx2`, ...); default: `BITNET_KERNEL`, else the best this CPU runs.
+    pub kernel: Option<String>,
+    /// Compute threads; default: one per core, or one if two measure slower at load.
+    pub threads: Option<usize>,
+    /// The LM head; default: int8 when the file has one, else exact.
+    pub head: Option<HeadKind>,
+    /// Positions a sequence may use (the KV cache is sized by it); default: the model's context.
+    pub ctx: Option<usize>,
+    /// Skip checking the tensor checksums before the file's first use.
+    pub no_verify: bool,
+}
+
+/// One generation's output and timings.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The sampled ids (end-of-turn ids excluded).
+    pub ids: Vec<u32>,
+    /// Their text, stop strings cut.
+    pub text: String,
+    /// Why it ended.
+    pub stop: StopReason,
+    /// The prompt's length in tokens.
+    pub prompt_tokens: usize,
+    /// Prompt tokens already in the KV cache from an earlier turn (not computed again).
+    pub reused_tokens: usize,
+    /// Seconds spent on the prompt.
+    pub prefill_s: f64,
+    /// Seconds from the start to the first sampled token.
+    pub first_token_s: f64,
+    /// Seconds from the first sampled token to the end.
+    pub decode_s: f64,
+}
+
+impl Generation {
+    /// Prompt tokens computed per second (the reused ones are not counted).
+    pub fn prefill_tok_s(&self) -> f64 {
+        (self.prompt_tokens - self.reused_tokens) as f64 / self.prefill_s.max(1e-9)
+    }
+
+    /// Tokens sampled per second after the first.
+    pub fn decode_tok_s(&self) -> f64 {
+        self.ids.len().saturating_sub(1) as f64 / self.decode_s.max(1e-9)
+    }
+}
+
+/// A loaded model ready to generate.
+pub struct Engine {
+    /// The packed weights, read in place from the map.
+    pub model: PackedModel,
+    /// The file's tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The file's chat template (or the 2B4T one).
+    pub template: ChatTemplate,
+    /// End-of-text and end-of-turn ids.
+    pub stop_ids: Vec<u32>,
+    /// The mapped file.
+    pub file: Arc<BitnetFile>,
+    /// Positions a sequence may use.
+    ctx: usize,
+}
+
+/// The context a run uses: `asked` (capped by nothing: past the model's it is an error), else the model's;
+/// refused when `sequences` KV caches of it do not fit the memory available.
+pub fn context_for(
+    config: &bitnet_format::ModelConfig,
+    asked: Option<usize>,
+    sequences: usize,
+) -> anyhow::Result<usize> {
+    let max = config.max_position_embeddings;
+    let ctx = match asked {
+        Some(0) => bail!("--ctx must be at least 1"),
+        Some(c) if c > max => {
+            bail!("--ctx {c} is more than the model's context of {max} positions")
+        }
+        Some(c) => c,
+        None => max,
+    };
+    let per = config.kv_bytes_per_position();
+    let need = per
+        .saturating_mul(ctx as u64)
+        .saturating_mul(sequences as u64);
+    if let Some(available) = crate::sys::mem_available()
+        && need > available
+    {
+        let fits = available / per.max(1) / sequences.max(1) as u64;
+        bail!(
+            "{sequences} KV cache(s) of {ctx} positions need {need} bytes ({per} per position), more than the \
+             {available} bytes of memory available: pass --ctx {fits} or less"
+        );
+    }
+    Ok(ctx)
+}
+
+impl Engine {
+    /// Opens `model`: a `.bitnet` file, or a Hugging Face folder or repo id, which `provider` downloads
+    /// and converts once into the cache (see [`resolve_model`]).
+    pub fn open(
+        model: &str,
+        opts: &LoadOptions,
+        provider: &dyn Provider,
+    ) -> anyhow::Result<Engine> {
+        let path = resolve_model(model, opts.head, provider)?;
+        Engine::open_file(&path, opts)
+    }
+
+    /// Opens the `.bitnet` file at `path`.
+    pub fn open_file(path: &Path, opts: &LoadOptions) -> anyhow::Result<Engine> {
+        let file = Arc::new(BitnetFile::open(path)?);
+        if !opts.no_verify {
+            crate::integrity::ensure_verified(&file, path)?;
+        }
+        let kernels = match &opts.kernel {
+            Some(k) => Kernels::by_name(k).map_err(|e| anyhow::anyhow!("--kernel: {e}"))?,
+            None => Kernels::from_env().map_err(|e| anyhow::anyhow!(e))?,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = match opts.threads {
+            Some(0) => bail!("--threads must be at least 1"),
+            Some(t) => {
+                if t > cores {
+                    tracing::warn!("--threads {t} is more than this machine's {cores} cores");
+                }
+                t
+            }
+            None => PackedModel::calibrate_threads(file.clone(), kernels, cores)?,
+        };
+        let mut model = PackedModel::load_with(file.clone(), kernels, threads)
+            .with_context(|| path.display().to_string())?;
+        if let Some(head) = opts.head {
+            model.set_head(head)?;
+        }
+        let ctx = context_for(model.config(), opts.ctx, 1)?;
+        let tokenizer =
+            Tokenizer::from_file(&file).with_context(|| format!("{}", path.display()))?;
+        let info = file.header().tokenizer.clone();
+        let tok_str = |id: Option<u32>| id.and_then(|i| tokenizer.token(i)).unwrap_or_default();
+        if info.chat_template.is_none() {
+            tracing::info!(
+                "{} has no chat template; using the BitNet b1.58 2B4T one",
+                path.display()
+            );
+        }
+        let template = ChatTemplate::from_source(
+            path.display().to_string(),
+            info.chat_template.as_deref(),
+            tok_str(info.bos_token_id),
+            tok_str(info.eos_token_ids.first().copied()),
+        )?;
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+            stop_ids: info.eos_token_ids.clone(),
+            file,
+            ctx,
+        })
+    }
+
+    /// Sampling parameters: the file's generation defaults, overridden by `o`.
+    pub fn sampling(&self, o: &SamplingOverrides) -> anyhow::Result<SamplingParams> {
+        o.apply(SamplingParams::from_generation_defaults(
+            &self.file.header().generation,
+        ))
+    }
+
+    /// Token ids of a chat: the template rendered with a generation prompt, one BOS in front.
+    pub fn encode_chat(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
+        let text = self.template.render(messages, true)?;
+        Ok(self.tokenizer.encode_prompt(&text)?)
+    }
+
+    /// Positions a sequence may use: `--ctx`, else the model's context length.
+    pub fn context(&self) -> usize {
+        self.ctx
+    }
+
+    /// Checks that `sequences` KV caches of [`Engine::context`] positions fit the memory available.
+    pub fn check_sequences(&self, sequences: usize) -> anyhow::Result<()> {
+        context_for(self.model.config(), Some(self.ctx), sequences).map(|_| ())
+    }
+
+    /// Feeds `ids` past the session's cache (reusing the longest common prefix with `cached`), then samples
+    /// until a stop, streaming text to `emit`. `cached` tracks the ids in the session's cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate(
+        &self,
+        session: &mut Session,
+        cached: &mut Vec<u32>,
+        ids: &[u32],
+        params: &SamplingParams,
+        stops: &[String],
+        cancel: &AtomicBool,
+        emit: &mut dyn FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Generation> {
+        let cancelled = || cancel.load(Ordering::Relaxed);
+        self.generate_on(
+            &self.model,
+            session,
+            cached,
+            ids,
+            params,
+            stops,
+            &cancelled,
+            emit,
+        )
+    }
+
+    /// [`Engine::generate`] on any backend (the FP32 reference too), with this engine's tokenizer and stop
+    /// ids; `cancelled` is asked before each token.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_on(
+        &self,
+        backend: &dyn Backend,
+        session: &mut Session,
+        cached: &mut Vec<u32>,
+        ids: &[u32],
+        params: &SamplingParams,
+        stops: &[String],
+        cancelled: &dyn Fn() -> bool,
+        emit: &mut dyn FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Generation> {
+        let common = reuse_prefix(session, cached, ids);
+        let new = &ids[common..];
+        let mut dec = SeqDecoder::new(self, params, stops)?;
+        let t0 = Instant::now();
+        let mut logits = Vec::new();
+        backend.forward_logits(session, new, &mut logits)?;
+        cached.extend_from_slice(new);
+        let prefill_s = t0.elapsed().as_secs_f64();
+        let mut first_token_s = 0.0;
+        let t1 = Instant::now();
+        let stop = loop {
+            if cancelled() {
+                emit(&dec.cancel()?)?;
+                break StopReason::Cancelled;
+            }
+            let step = dec.next(&logits, cached, session.pos < session.max_ctx)?;
+            if first_token_s == 0.0 {
+                first_token_s = t0.elapsed().as_secs_f64();
+            }
+            emit(&step.text)?;
+            match (step.stop, step.token) {
+                (Some(stop), _) => break stop,
+                (None, Some(next)) => {
+                    backend.forward_logits(session, &[next], &mut logits)?;
+                    cached.push(next);
+                }
+                (None, None) => unreachable!("a step without a stop has a token to feed"),
+            }
+        };
+        Ok(Generation {
+            ids: dec.ids().to_vec(),
+            text: dec.text().to_string(),
+            stop,
+            prompt_tokens: ids.len(),
+            reused_tokens: common,
+            prefill_s,
+            first_token_s,
+            decode_s: t1.elapsed().as_secs_f64(),
+        })
+    }
+}

@@ -1,0 +1,419 @@
+//! `bitnet serve`: an OpenAI-compatible HTTP API and a web chat page.
+//!
+//! The HTTP side (axum on a small tokio runtime) parses requests, renders chat templates and tokenizes
+//! (on tokio's blocking pool), then hands jobs to the workers of `bitnet_runtime::scheduler`, which own
+//! the model on their own threads and stream text back over channels.
+
+mod api;
+mod generate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use std::future::IntoFuture;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use bitnet_chat::SamplingParams;
+use serde_json::{Value, json};
+
+use bitnet_runtime::metrics::Metrics;
+use bitnet_runtime::scheduler::{self, Worker};
+use bitnet_runtime::sys::proc_status_bytes;
+use bitnet_runtime::{Engine, LoadOptions, Provider, SamplingOverrides};
+
+use api::ApiError;
+use generate::{chat, completions};
+
+const PAGE: &str = include_str!("page.html");
+
+/// How long open requests may run on after Ctrl-C or SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Everything the handlers share.
+struct App {
+    engine: Arc<Engine>,
+    model_id: String,
+    reference_id: String,
+    packed: Worker,
+    reference: Option<Worker>,
+    packed_label: String,
+    defaults: SamplingParams,
+    api_key: Option<String>,
+    metrics: Arc<Metrics>,
+    created: u64,
+    parallel: usize,
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A name for the model: the file's stem, or the last part of a folder or repo id.
+fn model_id(model: &str) -> String {
+    let p = std::path::Path::new(model.trim_end_matches('/'));
+    let name = if p.is_file() {
+        p.file_stem()
+    } else {
+        p.file_name()
+    };
+    name.map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "bitnet".into())
+}
+
+/// What `bitnet serve` is told.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// A `.bitnet` file, or a Hugging Face folder or repo id.
+    pub model: String,
+    /// How to load it.
+    pub load: LoadOptions,
+    /// Address to listen on.
+    pub host: String,
+    /// Port (0: any free port; the address is printed).
+    pub port: u16,
+    /// Sequences decoded together.
+    pub parallel: usize,
+    /// Requests that may wait for a free sequence; past it the server answers 503.
+    pub max_queue: usize,
+    /// Largest request body in bytes; past it the server answers 413.
+    pub max_body: usize,
+    /// A Hugging Face checkpoint of the same model to offer as the FP32 reference backend.
+    pub reference: Option<String>,
+    /// Required as `Authorization: Bearer KEY` on /v1 and /metrics.
+    pub api_key: Option<String>,
+}
+
+/// Loads the model and serves until Ctrl-C or SIGTERM.
+pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
+    if args.parallel == 0 {
+        anyhow::bail!("--parallel must be at least 1");
+    }
+    if args.max_queue == 0 {
+        anyhow::bail!(
+            "--max-queue must be at least 1: it counts the requests waiting for a sequence, and a request \
+             waits briefly even when one is free"
+        );
+    }
+    let engine = Arc::new(Engine::open(&args.model, &args.load, provider)?);
+    engine.check_sequences(args.parallel)?;
+    let defaults = engine.sampling(&SamplingOverrides::default())?;
+    let metrics = Arc::new(Metrics::default());
+    let model_id = model_id(&args.model);
+    let packed_label = format!(
+        "2-bit packed · {} · {} thread{}",
+        engine.model.kernels().name,
+        engine.model.threads(),
+        if engine.model.threads() == 1 { "" } else { "s" }
+    );
+    let packed = scheduler::spawn_packed(
+        engine.clone(),
+        args.parallel,
+        args.max_queue,
+        metrics.clone(),
+    )
+    .context("starting the engine thread")?;
+    let reference = match &args.reference {
+        None => None,
+        Some(dir) => {
+            tracing::info!("loading the FP32 reference from {dir}");
+            let rm = bitnet_reference::ReferenceModel::load(
+                dir,
+                &bitnet_convert::HubEnv::from_process(),
+            )
+            .with_context(|| format!("--reference {dir}"))?;
+            rm.check_same_model(&engine.file)
+                .with_context(|| format!("--reference {dir}"))?;
+            Some(
+                scheduler::spawn_single(
+                    engine.clone(),
+                    Box::new(rm),
+                    args.max_queue,
+                    metrics.clone(),
+                )
+                .context("starting the reference thread")?,
+            )
+        }
+    };
+    let app = Arc::new(App {
+        reference_id: format!("{model_id}:fp32"),
+        model_id,
+        engine,
+        packed,
+        reference,
+        packed_label,
+        defaults,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        metrics,
+        created: unix_now(),
+        parallel: args.parallel,
+    });
+    let router = router(app.clone(), args.max_body);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let served = rt.block_on(async move {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let local: SocketAddr = listener.local_addr()?;
+        tracing::info!(
+            "serving {} ({}{}) on http://{local}/ (OpenAI API under /v1; Ctrl-C stops)",
+            app.model_id,
+            app.packed_label,
+            if app.reference.is_some() {
+                ", and the FP32 reference"
+            } else {
+                ""
+            }
+        );
+        if !local.ip().is_loopback() && app.api_key.is_none() {
+            tracing::warn!("listening beyond this machine without --api-key");
+        }
+        // On Ctrl-C or SIGTERM: stop accepting, give open requests a few seconds, then exit (a stream
+        // can run for minutes; its sequence ends with the process).
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
+        let server = tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stopped.notified().await })
+                .into_future(),
+        );
+        shutdown().await;
+        stop.notify_one();
+        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            Ok(joined) => joined.context("the server task")?.context("serving"),
+            Err(_) => {
+                tracing::info!(
+                    "requests still open after {} s: closing them",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                Ok(())
+            }
+        }
+    });
+    // Open streams and idle blocking threads are not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    served
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+fn router(app: Arc<App>, max_body: usize) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app)
+}
+
+const ROUTES: [&str; 7] = [
+    "/",
+    "/health",
+    "/stats",
+    "/metrics",
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/completions",
+];
+
+/// Checks the API key on `/v1/*` and `/metrics`, and counts every answer by route and status.
+async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let route = if ROUTES.contains(&path.as_str()) {
+        path.as_str()
+    } else if path.starts_with("/v1/models/") {
+        "/v1/models/{id}"
+    } else {
+        "other"
+    };
+    let needs_key = path.starts_with("/v1/") || path == "/metrics";
+    let resp = match &app.api_key {
+        Some(key) if needs_key && !authorized(req.headers(), key) => {
+            let mut e = ApiError::bad(if req.headers().contains_key(header::AUTHORIZATION) {
+                "Incorrect API key provided."
+            } else {
+                "Missing API key: send the header `Authorization: Bearer KEY`."
+            })
+            .with(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+            .into_response();
+            e.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            e
+        }
+        _ => next.run(req).await,
+    };
+    app.metrics.request(route, resp.status().as_u16());
+    resp
+}
+
+/// Constant-time comparison of the bearer token with the key.
+fn authorized(headers: &HeaderMap, key: &str) -> bool {
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (token.trim().as_bytes(), key.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn health() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::bad(format!("no route {} {}", req.method(), req.uri().path())).with(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::bad(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
+    .with(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+    )
+}
+
+impl App {
+    fn model_entries(&self) -> Vec<Value> {
+        let mut ids = vec![self.model_id.clone()];
+        if self.reference.is_some() {
+            ids.push(self.reference_id.clone());
+        }
+        ids.into_iter()
+            .map(|id| json!({"id": id, "object": "model", "created": self.created, "owned_by": "bitnet"}))
+            .collect()
+    }
+
+    /// The worker for a request's `model`: the reference id selects the FP32 reference; any other name
+    /// (clients often send a placeholder) the packed model.
+    fn worker(&self, model: Option<&str>) -> Result<(&Worker, &str), ApiError> {
+        if model == Some(self.reference_id.as_str()) {
+            return match &self.reference {
+                Some(w) => Ok((w, &self.reference_id)),
+                None => Err(ApiError::param(
+                    "model",
+                    "the FP32 reference is not loaded: start the server with --reference",
+                )),
+            };
+        }
+        Ok((&self.packed, &self.model_id))
+    }
+}
+
+async fn models(State(app): State<Arc<App>>) -> axum::Json<Value> {
+    axum::Json(json!({"object": "list", "data": app.model_entries()}))
+}
+
+async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match app.model_entries().into_iter().find(|m| m["id"] == id) {
+        Some(m) => axum::Json(m).into_response(),
+        None => ApiError::param("model", format!("no model `{id}`"))
+            .with(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+            )
+            .into_response(),
+    }
+}
+
+async fn stats(State(app): State<Arc<App>>) -> axum::Json<Value> {
+    let mut backends =
+        vec![json!({"id": app.model_id, "kind": "packed", "label": app.packed_label})];
+    if app.reference.is_some() {
+        backends
+            .push(json!({"id": app.reference_id, "kind": "reference", "label": "FP32 reference"}));
+    }
+    let queued = app.packed.queued() + app.reference.as_ref().map_or(0, Worker::queued);
+    axum::Json(json!({
+        "model": app.model_id,
+        "context": app.engine.context(),
+        "parallel": app.parallel,
+        "auth": app.api_key.is_some(),
+        "backends": backends,
+        "rss_bytes": proc_status_bytes("VmRSS"),
+        "peak_rss_bytes": proc_status_bytes("VmHWM"),
+        "active": app.metrics.active(),
+        "queued": queued,
+        "requests_total": app.metrics.requests_total(),
+        "completion_tokens_total": app.metrics.completion_tokens(),
+        "decode_tok_s": app.metrics.decode_tok_s(),
+    }))
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let mut queues = vec![("packed", app.packed.queued())];
+    if let Some(r) = &app.reference {
+        queues.push(("reference", r.queued()));
+    }
+    let body = app.metrics.render(&queues, proc_status_bytes("VmRSS"));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,29 @@
+//! `bitnet serve`: the flags onto `bitnet_serve::ServeOptions`.
+
+use bitnet_runtime::LoadOptions;
+use bitnet_serve::ServeOptions;
+
+use crate::Outcome;
+use crate::cli::{HeadArg, ServeArgs};
+
+pub fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
+    let opts = ServeOptions {
+        model: args.model,
+        load: LoadOptions {
+            kernel: args.kernel,
+            threads: args.threads,
+            head: args.head.map(HeadArg::kind),
+            ctx: args.ctx,
+            no_verify: args.no_verify,
+        },
+        host: args.host,
+        port: args.port,
+        parallel: args.parallel,
+        max_queue: args.max_queue,
+        max_body: args.max_body,
+        reference: args.reference,
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+    };
+    bitnet_serve::run(opts, &crate::fetch::Cli)?;
+    Ok(Outcome::Success)
+}
