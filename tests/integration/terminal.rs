@@ -87,9 +87,44 @@ fn ctrl_c_stops_an_answer_and_the_chat_goes_on() {
         "Ctrl-C should stop the answer:\n{screen}"
     );
     // The session goes on: another message gets an answer and a status line.
+    wait_for(
+        &session,
+        |s| {
+            s.lines()
+                .rfind(|l| !l.trim().is_empty())
+                .is_some_and(|l| l.trim_end() == ">")
+        },
+        20,
+    );
+    std::thread::sleep(Duration::from_millis(150));
     tmux(&["send-keys", "-t", &session, "Hello", "Enter"]);
-    let screen = wait_for(&session, |s| s.matches("tok/s").count() >= 2, 30);
+    // It answers (text streams after the message), and Ctrl-C stops this answer too.
+    wait_for(
+        &session,
+        |s| {
+            s.lines()
+                .skip_while(|l| l.trim_end() != "> Hello")
+                .nth(1)
+                .is_some_and(|l| !l.trim().is_empty())
+        },
+        30,
+    );
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    let screen = wait_for(
+        &session,
+        |s| s.matches("stop: cancelled").count() + s.matches("stop: context").count() >= 2,
+        30,
+    );
     assert!(!screen.contains("EXITED"), "{screen}");
+    wait_for(
+        &session,
+        |s| {
+            s.lines()
+                .rfind(|l| !l.trim().is_empty())
+                .is_some_and(|l| l.trim_end() == ">")
+        },
+        20,
+    );
     tmux(&["send-keys", "-t", &session, "C-d"]);
     let screen = wait_for(&session, |s| s.contains("EXITED-"), 20);
     assert!(
@@ -126,8 +161,21 @@ fn the_line_editor_has_arrow_keys_history_and_ctrl_c_at_the_prompt() {
         ])
         .status()
         .unwrap();
-    let prompts = |s: &str| s.lines().filter(|l| l.starts_with("> ")).count();
-    wait_for(&session, |s| s.contains("chatting with"), 30);
+    // Waits for the `n`-th prompt, empty, on the last line (the editor reads keys from then on; keys typed
+    // earlier are the terminal's to handle), as a person would before typing.
+    let prompt = |n: usize| {
+        wait_for(
+            &session,
+            |s| {
+                let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+                lines.iter().filter(|l| l.starts_with('>')).count() >= n
+                    && lines.last().is_some_and(|l| l.trim_end() == ">")
+            },
+            30,
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    };
+    prompt(1);
     // Arrow keys move the cursor: `/hlp`, two to the left, `e` makes `/help`.
     tmux(&["send-keys", "-t", &session, "/hlp"]);
     tmux(&["send-keys", "-t", &session, "Left", "Left"]);
@@ -135,13 +183,17 @@ fn the_line_editor_has_arrow_keys_history_and_ctrl_c_at_the_prompt() {
     let screen = wait_for(&session, |s| s.contains("commands: /reset"), 20);
     assert!(!screen.contains("unknown command"), "{screen}");
     // Ctrl-C at the prompt clears the line and the chat goes on.
+    prompt(2);
     tmux(&["send-keys", "-t", &session, "half a thought"]);
+    wait_for(&session, |s| s.contains("> half a thought"), 20);
     tmux(&["send-keys", "-t", &session, "C-c"]);
     wait_for(&session, |s| s.contains("(Ctrl-D or /exit leaves)"), 20);
+    prompt(3);
     tmux(&["send-keys", "-t", &session, "Hello", "Enter"]);
     wait_for(&session, |s| s.matches("tok/s").count() >= 1, 30);
     // Up recalls the last message; sent again, it gets a second answer.
-    let before = wait_for(&session, |s| prompts(s) >= 4, 20);
+    prompt(4);
+    let before = tmux(&["capture-pane", "-p", "-t", &session]);
     tmux(&["send-keys", "-t", &session, "Up"]);
     wait_for(
         &session,
@@ -154,6 +206,7 @@ fn the_line_editor_has_arrow_keys_history_and_ctrl_c_at_the_prompt() {
         !screen.contains("EXITED"),
         "before:\n{before}\nafter:\n{screen}"
     );
+    prompt(5);
     tmux(&["send-keys", "-t", &session, "C-d"]);
     let screen = wait_for(&session, |s| s.contains("EXITED-"), 20);
     assert!(screen.contains("EXITED-0"), "{screen}");
