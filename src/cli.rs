@@ -416,6 +416,10 @@ pub struct ServeArgs {
     /// Do not check the tensor checksums before the file's first use.
     #[arg(long)]
     pub no_verify: bool,
+    /// A host name requests may use besides the loopback names and --host (repeatable); others get 403,
+    /// so a web page cannot reach the server through a DNS name it controls.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
 }
 
 /// `bitnet pull`.

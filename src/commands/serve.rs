@@ -23,6 +23,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
         max_body: args.max_body,
         reference: args.reference,
         api_key: args.api_key.filter(|k| !k.is_empty()),
+        allow_hosts: args.allow_hosts,
     };
     bitnet_serve::run(opts, &crate::fetch::Cli)?;
     Ok(Outcome::Success)

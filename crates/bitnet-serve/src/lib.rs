@@ -46,6 +46,9 @@ struct App {
     packed_label: String,
     defaults: SamplingParams,
     api_key: Option<String>,
+    /// Host names (lower case, no port) requests may name; with `any_ip`, any IP literal too.
+    hosts: Vec<String>,
+    any_ip: bool,
     metrics: Arc<Metrics>,
     created: u64,
     parallel: usize,
@@ -91,6 +94,8 @@ pub struct ServeOptions {
     pub reference: Option<String>,
     /// Required as `Authorization: Bearer KEY` on /v1 and /metrics.
     pub api_key: Option<String>,
+    /// Host names requests may use besides the loopback names and `host` (DNS-rebinding defence).
+    pub allow_hosts: Vec<String>,
 }
 
 /// Loads the model and serves until Ctrl-C or SIGTERM.
@@ -153,6 +158,8 @@ pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
         packed_label,
         defaults,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        hosts: allowed_hosts(&args.host, &args.allow_hosts),
+        any_ip: matches!(args.host.as_str(), "0.0.0.0" | "::" | "[::]"),
         metrics,
         created: unix_now(),
         parallel: args.parallel,
@@ -258,7 +265,57 @@ const ROUTES: [&str; 7] = [
     "/v1/completions",
 ];
 
-/// Checks the API key on `/v1/*` and `/metrics`, and counts every answer by route and status.
+/// The names a request's Host header may give: the loopback names, the address listened on (unless it is
+/// every interface) and the `--allow-host` names.
+fn allowed_hosts(host: &str, extra: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if !matches!(host, "0.0.0.0" | "::" | "[::]") {
+        v.push(host.trim_matches(['[', ']']).to_ascii_lowercase());
+    }
+    v.extend(
+        extra
+            .iter()
+            .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase()),
+    );
+    v
+}
+
+/// The host part of a Host header value (`name:port`, `[v6]:port`), lower case.
+fn host_name(value: &str) -> String {
+    let v = value.trim();
+    let name = if let Some(rest) = v.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        v.rsplit_once(':').map_or(v, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                v
+            }
+        })
+    };
+    name.to_ascii_lowercase()
+}
+
+impl App {
+    /// Whether the request names this server by a name it answers to. A page on another site that
+    /// rebinds its own DNS name to 127.0.0.1 sends that name, and is refused.
+    fn host_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+            // HTTP/1.0 without Host: nothing a browser sends.
+            return true;
+        };
+        let name = host_name(value);
+        self.hosts.contains(&name) || (self.any_ip && name.parse::<std::net::IpAddr>().is_ok())
+    }
+}
+
+/// Checks the Host header (DNS rebinding), the API key on `/v1/*` and `/metrics`, that POST bodies are
+/// declared JSON (a cross-site form or `text/plain` POST is refused before its body is read), and counts
+/// every answer by route and status.
 async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let route = if ROUTES.contains(&path.as_str()) {
@@ -269,7 +326,27 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         "other"
     };
     let needs_key = path.starts_with("/v1/") || path == "/metrics";
+    let json_body = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
     let resp = match &app.api_key {
+        _ if !app.host_allowed(req.headers()) => ApiError::bad(format!(
+            "the Host header names {:?}, which this server does not answer to (loopback names, the \
+             --host address and --allow-host names): a page on another site must not reach it by its own \
+             name",
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        ))
+        .with(StatusCode::FORBIDDEN, "invalid_request_error", "host_not_allowed")
+        .into_response(),
         Some(key) if needs_key && !authorized(req.headers(), key) => {
             let mut e = ApiError::bad(if req.headers().contains_key(header::AUTHORIZATION) {
                 "Incorrect API key provided."
@@ -286,6 +363,15 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             e
         }
+        _ if req.method() == axum::http::Method::POST && !json_body => ApiError::bad(
+            "the body must be JSON, sent with `Content-Type: application/json`",
+        )
+        .with(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+        )
+        .into_response(),
         _ => next.run(req).await,
     };
     app.metrics.request(route, resp.status().as_u16());
@@ -416,4 +502,20 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{allowed_hosts, host_name};
+
+    #[test]
+    fn host_names_are_read_without_their_port() {
+        assert_eq!(host_name("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host_name("LocalHost"), "localhost");
+        assert_eq!(host_name("[::1]:80"), "::1");
+        assert_eq!(host_name("evil.example:8080"), "evil.example");
+        let a = allowed_hosts("0.0.0.0", &["box.lan".into()]);
+        assert!(a.contains(&"box.lan".to_string()) && !a.contains(&"0.0.0.0".to_string()));
+        assert!(allowed_hosts("192.168.1.5", &[]).contains(&"192.168.1.5".to_string()));
+    }
 }
