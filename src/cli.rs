@@ -420,6 +420,13 @@ pub struct ServeArgs {
     /// so a web page cannot reach the server through a DNS name it controls.
     #[arg(long = "allow-host", value_name = "NAME")]
     pub allow_hosts: Vec<String>,
+    /// Open connections at most; past it, new connections are closed at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head (on a new connection, or between requests on a kept
+    /// one) before the connection is closed.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
 }
 
 /// `bitnet pull`.

@@ -665,3 +665,38 @@ fn other_sites_cannot_reach_the_server_by_name_or_by_form() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn slow_and_idle_connections_are_closed_and_cannot_exhaust_the_server() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &model(&dir),
+        &["--max-connections", "8", "--header-timeout", "1"],
+    );
+    // A client that sends half a request head and then nothing is closed after the header timeout.
+    let mut slow = std::net::TcpStream::connect(&s.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+        "closed after {waited:?} ({n} bytes: {:?})",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Many idle connections, more than the limit: the extra ones are closed at once, and once the
+    // header timeout has passed an honest request is served.
+    let idle: Vec<_> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&s.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(1600));
+    let r = s.post("/v1/completions", &json!({"prompt": "a", "max_tokens": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(idle);
+}

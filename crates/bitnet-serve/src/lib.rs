@@ -5,13 +5,12 @@
 //! the model on their own threads and stream text back over channels.
 
 mod api;
+mod conn;
 mod generate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use std::future::IntoFuture;
 
 use anyhow::Context;
 use axum::Router;
@@ -96,12 +95,22 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// Host names requests may use besides the loopback names and `host` (DNS-rebinding defence).
     pub allow_hosts: Vec<String>,
+    /// Open connections at most (past it, new ones are closed at once).
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head.
+    pub header_timeout: std::time::Duration,
 }
 
 /// Loads the model and serves until Ctrl-C or SIGTERM.
 pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
     if args.parallel == 0 {
         anyhow::bail!("--parallel must be at least 1");
+    }
+    if args.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    if args.header_timeout.is_zero() {
+        anyhow::bail!("--header-timeout must be at least 1 second");
     }
     if args.max_queue == 0 {
         anyhow::bail!(
@@ -191,25 +200,28 @@ pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
         }
         // On Ctrl-C or SIGTERM: stop accepting, give open requests a few seconds, then exit (a stream
         // can run for minutes; its sequence ends with the process).
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopped = stop.clone();
-        let server = tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stopped.notified().await })
-                .into_future(),
-        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let limits = conn::Limits {
+            max_connections: args.max_connections,
+            header_timeout: args.header_timeout,
+        };
+        let server = tokio::spawn(conn::serve(listener, router, stopped, limits));
         shutdown().await;
-        stop.notify_one();
-        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-            Ok(joined) => joined.context("the server task")?.context("serving"),
-            Err(_) => {
-                tracing::info!(
-                    "requests still open after {} s: closing them",
-                    SHUTDOWN_GRACE.as_secs()
-                );
-                Ok(())
+        let _ = stop.send(true);
+        let slots = server.await.context("the server task")?;
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while slots.available_permits() < args.max_connections {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::info!(
+                "requests still open after {} s: closing them",
+                SHUTDOWN_GRACE.as_secs()
+            );
         }
+        Ok(())
     });
     // Open streams and idle blocking threads are not waited for.
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
