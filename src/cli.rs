@@ -303,7 +303,7 @@ pub struct GenArgs {
     #[arg(long)]
     pub ctx: Option<usize>,
     /// Do not check the tensor checksums before the file's first use (they are checked once per file and
-    /// remembered in the model cache).
+    /// remembered in ~/.local/state/bitnet).
     #[arg(long)]
     pub no_verify: bool,
 }
