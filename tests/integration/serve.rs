@@ -700,3 +700,31 @@ fn slow_and_idle_connections_are_closed_and_cannot_exhaust_the_server() {
     assert_eq!(r.status, 200, "{}", r.text());
     drop(idle);
 }
+
+#[test]
+fn a_huge_prompt_is_refused_before_it_is_tokenized() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&model(&dir), &[]);
+    let text = "word ".repeat(700_000);
+    for (route, body) in [
+        ("/v1/completions", json!({"prompt": text, "max_tokens": 2})),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": text}], "max_tokens": 2}),
+        ),
+    ] {
+        let t0 = std::time::Instant::now();
+        let r = s.post(route, &body);
+        assert_eq!(r.status, 400, "{route}: {}", r.text());
+        assert!(
+            r.text().contains("more than the context"),
+            "{route}: {}",
+            r.text()
+        );
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(3),
+            "{route}: {:?}",
+            t0.elapsed()
+        );
+    }
+}

@@ -12,7 +12,6 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-
 /// Files remembered; the oldest are forgotten first.
 const REMEMBERED: usize = 256;
 

@@ -13,9 +13,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bitnet_model::Backend;
+use bitnet_runtime::scheduler::Bounded;
 use bitnet_runtime::scheduler::{Event, Finish, Job, Refused};
 use serde_json::{Value, json};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::Receiver;
 
 use crate::api::{self, ApiError, Common, Prompt};
 use crate::{App, unix_now};
@@ -52,6 +53,13 @@ pub(crate) async fn chat(
         let common = api::parse_common(&m, &app.defaults)?;
         let messages = api::parse_messages(&m)?;
         let engine = app.engine.clone();
+        // At most one tokenizing job per core: a burst of large requests queues here, before the
+        // expensive work, instead of running on an unbounded pool.
+        let _permit = app
+            .tokenizing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::bad("shutting down"))?;
         let ids = tokio::task::spawn_blocking(move || engine.encode_chat(&messages))
             .await
             .map_err(|e| ApiError::bad(format!("rendering the chat failed: {e}")))?
@@ -88,7 +96,15 @@ pub(crate) async fn completions(
                 ids
             }
             Prompt::Text(text) => {
+                app.engine
+                    .check_length(&text)
+                    .map_err(|e| ApiError::param("prompt", format!("{e:#}")))?;
                 let engine = app.engine.clone();
+                let _permit = app
+                    .tokenizing
+                    .acquire()
+                    .await
+                    .map_err(|_| ApiError::bad("shutting down"))?;
                 tokio::task::spawn_blocking(move || engine.tokenizer.encode_prompt(&text))
                     .await
                     .map_err(|e| ApiError::bad(format!("tokenizing failed: {e}")))?
@@ -116,6 +132,10 @@ fn request_id(kind: Kind) -> String {
     };
     format!("{prefix}-{t:x}{n:04x}")
 }
+
+/// Events a client's stream may hold unread (a streamed token is one); past it the client counts as gone
+/// and its sequence is cancelled, freeing the slot.
+const CLIENT_BUFFER: usize = 1024;
 
 /// Queues the job and answers: a JSON body when it ends, or server-sent events as it goes.
 async fn generate(
@@ -161,7 +181,7 @@ async fn generate(
         .unwrap_or(params.max_tokens)
         .min(ctx - ids.len());
     let (worker, model) = app.worker(common.model.as_deref())?;
-    let (tx, rx) = unbounded_channel();
+    let (tx, rx) = Bounded::channel(CLIENT_BUFFER);
     let prompt_tokens = ids.len();
     worker
         .submit(Job {
@@ -293,7 +313,7 @@ fn failed(message: String) -> ApiError {
 
 async fn collect(
     ch: Chunks,
-    mut rx: UnboundedReceiver<Event>,
+    mut rx: Receiver<Event>,
     prompt_tokens: usize,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
@@ -315,7 +335,7 @@ fn sse_event(v: &Value) -> Bytes {
 
 /// Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. When the client goes away the
 /// body (and with it the receiver) is dropped, which cancels the job at the engine's next step.
-fn sse(ch: Chunks, rx: UnboundedReceiver<Event>) -> Response {
+fn sse(ch: Chunks, rx: Receiver<Event>) -> Response {
     let mut first = VecDeque::new();
     if ch.kind == Kind::Chat {
         first.push_back(sse_event(&ch.chunk(Some(""), true, None)));

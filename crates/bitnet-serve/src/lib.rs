@@ -48,6 +48,8 @@ struct App {
     /// Host names (lower case, no port) requests may name; with `any_ip`, any IP literal too.
     hosts: Vec<String>,
     any_ip: bool,
+    /// One permit per core: the tokenizing jobs that may run at once.
+    tokenizing: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
     created: u64,
     parallel: usize,
@@ -169,6 +171,7 @@ pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         hosts: allowed_hosts(&args.host, &args.allow_hosts),
         any_ip: matches!(args.host.as_str(), "0.0.0.0" | "::" | "[::]"),
+        tokenizing: tokio::sync::Semaphore::new(bitnet_runtime::sys::cores()),
         metrics,
         created: unix_now(),
         parallel: args.parallel,
