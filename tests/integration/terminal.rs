@@ -31,6 +31,18 @@ pub fn wait_for(session: &str, what: impl Fn(&str) -> bool, secs: u64) -> String
     }
 }
 
+/// Starts `cmd` in a new detached tmux session `name` of `size` columns and rows (an old one of that
+/// name is killed first).
+pub fn start_session(name: &str, cmd: &str, size: (u16, u16)) {
+    tmux(&["kill-session", "-t", name]);
+    let (x, y) = (size.0.to_string(), size.1.to_string());
+    let started = Command::new("tmux")
+        .args(["new-session", "-d", "-s", name, "-x", &x, "-y", &y, cmd])
+        .status()
+        .expect("tmux (installed by .ci/run)");
+    assert!(started.success(), "tmux new-session failed for {cmd}");
+}
+
 #[test]
 fn ctrl_c_stops_an_answer_and_the_chat_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
@@ -42,21 +54,7 @@ fn ctrl_c_stops_an_answer_and_the_chat_goes_on() {
         env!("CARGO_BIN_EXE_bitnet"),
         file.display()
     );
-    tmux(&["kill-session", "-t", &session]);
-    let _ = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "160",
-            "-y",
-            "50",
-            &cmd,
-        ])
-        .status()
-        .unwrap();
+    start_session(&session, &cmd, (160, 50));
     wait_for(&session, |s| s.lines().any(|l| l.starts_with(">")), 20);
     tmux(&[
         "send-keys",
@@ -146,21 +144,7 @@ fn the_line_editor_has_arrow_keys_history_and_ctrl_c_at_the_prompt() {
         env!("CARGO_BIN_EXE_bitnet"),
         file.display()
     );
-    tmux(&["kill-session", "-t", &session]);
-    let _ = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "160",
-            "-y",
-            "50",
-            &cmd,
-        ])
-        .status()
-        .unwrap();
+    start_session(&session, &cmd, (160, 50));
     // Waits for the `n`-th prompt, empty, on the last line (the editor reads keys from then on; keys typed
     // earlier are the terminal's to handle), as a person would before typing.
     let prompt = |n: usize| {

@@ -44,6 +44,26 @@ enum Kind {
     Text,
 }
 
+/// Runs `f` (rendering and tokenizing) off the async runtime, at most one job per core: a burst of large
+/// requests queues here, before the expensive work, instead of running on an unbounded pool. Its error
+/// names `param`.
+async fn tokenize(
+    app: &App,
+    param: &'static str,
+    f: impl FnOnce(&bitnet_runtime::Engine) -> anyhow::Result<Vec<u32>> + Send + 'static,
+) -> Result<Vec<u32>, ApiError> {
+    let _permit = app
+        .tokenizing
+        .acquire()
+        .await
+        .map_err(|_| ApiError::bad("shutting down"))?;
+    let engine = app.engine.clone();
+    tokio::task::spawn_blocking(move || f(&engine))
+        .await
+        .map_err(|e| ApiError::bad(format!("tokenizing failed: {e}")))?
+        .map_err(|e| ApiError::param(param, format!("{e:#}")))
+}
+
 pub(crate) async fn chat(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
@@ -52,18 +72,7 @@ pub(crate) async fn chat(
         let m = api::parse_body(&body_bytes(body)?)?;
         let common = api::parse_common(&m, &app.defaults)?;
         let messages = api::parse_messages(&m)?;
-        let engine = app.engine.clone();
-        // At most one tokenizing job per core: a burst of large requests queues here, before the
-        // expensive work, instead of running on an unbounded pool.
-        let _permit = app
-            .tokenizing
-            .acquire()
-            .await
-            .map_err(|_| ApiError::bad("shutting down"))?;
-        let ids = tokio::task::spawn_blocking(move || engine.encode_chat(&messages))
-            .await
-            .map_err(|e| ApiError::bad(format!("rendering the chat failed: {e}")))?
-            .map_err(|e| ApiError::param("messages", format!("{e:#}")))?;
+        let ids = tokenize(&app, "messages", move |e| e.encode_chat(&messages)).await?;
         generate(&app, common, ids, Kind::Chat).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -96,19 +105,11 @@ pub(crate) async fn completions(
                 ids
             }
             Prompt::Text(text) => {
-                app.engine
-                    .check_length(&text)
-                    .map_err(|e| ApiError::param("prompt", format!("{e:#}")))?;
-                let engine = app.engine.clone();
-                let _permit = app
-                    .tokenizing
-                    .acquire()
-                    .await
-                    .map_err(|_| ApiError::bad("shutting down"))?;
-                tokio::task::spawn_blocking(move || engine.tokenizer.encode_prompt(&text))
-                    .await
-                    .map_err(|e| ApiError::bad(format!("tokenizing failed: {e}")))?
-                    .map_err(|e| ApiError::param("prompt", format!("{e:#}")))?
+                tokenize(&app, "prompt", move |e| {
+                    e.check_length(&text)?;
+                    Ok(e.tokenizer.encode_prompt(&text)?)
+                })
+                .await?
             }
         };
         if ids.is_empty() {
