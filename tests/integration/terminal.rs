@@ -31,6 +31,14 @@ pub fn wait_for(session: &str, what: impl Fn(&str) -> bool, secs: u64) -> String
     }
 }
 
+/// Whether the last non-empty line of `screen` is an empty prompt (the editor reads keys from then on).
+fn prompt_is_last(screen: &str) -> bool {
+    screen
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.trim_end() == ">")
+}
+
 /// Starts `cmd` in a new detached tmux session `name` of `size` columns and rows (an old one of that
 /// name is killed first).
 pub fn start_session(name: &str, cmd: &str, size: (u16, u16)) {
@@ -85,15 +93,7 @@ fn ctrl_c_stops_an_answer_and_the_chat_goes_on() {
         "Ctrl-C should stop the answer:\n{screen}"
     );
     // The session goes on: another message gets an answer and a status line.
-    wait_for(
-        &session,
-        |s| {
-            s.lines()
-                .rfind(|l| !l.trim().is_empty())
-                .is_some_and(|l| l.trim_end() == ">")
-        },
-        20,
-    );
+    wait_for(&session, prompt_is_last, 20);
     std::thread::sleep(Duration::from_millis(150));
     tmux(&["send-keys", "-t", &session, "Hello", "Enter"]);
     // It answers (text streams after the message), and Ctrl-C stops this answer too.
@@ -114,15 +114,7 @@ fn ctrl_c_stops_an_answer_and_the_chat_goes_on() {
         30,
     );
     assert!(!screen.contains("EXITED"), "{screen}");
-    wait_for(
-        &session,
-        |s| {
-            s.lines()
-                .rfind(|l| !l.trim().is_empty())
-                .is_some_and(|l| l.trim_end() == ">")
-        },
-        20,
-    );
+    wait_for(&session, prompt_is_last, 20);
     tmux(&["send-keys", "-t", &session, "C-d"]);
     let screen = wait_for(&session, |s| s.contains("EXITED-"), 20);
     assert!(
@@ -150,11 +142,7 @@ fn the_line_editor_has_arrow_keys_history_and_ctrl_c_at_the_prompt() {
     let prompt = |n: usize| {
         wait_for(
             &session,
-            |s| {
-                let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-                lines.iter().filter(|l| l.starts_with('>')).count() >= n
-                    && lines.last().is_some_and(|l| l.trim_end() == ">")
-            },
+            |s| s.lines().filter(|l| l.starts_with('>')).count() >= n && prompt_is_last(s),
             30,
         );
         std::thread::sleep(Duration::from_millis(150));
