@@ -332,7 +332,7 @@ pub struct GenArgs {
     #[arg(long)]
     pub ctx: Option<usize>,
     /// Do not check the tensor checksums before the file's first use (they are checked once per file and
-    /// remembered in the model cache).
+    /// remembered in ~/.local/state/bitnet).
     #[arg(long)]
     pub no_verify: bool,
 }
@@ -445,6 +445,17 @@ pub struct ServeArgs {
     /// Do not check the tensor checksums before the file's first use.
     #[arg(long)]
     pub no_verify: bool,
+    /// A host name requests may use besides the loopback names and --host (repeatable); others get 403,
+    /// so a web page cannot reach the server through a DNS name it controls.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
+    /// Open connections at most; past it, new connections are closed at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head (on a new connection, or between requests on a kept
+    /// one) before the connection is closed.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
 }
 
 /// `bitnet pull`.

@@ -109,6 +109,12 @@ fn open_input() -> anyhow::Result<Input> {
         return Ok(Input::Piped(std::io::stdin().lock()));
     }
     let mut ed = DefaultEditor::new().context("starting the line editor")?;
+    // Keys typed while an answer streams reach the editor as the terminal's normal mode turned them: Enter
+    // as a newline (Ctrl-J). It sends the line, as Enter does, so typed-ahead messages are not held.
+    ed.bind_sequence(
+        rustyline::KeyEvent::ctrl('J'),
+        rustyline::EventHandler::Simple(rustyline::Cmd::AcceptLine),
+    );
     let path = history_path();
     if let Some(p) = &path {
         if let Some(dir) = p.parent() {
@@ -124,15 +130,16 @@ fn open_input() -> anyhow::Result<Input> {
 pub fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
     let engine = Engine::open(&args.model, &args.gen_args.load(), &crate::fetch::Cli)?;
     let mut params = engine.sampling(&args.gen_args.overrides())?;
+    // The line editor first: it installs a SIGINT handler of its own when created, which ours then
+    // replaces. While an answer streams, the terminal is in its normal mode and Ctrl-C is a signal (ours
+    // stops the answer); at the prompt the editor's raw mode reads it as a key (it clears the line).
+    let mut input = open_input()?;
     let cancel = Arc::new(AtomicBool::new(false));
     {
-        // While an answer streams, the terminal is in its normal mode and Ctrl-C is a signal; at the prompt
-        // the line editor reads it as a key.
         let cancel = cancel.clone();
         ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed))
             .context("installing the Ctrl-C handler")?;
     }
-    let mut input = open_input()?;
     let ctx = engine.context();
     let mut system = args.system.clone();
     let mut history: Vec<Message> = Vec::new();

@@ -67,6 +67,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         messages.push(Message::user(prompt));
         engine.encode_chat(&messages)?
     } else {
+        engine.check_length(&prompt)?;
         engine.tokenizer.encode_prompt(&prompt)?
     };
     let ctx = engine.context();

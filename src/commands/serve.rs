@@ -23,6 +23,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
         max_body: args.max_body,
         reference: args.reference,
         api_key: args.api_key.filter(|k| !k.is_empty()),
+        allow_hosts: args.allow_hosts,
+        max_connections: args.max_connections,
+        header_timeout: std::time::Duration::from_secs(args.header_timeout),
     };
     bitnet_serve::run(opts, &crate::fetch::Cli)?;
     Ok(Outcome::Success)

@@ -550,6 +550,15 @@ fn chromium_or_skip() -> Option<PathBuf> {
     Some(binary)
 }
 
+/// The fixture `name` converted into `dir` and served with its checkpoint as the FP32 reference, on one
+/// thread (slow enough to watch a reply stream).
+fn serve_with_reference(name: &str, dir: &Path) -> Server {
+    let model = convert(&fixture(name), dir, &[]);
+    let reference = fixture(name);
+    let reference = reference.to_str().expect("UTF-8 fixture path");
+    Server::start(&model, &["--reference", reference, "--threads", "1"])
+}
+
 #[test]
 fn chat_page_in_headless_chromium() {
     let Some(binary) = chromium_or_skip() else {
@@ -557,11 +566,7 @@ fn chat_page_in_headless_chromium() {
     };
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let model = convert(&fixture("bitnet-llama3-tiny"), dir.path(), &[]);
-    let reference = fixture("bitnet-llama3-tiny");
-    let reference = reference.to_str().expect("UTF-8 fixture path");
-    // One thread keeps generation slow enough to watch it stream.
-    let server = Server::start(&model, &["--reference", reference, "--threads", "1"]);
+    let server = serve_with_reference("bitnet-llama3-tiny", dir.path());
     let stats = server.get("/stats").json();
     let backend_ids: Vec<String> = stats["backends"]
         .as_array()
@@ -750,17 +755,7 @@ fn demo_model_screenshot_in_headless_chromium() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let model = convert(&fixture("demo"), dir.path(), &[]);
-    let reference = fixture("demo");
-    let server = Server::start(
-        &model,
-        &[
-            "--reference",
-            reference.to_str().expect("UTF-8 path"),
-            "--threads",
-            "1",
-        ],
-    );
+    let server = serve_with_reference("demo", dir.path());
     let mut chrome = Chromium::launch(&binary);
     chrome.open_page();
     chrome.set_viewport(DESKTOP, false);

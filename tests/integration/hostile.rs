@@ -329,7 +329,7 @@ fn convert_reads_only_the_checkpoint_and_writes_only_a_regular_file() {
 fn flipped_tensor_bytes_are_caught_before_first_use_and_the_check_is_remembered() {
     let tmp = tempfile::tempdir().unwrap();
     let out = convert(&fixture("demo"), tmp.path(), &[]);
-    let cache = tmp.path().join("cache");
+    let state = tmp.path().join("state");
     let run_it = |extra: &[&str]| {
         bitnet()
             .args([
@@ -341,14 +341,14 @@ fn flipped_tensor_bytes_are_caught_before_first_use_and_the_check_is_remembered(
                 "2",
             ])
             .args(extra)
-            .env("XDG_CACHE_HOME", &cache)
+            .env("XDG_STATE_HOME", &state)
             .output()
             .unwrap()
     };
     // A good file runs, and its check is remembered (path, size, time, inode, header).
     let o = run_it(&[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let remembered = std::fs::read_to_string(cache.join("bitnet/verified.json")).unwrap();
+    let remembered = std::fs::read_to_string(state.join("bitnet/verified.json")).unwrap();
     assert!(remembered.contains("demo.bitnet"), "{remembered}");
     // One flipped bit in a weight: refused with the tensor named (a rewrite changes the time, so the
     // remembered check no longer applies).

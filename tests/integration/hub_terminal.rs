@@ -1,11 +1,10 @@
 //! A download in a real terminal (tmux): a progress bar per file, replaced by the file's line.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use crate::hub_download::{Sandbox, tiny_repo};
 use crate::hub_standin::StandIn;
-use crate::terminal::{tmux, wait_for};
+use crate::terminal::{start_session, tmux, wait_for};
 
 #[test]
 fn a_terminal_shows_a_progress_bar_per_file() {
@@ -28,22 +27,7 @@ fn a_terminal_shows_a_progress_bar_per_file() {
         hub.url,
         env!("CARGO_BIN_EXE_bitnet"),
     );
-    tmux(&["kill-session", "-t", &session]);
-    let started = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "150",
-            "-y",
-            "40",
-            &cmd,
-        ])
-        .status()
-        .unwrap();
-    assert!(started.success());
+    start_session(&session, &cmd, (150, 40));
     let during = wait_for(&session, |s| s.contains("model.safetensors ["), 20);
     let done = wait_for(&session, |s| s.contains("EXITED-"), 40);
     tmux(&["kill-session", "-t", &session]);

@@ -31,6 +31,26 @@ pub fn wait_for(session: &str, what: impl Fn(&str) -> bool, secs: u64) -> String
     }
 }
 
+/// Whether the last non-empty line of `screen` is an empty prompt (the editor reads keys from then on).
+fn prompt_is_last(screen: &str) -> bool {
+    screen
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.trim_end() == ">")
+}
+
+/// Starts `cmd` in a new detached tmux session `name` of `size` columns and rows (an old one of that
+/// name is killed first).
+pub fn start_session(name: &str, cmd: &str, size: (u16, u16)) {
+    tmux(&["kill-session", "-t", name]);
+    let (x, y) = (size.0.to_string(), size.1.to_string());
+    let started = Command::new("tmux")
+        .args(["new-session", "-d", "-s", name, "-x", &x, "-y", &y, cmd])
+        .status()
+        .expect("tmux (installed by .ci/run)");
+    assert!(started.success(), "tmux new-session failed for {cmd}");
+}
+
 #[test]
 fn ctrl_c_stops_an_answer_and_the_chat_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
@@ -42,21 +62,7 @@ fn ctrl_c_stops_an_answer_and_the_chat_goes_on() {
         env!("CARGO_BIN_EXE_bitnet"),
         file.display()
     );
-    tmux(&["kill-session", "-t", &session]);
-    let _ = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "160",
-            "-y",
-            "50",
-            &cmd,
-        ])
-        .status()
-        .unwrap();
+    start_session(&session, &cmd, (160, 50));
     wait_for(&session, |s| s.lines().any(|l| l.starts_with(">")), 20);
     tmux(&[
         "send-keys",
@@ -87,9 +93,28 @@ fn ctrl_c_stops_an_answer_and_the_chat_goes_on() {
         "Ctrl-C should stop the answer:\n{screen}"
     );
     // The session goes on: another message gets an answer and a status line.
+    wait_for(&session, prompt_is_last, 20);
+    std::thread::sleep(Duration::from_millis(150));
     tmux(&["send-keys", "-t", &session, "Hello", "Enter"]);
-    let screen = wait_for(&session, |s| s.matches("tok/s").count() >= 2, 30);
+    // It answers (text streams after the message), and Ctrl-C stops this answer too.
+    wait_for(
+        &session,
+        |s| {
+            s.lines()
+                .skip_while(|l| l.trim_end() != "> Hello")
+                .nth(1)
+                .is_some_and(|l| !l.trim().is_empty())
+        },
+        30,
+    );
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    let screen = wait_for(
+        &session,
+        |s| s.matches("stop: cancelled").count() + s.matches("stop: context").count() >= 2,
+        30,
+    );
     assert!(!screen.contains("EXITED"), "{screen}");
+    wait_for(&session, prompt_is_last, 20);
     tmux(&["send-keys", "-t", &session, "C-d"]);
     let screen = wait_for(&session, |s| s.contains("EXITED-"), 20);
     assert!(
@@ -111,23 +136,18 @@ fn the_line_editor_has_arrow_keys_history_and_ctrl_c_at_the_prompt() {
         env!("CARGO_BIN_EXE_bitnet"),
         file.display()
     );
-    tmux(&["kill-session", "-t", &session]);
-    let _ = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
+    start_session(&session, &cmd, (160, 50));
+    // Waits for the `n`-th prompt, empty, on the last line (the editor reads keys from then on; keys typed
+    // earlier are the terminal's to handle), as a person would before typing.
+    let prompt = |n: usize| {
+        wait_for(
             &session,
-            "-x",
-            "160",
-            "-y",
-            "50",
-            &cmd,
-        ])
-        .status()
-        .unwrap();
-    let prompts = |s: &str| s.lines().filter(|l| l.starts_with("> ")).count();
-    wait_for(&session, |s| s.contains("chatting with"), 30);
+            |s| s.lines().filter(|l| l.starts_with('>')).count() >= n && prompt_is_last(s),
+            30,
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    };
+    prompt(1);
     // Arrow keys move the cursor: `/hlp`, two to the left, `e` makes `/help`.
     tmux(&["send-keys", "-t", &session, "/hlp"]);
     tmux(&["send-keys", "-t", &session, "Left", "Left"]);
@@ -135,13 +155,17 @@ fn the_line_editor_has_arrow_keys_history_and_ctrl_c_at_the_prompt() {
     let screen = wait_for(&session, |s| s.contains("commands: /reset"), 20);
     assert!(!screen.contains("unknown command"), "{screen}");
     // Ctrl-C at the prompt clears the line and the chat goes on.
+    prompt(2);
     tmux(&["send-keys", "-t", &session, "half a thought"]);
+    wait_for(&session, |s| s.contains("> half a thought"), 20);
     tmux(&["send-keys", "-t", &session, "C-c"]);
     wait_for(&session, |s| s.contains("(Ctrl-D or /exit leaves)"), 20);
+    prompt(3);
     tmux(&["send-keys", "-t", &session, "Hello", "Enter"]);
     wait_for(&session, |s| s.matches("tok/s").count() >= 1, 30);
     // Up recalls the last message; sent again, it gets a second answer.
-    let before = wait_for(&session, |s| prompts(s) >= 4, 20);
+    prompt(4);
+    let before = tmux(&["capture-pane", "-p", "-t", &session]);
     tmux(&["send-keys", "-t", &session, "Up"]);
     wait_for(
         &session,
@@ -154,6 +178,7 @@ fn the_line_editor_has_arrow_keys_history_and_ctrl_c_at_the_prompt() {
         !screen.contains("EXITED"),
         "before:\n{before}\nafter:\n{screen}"
     );
+    prompt(5);
     tmux(&["send-keys", "-t", &session, "C-d"]);
     let screen = wait_for(&session, |s| s.contains("EXITED-"), 20);
     assert!(screen.contains("EXITED-0"), "{screen}");

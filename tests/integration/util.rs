@@ -27,8 +27,15 @@ pub fn fixture(name: &str) -> PathBuf {
     repo_root().join("fixtures").join(name)
 }
 
+/// The binary, with its remembered checksum checks kept in the build's temporary folder rather than the
+/// user's state folder (a test may set its own `XDG_STATE_HOME`).
 pub fn bitnet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bitnet"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bitnet"));
+    c.env(
+        "XDG_STATE_HOME",
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("state"),
+    );
+    c
 }
 
 /// Runs `bitnet args...` and returns its output.

@@ -306,6 +306,18 @@ impl Tokenizer {
             })
     }
 
+    /// The longest token's text in bytes (at least 1): a text longer than `n` times this cannot be fewer
+    /// than `n` tokens, which bounds a prompt's length before it is tokenized.
+    pub fn longest_token_bytes(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
     /// The id of a token's text, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

@@ -78,6 +78,8 @@ pub struct Engine {
     pub file: Arc<BitnetFile>,
     /// Positions a sequence may use.
     ctx: usize,
+    /// The longest token in bytes.
+    longest_token: usize,
 }
 
 /// The context a run uses: `asked` (capped by nothing: past the model's it is an error), else the model's;
@@ -167,6 +169,7 @@ impl Engine {
             tok_str(info.bos_token_id),
             tok_str(info.eos_token_ids.first().copied()),
         )?;
+        let longest_token = tokenizer.longest_token_bytes();
         Ok(Engine {
             model,
             tokenizer,
@@ -174,6 +177,7 @@ impl Engine {
             stop_ids: info.eos_token_ids.clone(),
             file,
             ctx,
+            longest_token,
         })
     }
 
@@ -187,7 +191,24 @@ impl Engine {
     /// Token ids of a chat: the template rendered with a generation prompt, one BOS in front.
     pub fn encode_chat(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
         let text = self.template.render(messages, true)?;
+        self.check_length(&text)?;
         Ok(self.tokenizer.encode_prompt(&text)?)
+    }
+
+    /// Refuses, without tokenizing it, a text too long to fit the context whatever its tokens: more bytes
+    /// than the context times the longest token (a 4 MB body is refused in microseconds, not seconds).
+    pub fn check_length(&self, text: &str) -> anyhow::Result<()> {
+        let most = self.ctx.saturating_mul(self.longest_token);
+        if text.len() > most {
+            bail!(
+                "the text is {} bytes, more than the context of {} tokens can hold (at most {most} bytes at {} \
+                 bytes per token): shorten it",
+                text.len(),
+                self.ctx,
+                self.longest_token
+            );
+        }
+        Ok(())
     }
 
     /// Positions a sequence may use: `--ctx`, else the model's context length.

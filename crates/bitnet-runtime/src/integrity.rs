@@ -1,6 +1,6 @@
 //! Tensor checksums checked before a file's first use, at memory speed (tensors hashed in parallel), and
-//! remembered per file (path, size, modification time, inode, header checksum) in the model cache, so
-//! later loads skip the work. A file whose bytes were flipped after conversion is refused with the
+//! remembered per file (path, size, modification time, inode, header checksum) in
+//! `$XDG_STATE_HOME/bitnet/verified.json` (else `~/.local/state/bitnet`), so later loads skip the work. A file whose bytes were flipped after conversion is refused with the
 //! tensor named, instead of running and printing different text.
 
 use std::path::{Path, PathBuf};
@@ -11,8 +11,6 @@ use bitnet_format::{BitnetFile, hex};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-use crate::store::Store;
 
 /// Files remembered; the oldest are forgotten first.
 const REMEMBERED: usize = 256;
@@ -48,7 +46,12 @@ fn stamp(file: &BitnetFile, path: &Path) -> Option<Stamp> {
 }
 
 fn cache_path() -> PathBuf {
-    Store::from_env().dir.join("verified.json")
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("bitnet").join("verified.json")
 }
 
 fn remembered() -> Vec<Stamp> {

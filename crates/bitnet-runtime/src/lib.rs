@@ -17,7 +17,9 @@
 
 pub mod bench;
 pub mod decoder;
+pub mod doctor;
 pub mod engine;
+pub mod inspect;
 pub mod integrity;
 pub mod metrics;
 pub mod models;

@@ -23,6 +23,40 @@ pub trait EventSink: Send {
     fn is_closed(&self) -> bool;
 }
 
+/// A bounded buffer of a client's events: a client that stops reading (its buffer fills) is treated as
+/// gone, so its job is cancelled at the next step and its sequence slot goes to others, instead of the
+/// worker holding it for a reader that never comes.
+pub struct Bounded {
+    tx: tokio::sync::mpsc::Sender<Event>,
+    stalled: std::sync::atomic::AtomicBool,
+}
+
+impl Bounded {
+    /// A sink of `capacity` events and its receiver.
+    pub fn channel(capacity: usize) -> (Bounded, tokio::sync::mpsc::Receiver<Event>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        (
+            Bounded {
+                tx,
+                stalled: std::sync::atomic::AtomicBool::new(false),
+            },
+            rx,
+        )
+    }
+}
+
+impl EventSink for Bounded {
+    fn send(&self, e: Event) {
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = self.tx.try_send(e) {
+            self.stalled.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed) || self.tx.is_closed()
+    }
+}
+
 impl EventSink for tokio::sync::mpsc::UnboundedSender<Event> {
     fn send(&self, e: Event) {
         let _ = tokio::sync::mpsc::UnboundedSender::send(self, e);
@@ -484,7 +518,21 @@ fn run_single(engine: &Engine, backend: &dyn Backend, job: Job, metrics: &Metric
 
 #[cfg(test)]
 mod tests {
-    use super::admissible;
+    use super::{Bounded, Event, EventSink, admissible};
+
+    #[test]
+    fn a_client_that_stops_reading_counts_as_gone_when_its_buffer_fills() {
+        let (sink, mut rx) = Bounded::channel(2);
+        sink.send(Event::Text("a".into()));
+        sink.send(Event::Text("b".into()));
+        assert!(!sink.is_closed());
+        sink.send(Event::Text("c".into()));
+        assert!(sink.is_closed(), "a full buffer stalls the client");
+        assert!(matches!(rx.try_recv(), Ok(Event::Text(t)) if t == "a"));
+        let (sink, rx) = Bounded::channel(2);
+        drop(rx);
+        assert!(sink.is_closed(), "a dropped receiver is gone");
+    }
 
     #[test]
     fn prompts_the_model_cannot_run_are_refused_alone() {

@@ -13,9 +13,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bitnet_model::Backend;
+use bitnet_runtime::scheduler::Bounded;
 use bitnet_runtime::scheduler::{Event, Finish, Job, Refused};
 use serde_json::{Value, json};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::Receiver;
 
 use crate::api::{self, ApiError, Common, Prompt};
 use crate::{App, unix_now};
@@ -43,6 +44,26 @@ enum Kind {
     Text,
 }
 
+/// Runs `f` (rendering and tokenizing) off the async runtime, at most one job per core: a burst of large
+/// requests queues here, before the expensive work, instead of running on an unbounded pool. Its error
+/// names `param`.
+async fn tokenize(
+    app: &App,
+    param: &'static str,
+    f: impl FnOnce(&bitnet_runtime::Engine) -> anyhow::Result<Vec<u32>> + Send + 'static,
+) -> Result<Vec<u32>, ApiError> {
+    let _permit = app
+        .tokenizing
+        .acquire()
+        .await
+        .map_err(|_| ApiError::bad("shutting down"))?;
+    let engine = app.engine.clone();
+    tokio::task::spawn_blocking(move || f(&engine))
+        .await
+        .map_err(|e| ApiError::bad(format!("tokenizing failed: {e}")))?
+        .map_err(|e| ApiError::param(param, format!("{e:#}")))
+}
+
 pub(crate) async fn chat(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
@@ -51,11 +72,7 @@ pub(crate) async fn chat(
         let m = api::parse_body(&body_bytes(body)?)?;
         let common = api::parse_common(&m, &app.defaults)?;
         let messages = api::parse_messages(&m)?;
-        let engine = app.engine.clone();
-        let ids = tokio::task::spawn_blocking(move || engine.encode_chat(&messages))
-            .await
-            .map_err(|e| ApiError::bad(format!("rendering the chat failed: {e}")))?
-            .map_err(|e| ApiError::param("messages", format!("{e:#}")))?;
+        let ids = tokenize(&app, "messages", move |e| e.encode_chat(&messages)).await?;
         generate(&app, common, ids, Kind::Chat).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -88,11 +105,11 @@ pub(crate) async fn completions(
                 ids
             }
             Prompt::Text(text) => {
-                let engine = app.engine.clone();
-                tokio::task::spawn_blocking(move || engine.tokenizer.encode_prompt(&text))
-                    .await
-                    .map_err(|e| ApiError::bad(format!("tokenizing failed: {e}")))?
-                    .map_err(|e| ApiError::param("prompt", format!("{e:#}")))?
+                tokenize(&app, "prompt", move |e| {
+                    e.check_length(&text)?;
+                    Ok(e.tokenizer.encode_prompt(&text)?)
+                })
+                .await?
             }
         };
         if ids.is_empty() {
@@ -116,6 +133,10 @@ fn request_id(kind: Kind) -> String {
     };
     format!("{prefix}-{t:x}{n:04x}")
 }
+
+/// Events a client's stream may hold unread (a streamed token is one); past it the client counts as gone
+/// and its sequence is cancelled, freeing the slot.
+const CLIENT_BUFFER: usize = 1024;
 
 /// Queues the job and answers: a JSON body when it ends, or server-sent events as it goes.
 async fn generate(
@@ -161,7 +182,7 @@ async fn generate(
         .unwrap_or(params.max_tokens)
         .min(ctx - ids.len());
     let (worker, model) = app.worker(common.model.as_deref())?;
-    let (tx, rx) = unbounded_channel();
+    let (tx, rx) = Bounded::channel(CLIENT_BUFFER);
     let prompt_tokens = ids.len();
     worker
         .submit(Job {
@@ -293,7 +314,7 @@ fn failed(message: String) -> ApiError {
 
 async fn collect(
     ch: Chunks,
-    mut rx: UnboundedReceiver<Event>,
+    mut rx: Receiver<Event>,
     prompt_tokens: usize,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
@@ -315,7 +336,7 @@ fn sse_event(v: &Value) -> Bytes {
 
 /// Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. When the client goes away the
 /// body (and with it the receiver) is dropped, which cancels the job at the engine's next step.
-fn sse(ch: Chunks, rx: UnboundedReceiver<Event>) -> Response {
+fn sse(ch: Chunks, rx: Receiver<Event>) -> Response {
     let mut first = VecDeque::new();
     if ch.kind == Kind::Chat {
         first.push_back(sse_event(&ch.chunk(Some(""), true, None)));

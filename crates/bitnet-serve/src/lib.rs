@@ -5,13 +5,12 @@
 //! the model on their own threads and stream text back over channels.
 
 mod api;
+mod conn;
 mod generate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use std::future::IntoFuture;
 
 use anyhow::Context;
 use axum::Router;
@@ -46,6 +45,11 @@ struct App {
     packed_label: String,
     defaults: SamplingParams,
     api_key: Option<String>,
+    /// Host names (lower case, no port) requests may name; with `any_ip`, any IP literal too.
+    hosts: Vec<String>,
+    any_ip: bool,
+    /// One permit per core: the tokenizing jobs that may run at once.
+    tokenizing: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
     created: u64,
     parallel: usize,
@@ -91,12 +95,24 @@ pub struct ServeOptions {
     pub reference: Option<String>,
     /// Required as `Authorization: Bearer KEY` on /v1 and /metrics.
     pub api_key: Option<String>,
+    /// Host names requests may use besides the loopback names and `host` (DNS-rebinding defence).
+    pub allow_hosts: Vec<String>,
+    /// Open connections at most (past it, new ones are closed at once).
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head.
+    pub header_timeout: std::time::Duration,
 }
 
 /// Loads the model and serves until Ctrl-C or SIGTERM.
 pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
     if args.parallel == 0 {
         anyhow::bail!("--parallel must be at least 1");
+    }
+    if args.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    if args.header_timeout.is_zero() {
+        anyhow::bail!("--header-timeout must be at least 1 second");
     }
     if args.max_queue == 0 {
         anyhow::bail!(
@@ -153,6 +169,9 @@ pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
         packed_label,
         defaults,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        hosts: allowed_hosts(&args.host, &args.allow_hosts),
+        any_ip: matches!(args.host.as_str(), "0.0.0.0" | "::" | "[::]"),
+        tokenizing: tokio::sync::Semaphore::new(bitnet_runtime::sys::cores()),
         metrics,
         created: unix_now(),
         parallel: args.parallel,
@@ -184,25 +203,28 @@ pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
         }
         // On Ctrl-C or SIGTERM: stop accepting, give open requests a few seconds, then exit (a stream
         // can run for minutes; its sequence ends with the process).
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopped = stop.clone();
-        let server = tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stopped.notified().await })
-                .into_future(),
-        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let limits = conn::Limits {
+            max_connections: args.max_connections,
+            header_timeout: args.header_timeout,
+        };
+        let server = tokio::spawn(conn::serve(listener, router, stopped, limits));
         shutdown().await;
-        stop.notify_one();
-        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-            Ok(joined) => joined.context("the server task")?.context("serving"),
-            Err(_) => {
-                tracing::info!(
-                    "requests still open after {} s: closing them",
-                    SHUTDOWN_GRACE.as_secs()
-                );
-                Ok(())
+        let _ = stop.send(true);
+        let slots = server.await.context("the server task")?;
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while slots.available_permits() < args.max_connections {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::info!(
+                "requests still open after {} s: closing them",
+                SHUTDOWN_GRACE.as_secs()
+            );
         }
+        Ok(())
     });
     // Open streams and idle blocking threads are not waited for.
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
@@ -258,7 +280,57 @@ const ROUTES: [&str; 7] = [
     "/v1/completions",
 ];
 
-/// Checks the API key on `/v1/*` and `/metrics`, and counts every answer by route and status.
+/// The names a request's Host header may give: the loopback names, the address listened on (unless it is
+/// every interface) and the `--allow-host` names.
+fn allowed_hosts(host: &str, extra: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if !matches!(host, "0.0.0.0" | "::" | "[::]") {
+        v.push(host.trim_matches(['[', ']']).to_ascii_lowercase());
+    }
+    v.extend(
+        extra
+            .iter()
+            .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase()),
+    );
+    v
+}
+
+/// The host part of a Host header value (`name:port`, `[v6]:port`), lower case.
+fn host_name(value: &str) -> String {
+    let v = value.trim();
+    let name = if let Some(rest) = v.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        v.rsplit_once(':').map_or(v, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                v
+            }
+        })
+    };
+    name.to_ascii_lowercase()
+}
+
+impl App {
+    /// Whether the request names this server by a name it answers to. A page on another site that
+    /// rebinds its own DNS name to 127.0.0.1 sends that name, and is refused.
+    fn host_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+            // HTTP/1.0 without Host: nothing a browser sends.
+            return true;
+        };
+        let name = host_name(value);
+        self.hosts.contains(&name) || (self.any_ip && name.parse::<std::net::IpAddr>().is_ok())
+    }
+}
+
+/// Checks the Host header (DNS rebinding), the API key on `/v1/*` and `/metrics`, that POST bodies are
+/// declared JSON (a cross-site form or `text/plain` POST is refused before its body is read), and counts
+/// every answer by route and status.
 async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let route = if ROUTES.contains(&path.as_str()) {
@@ -269,7 +341,27 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         "other"
     };
     let needs_key = path.starts_with("/v1/") || path == "/metrics";
+    let json_body = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
     let resp = match &app.api_key {
+        _ if !app.host_allowed(req.headers()) => ApiError::bad(format!(
+            "the Host header names {:?}, which this server does not answer to (loopback names, the \
+             --host address and --allow-host names): a page on another site must not reach it by its own \
+             name",
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        ))
+        .with(StatusCode::FORBIDDEN, "invalid_request_error", "host_not_allowed")
+        .into_response(),
         Some(key) if needs_key && !authorized(req.headers(), key) => {
             let mut e = ApiError::bad(if req.headers().contains_key(header::AUTHORIZATION) {
                 "Incorrect API key provided."
@@ -286,6 +378,15 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             e
         }
+        _ if req.method() == axum::http::Method::POST && !json_body => ApiError::bad(
+            "the body must be JSON, sent with `Content-Type: application/json`",
+        )
+        .with(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+        )
+        .into_response(),
         _ => next.run(req).await,
     };
     app.metrics.request(route, resp.status().as_u16());
@@ -416,4 +517,20 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{allowed_hosts, host_name};
+
+    #[test]
+    fn host_names_are_read_without_their_port() {
+        assert_eq!(host_name("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host_name("LocalHost"), "localhost");
+        assert_eq!(host_name("[::1]:80"), "::1");
+        assert_eq!(host_name("evil.example:8080"), "evil.example");
+        let a = allowed_hosts("0.0.0.0", &["box.lan".into()]);
+        assert!(a.contains(&"box.lan".to_string()) && !a.contains(&"0.0.0.0".to_string()));
+        assert!(allowed_hosts("192.168.1.5", &[]).contains(&"192.168.1.5".to_string()));
+    }
 }
