@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod convert;
 mod errors;
+mod fuzz_replay;
 mod gguf;
 mod gguf_bad_input;
 mod gguf_export;

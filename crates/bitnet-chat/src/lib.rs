@@ -62,6 +62,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod detok;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod sampler;
 pub mod stop;
 pub mod template;

@@ -16,6 +16,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod header;
 pub mod layout;
 pub mod reader;

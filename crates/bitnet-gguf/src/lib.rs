@@ -20,6 +20,8 @@
 
 pub mod codec;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod reader;
 mod types;
 mod value;

@@ -534,3 +534,23 @@ mod tests {
         assert!(allowed_hosts("192.168.1.5", &[]).contains(&"192.168.1.5".to_string()));
     }
 }
+
+/// One input of the request fuzz target, shared with the replay test CI runs on stable: the body of a
+/// chat or text completion request through the parsers every request meets, a value or a 400, never a
+/// panic.
+#[doc(hidden)]
+pub mod fuzzing {
+    use bitnet_chat::SamplingParams;
+
+    use crate::api;
+
+    /// `data` as a request body.
+    pub fn request_body(data: &[u8]) {
+        let Ok(m) = api::parse_body(data) else {
+            return;
+        };
+        let _ = api::parse_common(&m, &SamplingParams::default());
+        let _ = api::parse_messages(&m);
+        let _ = api::parse_prompt(&m);
+    }
+}
