@@ -4,6 +4,7 @@
 mod bad_input;
 mod bench;
 mod browser;
+mod chromium;
 mod cli;
 mod convert;
 mod errors;
@@ -22,6 +23,7 @@ mod openai_py;
 mod perplexity;
 mod run_chat;
 mod serve;
+mod serve_guards;
 mod terminal;
 mod util;
 mod verify;
