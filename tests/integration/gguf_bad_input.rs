@@ -231,35 +231,27 @@ fn pre_tokenizers_and_vocabularies_not_known_are_refused_and_falcon_e_warned() {
         ])
     };
 
-    with_metadata(
-        "falcon3-tq-tiny.tq2_0",
+    // The fixture with `key` set to `value`: refused (exit 2) naming every needle, no output.
+    let refused = |key: &str, value: &str, needles: &[&str]| {
+        with_metadata(
+            "falcon3-tq-tiny.tq2_0",
+            key,
+            Some(Value::String(value.into())),
+            &input,
+        );
+        let o = convert();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        for n in needles {
+            assert!(stderr(&o).contains(n), "{n}: {}", stderr(&o));
+        }
+        assert_only(d, &["in.gguf"]);
+    };
+    refused(
         "tokenizer.ggml.pre",
-        Some(Value::String("mystery".into())),
-        &input,
+        "mystery",
+        &["tokenizer.ggml.pre", "`mystery`"],
     );
-    let o = convert();
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("tokenizer.ggml.pre") && stderr(&o).contains("`mystery`"),
-        "{}",
-        stderr(&o)
-    );
-    assert_only(d, &["in.gguf"]);
-
-    with_metadata(
-        "falcon3-tq-tiny.tq2_0",
-        "tokenizer.ggml.model",
-        Some(Value::String("rwkv".into())),
-        &input,
-    );
-    let o = convert();
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("tokenizer.ggml.model"),
-        "{}",
-        stderr(&o)
-    );
-    assert_only(d, &["in.gguf"]);
+    refused("tokenizer.ggml.model", "rwkv", &["tokenizer.ggml.model"]);
 
     // Falcon-E's name: read as LLaMA 3's split (this vocabulary's own), with a warning that says so.
     with_metadata(

@@ -10,7 +10,7 @@ use bitnet_kernels::pool::{Pool, read_bandwidth};
 use serde::Serialize;
 
 use crate::store::Store;
-use crate::sys::cores;
+use crate::sys::{cores, meminfo};
 
 #[derive(Serialize)]
 #[allow(missing_docs)]
@@ -53,15 +53,6 @@ pub struct Report {
 pub struct KernelSet {
     pub name: &'static str,
     pub runs_here: bool,
-}
-
-/// `MemTotal` / `MemAvailable` of /proc/meminfo, in bytes.
-pub(crate) fn meminfo(field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 /// Total size and count of the regular files under `dir` (symlinks not followed).

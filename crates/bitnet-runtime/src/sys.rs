@@ -1,13 +1,23 @@
 //! What the operating system says about this process.
 
-/// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`); `None` off Linux.
-pub fn proc_status_bytes(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status
+/// A `Field:   N kB` line of a /proc file, in bytes; `None` off Linux or when the field is absent.
+fn kib_field(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text
         .lines()
         .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`); `None` off Linux.
+pub fn proc_status_bytes(field: &str) -> Option<u64> {
+    kib_field("/proc/self/status", field)
+}
+
+/// A field of `/proc/meminfo` in bytes (`MemTotal`, `MemAvailable`); `None` off Linux.
+pub fn meminfo(field: &str) -> Option<u64> {
+    kib_field("/proc/meminfo", field)
 }
 
 /// Resident memory now.
@@ -28,9 +38,7 @@ pub fn reset_peak_rss() {
 
 /// Memory the system could give this process now (Linux `MemAvailable`), in bytes.
 pub fn mem_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    meminfo("MemAvailable")
 }
 
 /// This machine's logical cores.

@@ -113,19 +113,7 @@ pub fn unpermute_rows<T: Copy + Default>(
     cols: usize,
     heads: usize,
 ) -> Vec<T> {
-    let hd = rows / heads;
-    let mut out = vec![T::default(); values.len()];
-    for h in 0..heads {
-        for j in 0..hd / 2 {
-            for i in 0..2 {
-                let src = h * hd + 2 * j + i;
-                let dst = h * hd + i * hd / 2 + j;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
+    move_rows(values, rows, cols, heads, |llama, hf| (llama, hf))
 }
 
 /// llama.cpp's `permute` of q/k rows (the inverse of [`unpermute_rows`]).
@@ -135,13 +123,24 @@ pub fn permute_rows<T: Copy + Default>(
     cols: usize,
     heads: usize,
 ) -> Vec<T> {
+    move_rows(values, rows, cols, heads, |llama, hf| (hf, llama))
+}
+
+/// Copies each row between llama.cpp's order and Hugging Face's; `pick(llama_row, hf_row)` gives
+/// `(source, destination)`.
+fn move_rows<T: Copy + Default>(
+    values: &[T],
+    rows: usize,
+    cols: usize,
+    heads: usize,
+    pick: impl Fn(usize, usize) -> (usize, usize),
+) -> Vec<T> {
     let hd = rows / heads;
     let mut out = vec![T::default(); values.len()];
     for h in 0..heads {
         for j in 0..hd / 2 {
             for i in 0..2 {
-                let dst = h * hd + 2 * j + i;
-                let src = h * hd + i * hd / 2 + j;
+                let (src, dst) = pick(h * hd + 2 * j + i, h * hd + i * hd / 2 + j);
                 out[dst * cols..(dst + 1) * cols]
                     .copy_from_slice(&values[src * cols..(src + 1) * cols]);
             }
