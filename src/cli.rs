@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use bitnet_model::HeadKind;
-use bitnet_runtime::{LoadOptions, SamplingOverrides};
+use bitnet_runtime::{LoadOptions, NgramDraft, SamplingOverrides};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Convert, inspect and run BitNet b1.58 ternary language models on CPUs.
@@ -335,9 +335,41 @@ pub struct GenArgs {
     /// remembered in ~/.local/state/bitnet).
     #[arg(long)]
     pub no_verify: bool,
+    /// Speculative decoding without a draft model: `ngram` proposes what followed the latest earlier match
+    /// of the last tokens (prompt lookup) and verifies it in one batched pass; the output is unchanged.
+    #[arg(long, value_enum)]
+    pub draft: Option<DraftArg>,
+    /// Most tokens proposed per pass (default 10).
+    #[arg(long, requires = "draft")]
+    pub draft_max: Option<usize>,
+    /// Longest run of last tokens looked up (default 3).
+    #[arg(long, requires = "draft")]
+    pub draft_ngram: Option<usize>,
+    /// Shortest run of last tokens looked up (default 2).
+    #[arg(long, requires = "draft")]
+    pub draft_min_ngram: Option<usize>,
+}
+
+/// How to draft tokens for speculative decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DraftArg {
+    /// Prompt lookup: the continuation of the latest earlier match of the last n tokens.
+    Ngram,
 }
 
 impl GenArgs {
+    /// The drafting asked for, if any.
+    pub fn draft(&self) -> Option<NgramDraft> {
+        self.draft.map(|DraftArg::Ngram| {
+            let d = NgramDraft::default();
+            NgramDraft {
+                max_ngram: self.draft_ngram.unwrap_or(d.max_ngram),
+                min_ngram: self.draft_min_ngram.unwrap_or(d.min_ngram),
+                max_tokens: self.draft_max.unwrap_or(d.max_tokens),
+            }
+        })
+    }
+
     /// How to load the model.
     pub fn load(&self) -> LoadOptions {
         LoadOptions {
@@ -346,6 +378,7 @@ impl GenArgs {
             head: self.head.map(HeadArg::kind),
             ctx: self.ctx,
             no_verify: self.no_verify,
+            draft: self.draft(),
         }
     }
 

@@ -51,6 +51,7 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<Outcome> {
         // Each chunk has its own small session.
         ctx: None,
         no_verify: false,
+        draft: None,
     };
     let mut engine = Engine::open(&args.model, &load, &crate::fetch::Cli)?;
     let max_ctx = engine.context();

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, bail};
 use bitnet_chat::Message;
 use bitnet_model::Backend;
-use bitnet_runtime::StopReason;
+use bitnet_runtime::{DraftStats, StopReason};
 use serde::Serialize;
 
 use crate::Outcome;
@@ -24,6 +24,8 @@ struct Report<'a> {
     stop_reason: StopReason,
     seed: u64,
     timings: Timings,
+    /// Speculative decoding's figures (`--draft`), else null.
+    draft: Option<DraftStats>,
 }
 
 #[derive(Serialize)]
@@ -122,6 +124,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
                 prefill_tok_s: g.prefill_tok_s(),
                 decode_tok_s: g.decode_tok_s(),
             },
+            draft: g.draft,
         };
         serde_json::to_writer(&mut stdout, &v)?;
         writeln!(stdout)?;
@@ -139,6 +142,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             g.stop.as_str(),
             params.seed
         );
+        if let Some(d) = g.draft {
+            eprintln!(
+                "draft: {} passes for {} tokens; {} of {} proposed tokens accepted",
+                d.passes,
+                g.ids.len(),
+                d.accepted,
+                d.proposed
+            );
+        }
     }
     Ok(Outcome::Success)
 }

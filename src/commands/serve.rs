@@ -15,6 +15,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
             head: args.head.map(HeadArg::kind),
             ctx: args.ctx,
             no_verify: args.no_verify,
+            draft: None,
         },
         host: args.host,
         port: args.port,

@@ -158,6 +158,51 @@ fn seeded_sampling_is_reproducible() {
 }
 
 #[test]
+fn draft_ngram_gives_the_plain_text_and_reports_its_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(&repo_root().join("fixtures/demo"), tmp.path(), &[]);
+    let f = file.to_str().unwrap();
+    let prompt =
+        "The economy is strong. The economy is strong because the people are strong. The economy";
+    let base = [f, "-p", prompt, "--temperature", "0", "--max-tokens", "40"];
+    let plain = run_json(&base);
+    assert!(plain["draft"].is_null());
+    let mut args = base.to_vec();
+    args.extend(["--draft", "ngram", "--draft-max", "6"]);
+    let drafted = run_json(&args);
+    assert_eq!(drafted["ids"], plain["ids"]);
+    assert_eq!(drafted["text"], plain["text"]);
+    let d = &drafted["draft"];
+    assert!(d["accepted"].as_u64().unwrap() > 0, "{d}");
+    assert!(d["passes"].as_u64().unwrap() < 40, "{d}");
+    // --stats names the figures; a draft setting without --draft is refused by the flag parser.
+    args.insert(0, "run");
+    args.push("--stats");
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("proposed tokens accepted"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["run", f, "-p", "x", "--draft-max", "4"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--draft"), "{}", stderr(&o));
+    let o = run(&[
+        "run",
+        f,
+        "-p",
+        "x",
+        "--draft",
+        "ngram",
+        "--draft-ngram",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--draft-ngram 1"), "{}", stderr(&o));
+}
+
+#[test]
 fn stop_strings_end_the_text() {
     let tmp = tempfile::tempdir().unwrap();
     let file = convert(&fixture("bitnet-tiny-tied"), tmp.path(), &[]);

@@ -159,6 +159,11 @@ impl<'e> SeqDecoder<'e> {
         })
     }
 
+    /// How many more tokens may be sampled before the `max_tokens` limit.
+    pub fn remaining(&self) -> usize {
+        self.max_tokens.saturating_sub(self.ids.len())
+    }
+
     /// Tokens generated so far (end-of-turn ids excluded).
     pub fn ids(&self) -> &[u32] {
         &self.ids

@@ -13,6 +13,7 @@ use bitnet_kernels::Kernels;
 use bitnet_model::{Backend, HeadKind, PackedModel, Session};
 
 use crate::decoder::{SeqDecoder, StopReason, reuse_prefix};
+use crate::draft::{DraftStats, NgramDraft};
 use crate::models::{Provider, resolve_model};
 use crate::sampling::SamplingOverrides;
 
@@ -29,6 +30,8 @@ pub struct LoadOptions {
     pub ctx: Option<usize>,
     /// Skip checking the tensor checksums before the file's first use.
     pub no_verify: bool,
+    /// Speculative decoding by prompt lookup (`--draft ngram`).
+    pub draft: Option<NgramDraft>,
 }
 
 /// One generation's output and timings.
@@ -50,6 +53,8 @@ pub struct Generation {
     pub first_token_s: f64,
     /// Seconds from the first sampled token to the end.
     pub decode_s: f64,
+    /// Drafting figures, when speculative decoding ran.
+    pub draft: Option<DraftStats>,
 }
 
 impl Generation {
@@ -80,6 +85,8 @@ pub struct Engine {
     ctx: usize,
     /// The longest token in bytes.
     longest_token: usize,
+    /// Speculative decoding, if asked for.
+    draft: Option<NgramDraft>,
 }
 
 /// The context a run uses: `asked` (capped by nothing: past the model's it is an error), else the model's;
@@ -128,6 +135,9 @@ impl Engine {
 
     /// Opens the `.bitnet` file at `path`.
     pub fn open_file(path: &Path, opts: &LoadOptions) -> anyhow::Result<Engine> {
+        if let Some(d) = &opts.draft {
+            d.validate()?;
+        }
         let file = Arc::new(BitnetFile::open(path)?);
         if !opts.no_verify {
             crate::integrity::ensure_verified(&file, path)?;
@@ -178,6 +188,7 @@ impl Engine {
             file,
             ctx,
             longest_token,
+            draft: opts.draft,
         })
     }
 
@@ -271,6 +282,30 @@ impl Engine {
         let prefill_s = t0.elapsed().as_secs_f64();
         let mut first_token_s = 0.0;
         let t1 = Instant::now();
+        if let Some(draft) = &self.draft {
+            let drafted = crate::draft::decode(
+                draft,
+                backend,
+                session,
+                cached,
+                &mut dec,
+                logits,
+                cancelled,
+                emit,
+                &mut || first_token_s = t0.elapsed().as_secs_f64(),
+            )?;
+            return Ok(Generation {
+                ids: dec.ids().to_vec(),
+                text: dec.text().to_string(),
+                stop: drafted.stop,
+                prompt_tokens: ids.len(),
+                reused_tokens: common,
+                prefill_s,
+                first_token_s,
+                decode_s: t1.elapsed().as_secs_f64(),
+                draft: Some(drafted.stats),
+            });
+        }
         let stop = loop {
             if cancelled() {
                 emit(&dec.cancel()?)?;
@@ -299,6 +334,12 @@ impl Engine {
             prefill_s,
             first_token_s,
             decode_s: t1.elapsed().as_secs_f64(),
+            draft: None,
         })
+    }
+
+    /// The drafting this engine decodes with, if any.
+    pub fn draft(&self) -> Option<&NgramDraft> {
+        self.draft.as_ref()
     }
 }

@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod decoder;
 pub mod doctor;
+pub mod draft;
 pub mod engine;
 pub mod inspect;
 pub mod integrity;
@@ -31,6 +32,7 @@ pub mod sys;
 pub mod verify;
 
 pub use decoder::{SeqDecoder, Step, StopReason, reuse_prefix};
+pub use draft::{DraftStats, NgramDraft};
 pub use engine::{Engine, Generation, LoadOptions};
 pub use models::{Provider, Quiet, resolve_model};
 pub use sampling::SamplingOverrides;
