@@ -36,16 +36,31 @@ type Target = (&'static str, fn(&[u8]));
 
 #[test]
 fn every_fuzz_corpus_entry_gives_a_clean_result() {
-    let targets: [Target; 6] = [
+    let targets: [Target; 7] = [
         ("bitnet_file", bitnet_format::fuzzing::file_bytes),
         ("bitnet_header", bitnet_format::fuzzing::header_json),
         ("gguf_file", bitnet_gguf::fuzzing::file_bytes),
         ("chat_template", bitnet_chat::fuzzing::template),
         ("tokenizer_json", bitnet_chat::fuzzing::tokenizer_json),
         ("request_body", bitnet_serve::fuzzing::request_body),
+        (
+            "checkpoint_folder",
+            bitnet_convert::fuzzing::checkpoint_folder,
+        ),
     ];
     for (name, f) in targets {
         let n = replay(name, f);
         assert!(n > 0, "fuzz/corpus/{name} is empty");
+    }
+}
+
+#[test]
+fn the_checkpoint_seeds_convert() {
+    // The seeds must reach the end of a conversion, or the fuzzer explores only the early refusals.
+    for seed in ["seed-single", "seed-sharded", "seed-untied"] {
+        let data =
+            std::fs::read(repo_root().join("fuzz/corpus/checkpoint_folder").join(seed)).unwrap();
+        let report = bitnet_convert::fuzzing::convert_input(&data).expect("folder written");
+        assert!(report.is_ok(), "{seed}: {}", report.unwrap_err());
     }
 }

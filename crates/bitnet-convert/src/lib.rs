@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod fuzzing;
 pub mod gguf;
 pub mod hub;
 pub mod quantize;
