@@ -489,6 +489,10 @@ pub struct ServeArgs {
     /// one) before the connection is closed.
     #[arg(long, default_value_t = 10)]
     pub header_timeout: u64,
+    /// Ignore request fields the server does not know (one warning line per request) instead of
+    /// answering 400, as vLLM does.
+    #[arg(long)]
+    pub lenient: bool,
 }
 
 /// `bitnet pull`.

@@ -27,6 +27,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
         allow_hosts: args.allow_hosts,
         max_connections: args.max_connections,
         header_timeout: std::time::Duration::from_secs(args.header_timeout),
+        lenient: args.lenient,
     };
     bitnet_serve::run(opts, &crate::fetch::Cli)?;
     Ok(Outcome::Success)

@@ -253,7 +253,7 @@ fn streaming_sends_openai_chunks_and_the_same_text() {
 #[test]
 fn stop_strings_seed_and_lenient_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&model(&dir), &[]);
+    let s = Server::start(&model(&dir), &["--lenient"]);
     let full = s
         .post(
             "/v1/completions",
@@ -269,13 +269,23 @@ fn stop_strings_seed_and_lenient_fields() {
         let v = s
             .post(
                 "/v1/completions",
-                &json!({"prompt": "The capital of France is", "max_completion_tokens": 12,
+                &json!({"prompt": "The capital of France is", "max_tokens": 12,
                         "temperature": 0, "stop": stop_field, "some_future_field": {"x": 1}}),
             )
             .json();
         assert_eq!(v["choices"][0]["text"], cut, "stop {stop_field}");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
     }
+    // --lenient ignored the unknown field with one warning line per request.
+    assert!(
+        wait_until(5, || s
+            .log()
+            .matches("/v1/completions: ignoring unknown field some_future_field (--lenient)")
+            .count()
+            == 2),
+        "{}",
+        s.log()
+    );
     // Sampling with a seed repeats; content given as text parts works; `developer` is a system role.
     let body = json!({
         "messages": [
@@ -321,12 +331,15 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         (b"{\"messages\": [{\"role\": \"wizard\", \"content\": \"hi\"}]}", Some("messages[0].role"), "wizard"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"temperature\": -1}", Some("temperature"), ">= 0"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"temperature\": \"hot\"}", Some("temperature"), "number"),
-        (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"top_p\": 0}", Some("top_p"), "(0, 1]"),
+        (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"top_p\": 1.5}", Some("top_p"), "[0, 1]"),
+        (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"bogus_field\": 1}", Some("bogus_field"), "unknown field `bogus_field`"),
+        (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": []}", Some("tools"), "not supported yet"),
+        (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"temperature\": 1e39}", Some("temperature"), "32-bit float"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": -5}", Some("max_tokens"), "whole number"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 0}", Some("max_tokens"), "at least 1"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"stop\": 5}", Some("stop"), "string"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"n\": 3}", Some("n"), "n = 1"),
-        (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"stream\": \"yes\"}", Some("stream"), "true or false"),
+        (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"stream\": \"yes\"}", Some("stream"), "boolean"),
     ];
     for (body, param, words) in cases {
         let r = post_raw(body);
@@ -385,7 +398,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     );
     assert_eq!(
         s.metric("bitnet_requests_total{route=\"/v1/chat/completions\",status=\"400\"}"),
-        16.0
+        19.0
     );
 }
 

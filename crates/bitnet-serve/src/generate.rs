@@ -18,8 +18,21 @@ use bitnet_runtime::scheduler::{Event, Finish, Job, Refused};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::Receiver;
 
-use crate::api::{self, ApiError, Common, Prompt};
+use crate::api::{self, ApiError, Common};
+use crate::request::{self, Prompt, Unknown};
 use crate::{App, unix_now};
+
+impl App {
+    /// Unknown fields: a 400, or with `--lenient` a warning; accepted fields that change nothing: a debug
+    /// line, so a user who wonders why `user` does nothing can find out with `-v`.
+    fn screen(&self, route: &str, unknown: &Unknown, unused: &[&str]) -> Result<(), ApiError> {
+        unknown.check(self.lenient, route)?;
+        if !unused.is_empty() {
+            tracing::warn!("{route}: accepted but not used here: {}", unused.join(", "));
+        }
+        Ok(())
+    }
+}
 
 /// The body, or the OpenAI error for why it could not be read (413 past `--max-body`).
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -69,9 +82,17 @@ pub(crate) async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
-        let m = api::parse_body(&body_bytes(body)?)?;
-        let common = api::parse_common(&m, &app.defaults)?;
-        let messages = api::parse_messages(&m)?;
+        let req = request::parse_chat(api::parse_body(&body_bytes(body)?)?)?;
+        app.screen("/v1/chat/completions", &req.unknown(), &req.unused())?;
+        req.refusals()?;
+        let common = api::common(&req.common, req.chat.max_completion_tokens, &app.defaults)?;
+        if req.chat.logprobs == Some(true) || req.chat.top_logprobs.is_some_and(|c| c.0 > 0) {
+            return Err(ApiError::param(
+                "logprobs",
+                "`logprobs` is not supported yet",
+            ));
+        }
+        let messages = req.messages()?;
         let ids = tokenize(&app, "messages", move |e| e.encode_chat(&messages)).await?;
         generate(&app, common, ids, Kind::Chat).await
     };
@@ -83,17 +104,17 @@ pub(crate) async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
-        let m = api::parse_body(&body_bytes(body)?)?;
-        let common = api::parse_common(&m, &app.defaults)?;
-        if m.get("echo").and_then(Value::as_bool) == Some(true) {
-            return Err(ApiError::param("echo", "`echo` is not supported"));
+        let req = request::parse_completion(api::parse_body(&body_bytes(body)?)?)?;
+        app.screen("/v1/completions", &req.unknown(), &req.unused())?;
+        req.refusals()?;
+        let common = api::common(&req.common, None, &app.defaults)?;
+        if req.completion.logprobs.is_some() {
+            return Err(ApiError::param(
+                "logprobs",
+                "`logprobs` is not supported yet",
+            ));
         }
-        if m.get("logprobs")
-            .is_some_and(|v| !v.is_null() && v != &json!(false))
-        {
-            return Err(ApiError::param("logprobs", "`logprobs` is not supported"));
-        }
-        let ids = match api::parse_prompt(&m)? {
+        let ids = match req.prompt()? {
             Prompt::Ids(ids) => {
                 let vocab = app.engine.model.config().vocab_size;
                 if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {

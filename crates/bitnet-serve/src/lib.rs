@@ -7,6 +7,7 @@
 mod api;
 mod conn;
 mod generate;
+mod request;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +54,8 @@ struct App {
     metrics: Arc<Metrics>,
     created: u64,
     parallel: usize,
+    /// Unknown request fields are ignored with a warning instead of refused.
+    lenient: bool,
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -101,6 +104,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Seconds a client has to send a request's head.
     pub header_timeout: std::time::Duration,
+    /// Ignore unknown request fields (one warning line each) instead of answering 400.
+    pub lenient: bool,
 }
 
 /// Loads the model and serves until Ctrl-C or SIGTERM.
@@ -175,6 +180,7 @@ pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
         metrics,
         created: unix_now(),
         parallel: args.parallel,
+        lenient: args.lenient,
     });
     let router = router(app.clone(), args.max_body);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -542,15 +548,24 @@ mod tests {
 pub mod fuzzing {
     use bitnet_chat::SamplingParams;
 
-    use crate::api;
+    use crate::{api, request};
 
     /// `data` as a request body.
     pub fn request_body(data: &[u8]) {
         let Ok(m) = api::parse_body(data) else {
             return;
         };
-        let _ = api::parse_common(&m, &SamplingParams::default());
-        let _ = api::parse_messages(&m);
-        let _ = api::parse_prompt(&m);
+        if let Ok(r) = request::parse_chat(m.clone()) {
+            let _ = (r.unknown(), r.refusals(), r.unused(), r.messages());
+            let _ = api::common(
+                &r.common,
+                r.chat.max_completion_tokens,
+                &SamplingParams::default(),
+            );
+        }
+        if let Ok(r) = request::parse_completion(m) {
+            let _ = (r.unknown(), r.refusals(), r.unused(), r.prompt());
+            let _ = api::common(&r.common, None, &SamplingParams::default());
+        }
     }
 }
