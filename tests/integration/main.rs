@@ -18,6 +18,7 @@ mod hub_cache;
 mod hub_download;
 mod hub_standin;
 mod hub_terminal;
+mod kill;
 mod model_store;
 mod openai_py;
 mod perplexity;
