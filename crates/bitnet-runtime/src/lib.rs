@@ -22,6 +22,7 @@ pub mod draft;
 pub mod engine;
 pub mod inspect;
 pub mod integrity;
+pub mod isolate;
 pub mod metrics;
 pub mod models;
 pub mod perplexity;

@@ -355,27 +355,28 @@ fn packed_loop(
                 sessions.push(&mut s.session);
             }
         }
-        let result = model.forward_batch_into(&mut sessions, &lists, &mut logits);
+        let errors =
+            crate::isolate::isolated_step(&mut sessions, &lists, &mut logits, v, &mut |s, l, o| {
+                model.forward_batch_into(s, l, o).map_err(|e| e.to_string())
+            });
         let fed: Vec<usize> = lists.iter().map(|l| l.len()).collect();
-        match result {
-            Ok(()) => {}
-            Err(e) => {
-                for a in active.drain(..) {
-                    send(&a.job, Event::Failed(format!("the model failed: {e}")));
-                    slots[a.slot].session.reset();
-                    slots[a.slot].cached.clear();
-                }
-                continue;
-            }
-        };
         metrics.step(active.len());
+        let mut errors = errors;
         let mut sampled = 0;
         let mut i = 0;
         active.retain_mut(|a| {
             let slot = &mut slots[a.slot];
             let row = &logits[i * v..(i + 1) * v];
             let n = fed[i];
+            let failed = errors[i].take();
             i += 1;
+            if let Some(e) = failed {
+                // This sequence fails alone (the others ran without it): end its request only.
+                send(&a.job, Event::Failed(format!("the model failed: {e}")));
+                slot.session.reset();
+                slot.cached.clear();
+                return false;
+            }
             if a.prefilling() {
                 slot.cached
                     .extend_from_slice(&a.job.prompt[a.fed..a.fed + n]);
