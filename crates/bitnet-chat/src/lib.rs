@@ -18,6 +18,9 @@
 //! 6. [`stop`]: [`StopMatcher`] watches that text for `--stop` strings, holding back a tail that may be
 //!    the start of one, and ends generation at the first.
 //!
+//! [`constraint`] holds the hook for constrained decoding: a [`TokenConstraint`] (a grammar) masks the
+//! logits before step 4.
+//!
 //! Every fallible step returns [`ChatError`], whose messages name what is at fault.
 //!
 //! One chat turn, end to end (`next_logits` stands for the model):
@@ -61,6 +64,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod constraint;
 pub mod detok;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -70,6 +74,7 @@ pub mod template;
 
 use bitnet_format::TokenizerInfo;
 
+pub use constraint::{TokenConstraint, allows_only, is_allowed, mask_logits};
 pub use detok::Detokenizer;
 pub use sampler::{Sampler, SamplingParams};
 pub use stop::{StopMatcher, StopOutput};
@@ -177,6 +182,9 @@ pub enum ChatError {
         /// Vocabulary size.
         len: usize,
     },
+    /// A constraint on the output (a grammar) failed or allows nothing more.
+    #[error("constrained decoding: {0}")]
+    Constraint(String),
     /// A stop string is empty.
     #[error("stop string {index} is empty; a stop string needs at least one character")]
     EmptyStop {
@@ -318,6 +326,11 @@ impl Tokenizer {
             .max()
             .unwrap_or(1)
             .max(1)
+    }
+
+    /// The Hugging Face tokenizer underneath (a grammar engine reads its vocabulary and decoder).
+    pub fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
     }
 
     /// The id of a token's text, if it is in the vocabulary.

@@ -356,6 +356,8 @@ pub struct Sampler {
     rng: SplitMix64,
     /// Logits after the repetition penalty (reused).
     penalized: Vec<f32>,
+    /// Logits after a constraint's mask (reused).
+    masked: Vec<f32>,
     /// The weight of every token, by id (reused).
     weights: Vec<u64>,
     /// The candidates that survive truncation, in whatever order selection leaves them (reused).
@@ -372,6 +374,7 @@ impl Sampler {
             rng: splitmix64(params.seed),
             params,
             penalized: Vec::new(),
+            masked: Vec::new(),
             weights: Vec::new(),
             work: Vec::new(),
             heap: BinaryHeap::new(),
@@ -462,6 +465,32 @@ impl Sampler {
             }
         }
         Err(ChatError::NoCandidates { len })
+    }
+}
+
+impl Sampler {
+    /// [`Sampler::sample`] among the ids set in `allowed` only (a bitset, see [`crate::constraint`]):
+    /// the others' logits become `-inf` first. An empty set is an error naming the constraint.
+    pub fn sample_masked(
+        &mut self,
+        logits: &[f32],
+        context: &[u32],
+        allowed: &[u32],
+    ) -> Result<u32> {
+        let mut masked = std::mem::take(&mut self.masked);
+        masked.clear();
+        masked.extend_from_slice(logits);
+        crate::constraint::mask_logits(&mut masked, allowed);
+        let id = if masked.iter().all(|&l| l == f32::NEG_INFINITY) {
+            Err(ChatError::Constraint(format!(
+                "the constraint allows none of the {} tokens",
+                logits.len()
+            )))
+        } else {
+            self.sample(&masked, context)
+        };
+        self.masked = masked;
+        id
     }
 }
 

@@ -1,7 +1,9 @@
 //! The per-sequence half of generation: sampling, end-of-turn ids, stop strings and streaming text.
 
 use anyhow::bail;
-use bitnet_chat::{Detokenizer, Sampler, SamplingParams, StopMatcher};
+use bitnet_chat::{
+    Detokenizer, Sampler, SamplingParams, StopMatcher, TokenConstraint, allows_only,
+};
 use bitnet_model::Session;
 use serde::Serialize;
 
@@ -63,9 +65,11 @@ pub struct Step {
 
 /// The per-sequence half of generation: sampling, end-of-turn ids, stop strings and detokenization, fed
 /// one set of logits at a time. `run`, `chat` and `serve` share it, so a sequence gives the same text
-/// whichever of them drives it.
+/// whichever of them drives it. With a [`TokenConstraint`] ([`SeqDecoder::with_constraint`]), only the
+/// ids it allows are sampled, and the sequence ends when the constraint allows nothing but end-of-text.
 pub struct SeqDecoder<'e> {
     sampler: Sampler,
+    constraint: Option<Box<dyn TokenConstraint + 'e>>,
     stops: StopMatcher,
     detok: Detokenizer<'e>,
     stop_ids: &'e [u32],
@@ -84,6 +88,7 @@ impl<'e> SeqDecoder<'e> {
     ) -> anyhow::Result<SeqDecoder<'e>> {
         Ok(SeqDecoder {
             sampler: Sampler::new(params.clone())?,
+            constraint: None,
             stops: StopMatcher::new(stops)?,
             detok: Detokenizer::new(&engine.tokenizer),
             stop_ids: &engine.stop_ids,
@@ -92,6 +97,33 @@ impl<'e> SeqDecoder<'e> {
             text: String::new(),
             done: false,
         })
+    }
+
+    /// Samples only what `constraint` allows from now on.
+    pub fn with_constraint(mut self, constraint: Box<dyn TokenConstraint + 'e>) -> SeqDecoder<'e> {
+        self.constraint = Some(constraint);
+        self
+    }
+
+    /// The next id: sampled from `logits`, or from the ids the constraint allows (`None`: the
+    /// constraint is complete and allows only end-of-text, so the sequence ends).
+    fn pick(&mut self, logits: &[f32], history: &[u32]) -> anyhow::Result<Option<u32>> {
+        let Some(c) = self.constraint.as_mut() else {
+            return Ok(Some(self.sampler.sample(logits, history)?));
+        };
+        let allowed = c.allowed()?;
+        if allows_only(allowed, self.stop_ids) {
+            let accepting = c.is_accepting();
+            if !accepting {
+                bail!("constrained decoding: the grammar allows no token here and is not complete");
+            }
+            return Ok(None);
+        }
+        let next = self.sampler.sample_masked(logits, history, allowed)?;
+        if !self.stop_ids.contains(&next) {
+            c.commit(next)?;
+        }
+        Ok(Some(next))
     }
 
     /// Samples from `logits` (the model's output after `history`, the ids in context). `room` says whether
@@ -103,7 +135,9 @@ impl<'e> SeqDecoder<'e> {
         if self.ids.len() >= self.max_tokens {
             return self.end(String::new(), StopReason::Length);
         }
-        let next = self.sampler.sample(logits, history)?;
+        let Some(next) = self.pick(logits, history)? else {
+            return self.end(String::new(), StopReason::Eos);
+        };
         if self.stop_ids.contains(&next) {
             return self.end(String::new(), StopReason::Eos);
         }

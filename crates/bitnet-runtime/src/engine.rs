@@ -272,9 +272,24 @@ impl Engine {
         cancelled: &dyn Fn() -> bool,
         emit: &mut dyn FnMut(&str) -> anyhow::Result<()>,
     ) -> anyhow::Result<Generation> {
+        let dec = SeqDecoder::new(self, params, stops)?;
+        self.generate_with(backend, session, cached, ids, dec, cancelled, emit)
+    }
+
+    /// [`Engine::generate_on`] with a decoder the caller built (one with a constraint, say).
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_with(
+        &self,
+        backend: &dyn Backend,
+        session: &mut Session,
+        cached: &mut Vec<u32>,
+        ids: &[u32],
+        mut dec: SeqDecoder<'_>,
+        cancelled: &dyn Fn() -> bool,
+        emit: &mut dyn FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Generation> {
         let common = reuse_prefix(session, cached, ids);
         let new = &ids[common..];
-        let mut dec = SeqDecoder::new(self, params, stops)?;
         let t0 = Instant::now();
         let mut logits = Vec::new();
         backend.forward_logits(session, new, &mut logits)?;

@@ -478,3 +478,29 @@ fn generation_defaults_map_onto_params() {
         SamplingParams::default()
     );
 }
+
+#[test]
+fn sample_masked_draws_only_allowed_ids() {
+    let l = logits(100, 7);
+    // Allowed: every id whose bit is set in a sparse bitset that leaves out the argmax.
+    let best = argmax(&l).unwrap();
+    let allowed_ids: Vec<u32> = (0..100).filter(|&i| i % 7 == 3 && i != best).collect();
+    let mut bits = vec![0u32; 4];
+    for &i in &allowed_ids {
+        bits[i as usize / 32] |= 1 << (i % 32);
+    }
+    let mut greedy = sampler(|p| p.temperature = 0.0);
+    let g = greedy.sample_masked(&l, &[], &bits).unwrap();
+    let expected = *allowed_ids
+        .iter()
+        .max_by(|&&a, &&b| l[a as usize].total_cmp(&l[b as usize]).then(b.cmp(&a)))
+        .unwrap();
+    assert_eq!(g, expected);
+    let mut s = sampler(|p| p.seed = 3);
+    for _ in 0..200 {
+        let id = s.sample_masked(&l, &[], &bits).unwrap();
+        assert!(allowed_ids.contains(&id), "{id} is not allowed");
+    }
+    let err = s.sample_masked(&l, &[], &[0; 4]).unwrap_err().to_string();
+    assert!(err.contains("allows none of the 100 tokens"), "{err}");
+}
