@@ -138,8 +138,8 @@ fn bad_bench_flags_are_clear_errors() {
             "--threads must be at least 1",
         ),
         (
-            vec!["bench", f, "--kernel", "neon"],
-            "unknown kernel `neon`",
+            vec!["bench", f, "--kernel", "sparc"],
+            "unknown kernel `sparc`",
         ),
         (
             vec!["bench", f, "--prompt-tokens", "100000"],
@@ -149,6 +149,15 @@ fn bad_bench_flags_are_clear_errors() {
         let o = run(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    if cfg!(target_arch = "x86_64") {
+        let o = run(&["bench", f, "--kernel", "neon"]);
+        assert_eq!(o.status.code(), Some(2));
+        let e = stderr(&o);
+        assert!(
+            e.contains("cannot run the `neon` kernels") && e.contains("it can run: "),
+            "{e}"
+        );
     }
     let o = bitnet()
         .args([

@@ -2,7 +2,7 @@
 //! second. Run with `cargo bench -p bitnet-kernels`; nothing here asserts a time.
 
 use bitnet_format::layout;
-use bitnet_kernels::dispatch::{Kernels, NAMES};
+use bitnet_kernels::dispatch::Kernels;
 use bitnet_kernels::quant::QuantizedBatch;
 use bitnet_kernels::scalar::BlockQuantized;
 use bitnet_kernels::{Bf16Matrix, Int8Matrix, TernaryMatrix, pad16};
@@ -18,11 +18,7 @@ const SHAPES: &[(usize, usize)] = &[(2560, 2560), (640, 2560), (6912, 2560), (25
 const VOCAB: usize = 128_256;
 
 fn kernel_names() -> Vec<&'static str> {
-    NAMES
-        .iter()
-        .copied()
-        .filter(|n| Kernels::supported(n))
-        .collect()
+    Kernels::available().iter().map(|k| k.name).collect()
 }
 
 fn ternary(rows: usize, cols: usize) -> Vec<u8> {

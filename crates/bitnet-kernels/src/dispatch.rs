@@ -1,8 +1,18 @@
-//! One dispatch point: the kernel set is chosen once, at model load, from the CPU's features, or forced by
-//! name (`--kernel` / `BITNET_KERNEL`) so every path can be tested on a machine that has them all.
+//! One dispatch point: every SIMD op of the crate is an entry of [`Kernels`], a table chosen once, at model
+//! load, from the CPU's features, or forced by name (`--kernel` / `BITNET_KERNEL`) so every path can be
+//! tested on a machine that has them all. Nothing else in the crate detects CPU features: the portable
+//! functions ([`scalar`], [`ops::rms_norm`], [`quant::quantize_row`], [`ops::attention`],
+//! [`pool::stream_sum`]) are the oracles, and the per-architecture builds live in `x86/` and `aarch64/`,
+//! reachable only through a table built after their features were detected.
+//!
+//! [`ops::rms_norm`]: crate::ops::rms_norm
+//! [`quant::quantize_row`]: crate::quant::quantize_row
+//! [`ops::attention`]: crate::ops::attention
+//! [`pool::stream_sum`]: crate::pool::stream_sum
 
 use std::ops::Range;
 
+use crate::ops::KvLayout;
 use crate::quant::QuantizedBatch;
 use crate::scalar::{self, BlockQuantized};
 use crate::{Bf16Matrix, Int8Matrix, TernaryMatrix};
@@ -13,11 +23,31 @@ pub type TernaryFn = fn(&TernaryMatrix<'_>, &QuantizedBatch, Range<usize>, &mut 
 pub type Int8Fn = fn(&Int8Matrix<'_>, &[BlockQuantized], Range<usize>, &mut [f32]);
 /// bf16 LM head over a row range: see [`scalar::bf16_matvec`].
 pub type Bf16Fn = fn(&Bf16Matrix<'_>, &[f32], Range<usize>, &mut [f32]);
+/// RMSNorm of one vector: see [`crate::ops::rms_norm`].
+pub type RmsNormFn = fn(&[f32], &[f32], f32, &mut [f32]);
+/// Per-token int8 quantization of one vector: see [`crate::quant::quantize_row`].
+pub type QuantizeRowFn = fn(&[f32], &mut [i8]) -> (f32, i32);
+/// Causal attention (scores, softmax, weighted sums) of one token: see [`crate::ops::attention`].
+pub type AttentionFn = fn(
+    &[f32],
+    &[f32],
+    &[f32],
+    usize,
+    usize,
+    usize,
+    usize,
+    KvLayout,
+    Range<usize>,
+    &mut [f32],
+    &mut [f32],
+) -> ();
+/// The bandwidth probe's streaming read: see [`crate::pool::stream_sum`].
+pub type StreamSumFn = fn(&[u64]) -> u64;
 
-/// A kernel set: every entry computes the same bits as the scalar oracle.
+/// A kernel set: every entry computes the same bits as the portable oracle.
 #[derive(Clone, Copy)]
 pub struct Kernels {
-    /// Its name: `scalar`, `avx2` or `avx512vnni`.
+    /// Its name, one of [`NAMES`].
     pub name: &'static str,
     /// Ternary x int8 matmul.
     pub ternary: TernaryFn,
@@ -25,6 +55,14 @@ pub struct Kernels {
     pub int8: Int8Fn,
     /// bf16 LM head.
     pub bf16: Bf16Fn,
+    /// RMSNorm.
+    pub rms_norm: RmsNormFn,
+    /// Activation quantization of one token.
+    pub quantize_row: QuantizeRowFn,
+    /// Attention of one token over a KV cache.
+    pub attention: AttentionFn,
+    /// Streaming read of the bandwidth probe.
+    pub stream_sum: StreamSumFn,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -33,77 +71,39 @@ impl std::fmt::Debug for Kernels {
     }
 }
 
-/// Every kernel set this build knows, best first. `avxvnni-evex` is `avxvnni` built with the EVEX
-/// encoding of the same instructions: never better than `avx512vnni` where it runs, it is there so that
-/// the AVX-VNNI code is tested on AVX-512 machines.
-pub const NAMES: &[&str] = &["avx512vnni", "avxvnni", "avxvnni-evex", "avx2", "scalar"];
+/// Every kernel set this crate knows, on any architecture, best first. `avxvnni-evex` is `avxvnni` built
+/// with the EVEX encoding of the same instructions: never better than `avx512vnni` where it runs, it is
+/// there so that the AVX-VNNI code is tested on AVX-512 machines.
+pub const NAMES: &[&str] = &[
+    "avx512vnni",
+    "avxvnni",
+    "avxvnni-evex",
+    "avx2",
+    "i8mm",
+    "dotprod",
+    "neon",
+    "scalar",
+];
 
-#[cfg(target_arch = "x86_64")]
-mod wrap {
-    use super::*;
-    use crate::x86;
+/// Calls into SIMD code through a [`Kernels`] table, counted in builds with debug assertions (tests).
+#[cfg(debug_assertions)]
+static SIMD_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-    // SAFETY (all wrappers): a `Kernels` holding these is only built by `Kernels::by_name` after
-    // `is_x86_feature_detected!` confirmed the features the wrapped function enables.
-    pub fn ternary_avx512(
-        m: &TernaryMatrix<'_>,
-        x: &QuantizedBatch,
-        t: Range<usize>,
-        o: &mut [f32],
-        s: usize,
-    ) {
-        // SAFETY: see the module note: avx512f, avx512bw and avx512vnni were detected.
-        unsafe { x86::ternary_matmul_avx512vnni(m, x, t, o, s) }
-    }
-    pub fn ternary_avx2(
-        m: &TernaryMatrix<'_>,
-        x: &QuantizedBatch,
-        t: Range<usize>,
-        o: &mut [f32],
-        s: usize,
-    ) {
-        // SAFETY: see the module note: avx2 was detected.
-        unsafe { x86::ternary_matmul_avx2(m, x, t, o, s) }
-    }
-    pub fn ternary_avxvnni(
-        m: &TernaryMatrix<'_>,
-        x: &QuantizedBatch,
-        t: Range<usize>,
-        o: &mut [f32],
-        s: usize,
-    ) {
-        // SAFETY: see the module note: avx2 and avxvnni were detected.
-        unsafe { x86::ternary_matmul_avxvnni(m, x, t, o, s) }
-    }
-    pub fn ternary_avxvnni_evex(
-        m: &TernaryMatrix<'_>,
-        x: &QuantizedBatch,
-        t: Range<usize>,
-        o: &mut [f32],
-        s: usize,
-    ) {
-        // SAFETY: see the module note: avx2, avx512f, avx512vl and avx512vnni were detected.
-        unsafe { x86::ternary_matmul_avxvnni_evex(m, x, t, o, s) }
-    }
-    pub fn int8_avx512(m: &Int8Matrix<'_>, x: &[BlockQuantized], r: Range<usize>, o: &mut [f32]) {
-        // SAFETY: see the module note: avx512f, avx512bw and avx512vnni were detected.
-        unsafe { x86::int8_matmul_avx512vnni(m, x, r, o) }
-    }
-    pub fn int8_avx2(m: &Int8Matrix<'_>, x: &[BlockQuantized], r: Range<usize>, o: &mut [f32]) {
-        let w = r.len().max(1);
-        for (x, o) in x.iter().zip(o.chunks_mut(w)) {
-            // SAFETY: see the module note: avx2 was detected.
-            unsafe { x86::int8_matvec_avx2(m, x, r.clone(), o) }
-        }
-    }
-    pub fn bf16_avx512(m: &Bf16Matrix<'_>, x: &[f32], r: Range<usize>, o: &mut [f32]) {
-        // SAFETY: see the module note: avx512f, avx512bw and avx2 were detected.
-        unsafe { x86::bf16_matvec_avx512(m, x, r, o) }
-    }
-    pub fn bf16_avx2(m: &Bf16Matrix<'_>, x: &[f32], r: Range<usize>, o: &mut [f32]) {
-        // SAFETY: see the module note: avx2 was detected.
-        unsafe { x86::bf16_matvec_avx2(m, x, r, o) }
-    }
+/// Counts one call into a SIMD build (nothing in release builds).
+#[inline(always)]
+pub(crate) fn count_simd_call() {
+    #[cfg(debug_assertions)]
+    SIMD_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many times any thread entered a SIMD build through a [`Kernels`] table since the process
+/// started; `None` in builds without debug assertions, which do not count. Tests use it to check that
+/// the `scalar` set runs no SIMD code.
+pub fn simd_calls() -> Option<u64> {
+    #[cfg(debug_assertions)]
+    return Some(SIMD_CALLS.load(std::sync::atomic::Ordering::Relaxed));
+    #[cfg(not(debug_assertions))]
+    None
 }
 
 impl Kernels {
@@ -114,33 +114,32 @@ impl Kernels {
             ternary: scalar::ternary_matmul,
             int8: scalar::int8_matmul,
             bf16: scalar::bf16_matvec,
+            rms_norm: crate::ops::rms_norm,
+            quantize_row: crate::quant::quantize_row,
+            attention: crate::ops::attention,
+            stream_sum: crate::pool::stream_sum,
         }
     }
 
     /// Whether this CPU can run the kernel set `name`.
     pub fn supported(name: &str) -> bool {
-        match name {
-            "scalar" => true,
-            #[cfg(target_arch = "x86_64")]
-            "avx2" => is_x86_feature_detected!("avx2"),
-            #[cfg(target_arch = "x86_64")]
-            "avx512vnni" => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vnni")
-                    && is_x86_feature_detected!("avx2")
-            }
-            #[cfg(target_arch = "x86_64")]
-            "avxvnni" => is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2"),
-            #[cfg(target_arch = "x86_64")]
-            "avxvnni-evex" => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512vnni")
-                    && is_x86_feature_detected!("avx2")
-            }
-            _ => false,
+        Self::build(name).is_some()
+    }
+
+    /// The set `name` if this CPU runs it: the only place the SIMD tables are made.
+    fn build(name: &str) -> Option<Kernels> {
+        if name == "scalar" {
+            return Some(Self::scalar());
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = crate::x86::kernels(name) {
+            return Some(k);
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(k) = crate::aarch64::kernels(name) {
+            return Some(k);
+        }
+        None
     }
 
     /// The kernel set `name`, or why it cannot run here.
@@ -151,55 +150,44 @@ impl Kernels {
                 NAMES.join(", ")
             ));
         }
-        if !Self::supported(name) {
-            let have: Vec<&str> = NAMES
-                .iter()
-                .copied()
-                .filter(|n| Self::supported(n))
-                .collect();
-            return Err(format!(
+        Self::build(name).ok_or_else(|| {
+            let have: Vec<&str> = Self::available().iter().map(|k| k.name).collect();
+            format!(
                 "this CPU cannot run the `{name}` kernels; it can run: {}",
                 have.join(", ")
-            ));
-        }
-        Ok(match name {
-            #[cfg(target_arch = "x86_64")]
-            "avx512vnni" => Kernels {
-                name: "avx512vnni",
-                ternary: wrap::ternary_avx512,
-                int8: wrap::int8_avx512,
-                bf16: wrap::bf16_avx512,
-            },
-            #[cfg(target_arch = "x86_64")]
-            "avxvnni" => Kernels {
-                name: "avxvnni",
-                ternary: wrap::ternary_avxvnni,
-                int8: wrap::int8_avx2,
-                bf16: wrap::bf16_avx2,
-            },
-            #[cfg(target_arch = "x86_64")]
-            "avxvnni-evex" => Kernels {
-                name: "avxvnni-evex",
-                ternary: wrap::ternary_avxvnni_evex,
-                int8: wrap::int8_avx2,
-                bf16: wrap::bf16_avx2,
-            },
-            #[cfg(target_arch = "x86_64")]
-            "avx2" => Kernels {
-                name: "avx2",
-                ternary: wrap::ternary_avx2,
-                int8: wrap::int8_avx2,
-                bf16: wrap::bf16_avx2,
-            },
-            _ => Self::scalar(),
+            )
         })
+    }
+
+    /// Every kernel set this CPU runs, best first (`scalar` last, always there).
+    ///
+    /// With `BITNET_EXPECT_KERNELS` set (a comma list of names, as CI sets it for its machines), any
+    /// difference from that list panics: a test looping over the available sets then cannot pass by
+    /// skipping a set the machine was meant to exercise, nor an emulated CPU claim more than it should.
+    pub fn available() -> Vec<Kernels> {
+        let sets: Vec<Kernels> = NAMES.iter().filter_map(|n| Self::build(n)).collect();
+        if let Ok(expect) = std::env::var("BITNET_EXPECT_KERNELS") {
+            let mut want: Vec<&str> = expect
+                .split(',')
+                .map(str::trim)
+                .filter(|w| !w.is_empty())
+                .collect();
+            let mut have: Vec<&str> = sets.iter().map(|k| k.name).collect();
+            want.sort_unstable();
+            have.sort_unstable();
+            assert_eq!(
+                have, want,
+                "this CPU's kernel sets differ from BITNET_EXPECT_KERNELS"
+            );
+        }
+        sets
     }
 
     /// The best kernel set this CPU runs.
     pub fn detect() -> Kernels {
         NAMES
             .iter()
-            .find_map(|n| Self::by_name(n).ok())
+            .find_map(|n| Self::build(n))
             .unwrap_or_else(Self::scalar)
     }
 
@@ -211,5 +199,24 @@ impl Kernels {
             }
             _ => Ok(Self::detect()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn available_sets_are_the_supported_names_best_first() {
+        let sets = Kernels::available();
+        let names: Vec<&str> = sets.iter().map(|k| k.name).collect();
+        let want: Vec<&str> = NAMES
+            .iter()
+            .copied()
+            .filter(|n| Kernels::supported(n))
+            .collect();
+        assert_eq!(names, want);
+        assert_eq!(names.last(), Some(&"scalar"));
+        assert_eq!(Kernels::detect().name, names[0]);
     }
 }

@@ -8,6 +8,8 @@
 //! 2. [`scalar`]: the reference kernels (ternary matmul, int8 and bf16 LM heads); the oracle that every
 //!    optimized kernel must match bit for bit.
 //! 3. [`ops`]: RMSNorm, RoPE, attention over a KV cache, activations.
+//! 4. [`Kernels`] ([`dispatch`]): the one table of every SIMD op, chosen once at load; the per-architecture
+//!    builds live in `x86/` and `aarch64/`, one file per op, and match the portable code bit for bit.
 //!
 //! Shapes: a weight matrix is `[rows, cols]` (rows = outputs); a batch of `n` token vectors is row-major
 //! `[n, dim]`.
@@ -15,6 +17,8 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod dispatch;
 pub mod ops;
 pub mod pool;

@@ -5,62 +5,34 @@ mod attention;
 pub use attention::{
     ATTN_GROUP, KvLayout, attention, attention_body, mix_portable, scores_portable,
 };
+pub(crate) use attention::{mix_body, scores_each};
 
 /// Lanes of the f64 sum of squares in [`rms_norm`].
-const NORM_LANES: usize = 16;
+pub(crate) const NORM_LANES: usize = 16;
 
-/// RMSNorm as transformers computes it in f32: `x / sqrt(mean(x^2) + eps) * weight`.
+/// RMSNorm as transformers computes it in f32: `x / sqrt(mean(x^2) + eps) * weight`; the portable
+/// definition that every build of [`Kernels::rms_norm`](crate::Kernels) matches bit for bit.
 ///
 /// The sum of squares is accumulated in f64 (every square of an f32 is exact there) and rounded once
 /// (close to PyTorch's pairwise f32 sum), in a fixed order so that it vectorizes: lane `j` of 16 sums the
 /// elements `i = j (mod 16)` in order, the lanes are added in the canonical halving order (8, 4, 2, 1),
-/// then the tail in order. On a CPU with AVX-512 or AVX2 the same code runs compiled for it: the same
-/// operations in the same order, the same bits.
+/// then the tail in order. The SIMD builds run the same operations in the same order on wider vectors.
+#[inline(always)]
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F was just detected.
-            return unsafe { rms_norm_avx512(x, weight, eps, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 was just detected.
-            return unsafe { rms_norm_avx2(x, weight, eps, out) };
-        }
-    }
-    rms_norm_body(x, weight, eps, out)
-}
-
-/// [`rms_norm`] in AVX-512 intrinsics: lanes 0-7 and 8-15 of the f64 sum in two registers (the compiler
-/// kept the portable body's lanes in 128-bit pieces), the same halving reduction, then the portable scale.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn rms_norm_avx512(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    use std::arch::x86_64::*;
+    let mut lanes = [0f64; NORM_LANES];
     let (chunks, tail) = x.as_chunks::<NORM_LANES>();
-    let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
     for c in chunks {
-        // SAFETY: `c` holds 16 f32 (two halves of 8).
-        let (a, b) = unsafe {
-            (
-                _mm512_cvtps_pd(_mm256_loadu_ps(c.as_ptr())),
-                _mm512_cvtps_pd(_mm256_loadu_ps(c.as_ptr().add(8))),
-            )
-        };
-        lo = _mm512_add_pd(lo, _mm512_mul_pd(a, a));
-        hi = _mm512_add_pd(hi, _mm512_mul_pd(b, b));
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += (v as f64) * (v as f64);
+        }
     }
-    // Width 8 done in registers: lane i + 8 into lane i.
-    let mut lanes = [0f64; 8];
-    // SAFETY: `lanes` holds 8 f64.
-    unsafe { _mm512_storeu_pd(lanes.as_mut_ptr(), _mm512_add_pd(lo, hi)) };
     rms_norm_finish(&mut lanes, tail, x, weight, eps, out)
 }
 
 /// The rest of [`rms_norm`] from lane sums: halve the lanes down to one (adding lane `i + w` to lane
 /// `i`), add the tail's squares in order, and scale.
 #[inline(always)]
-fn rms_norm_finish(
+pub(crate) fn rms_norm_finish(
     lanes: &mut [f64],
     tail: &[f32],
     x: &[f32],
@@ -83,26 +55,6 @@ fn rms_norm_finish(
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = w * (v * r);
     }
-}
-
-/// [`rms_norm`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn rms_norm_avx2(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    rms_norm_body(x, weight, eps, out)
-}
-
-/// The portable body of [`rms_norm`].
-#[inline(always)]
-pub fn rms_norm_body(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let mut lanes = [0f64; NORM_LANES];
-    let (chunks, tail) = x.as_chunks::<NORM_LANES>();
-    for c in chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l += (v as f64) * (v as f64);
-        }
-    }
-    rms_norm_finish(&mut lanes, tail, x, weight, eps, out)
 }
 
 /// Rotary embedding tables for one position: `cos` and `sin` of `pos * inv_freq[i]`, for `i < head_dim / 2`.

@@ -213,25 +213,25 @@ impl<'a, T> SharedMut<'a, T> {
     }
 }
 
-/// Sums a buffer as fast as this CPU streams memory.
-fn stream_sum(part: &[u64]) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected.
-        return unsafe { crate::x86::stream_sum_avx2(part) };
-    }
+/// The wrapping sum of a buffer, in 8 independent lanes: the portable build of the bandwidth probe's
+/// streaming read ([`Kernels::stream_sum`](crate::Kernels)).
+pub fn stream_sum(part: &[u64]) -> u64 {
     let mut acc = [0u64; 8];
-    for c in part.chunks_exact(8) {
+    let (chunks, tail) = part.as_chunks::<8>();
+    for c in chunks {
         for i in 0..8 {
             acc[i] = acc[i].wrapping_add(c[i]);
         }
     }
-    acc.iter().fold(0u64, |s, v| s.wrapping_add(*v))
+    // The tail too (the probe used to drop it; as the oracle of the SIMD builds it must not).
+    tail.iter()
+        .chain(&acc)
+        .fold(0u64, |s, v| s.wrapping_add(*v))
 }
 
 /// Streaming-read bandwidth of this machine on `pool`'s threads, in bytes per second: the best of `passes`
-/// reads of a `bytes`-long buffer, each thread summing its contiguous share.
-pub fn read_bandwidth(pool: &Pool, bytes: usize, passes: usize) -> f64 {
+/// reads of a `bytes`-long buffer, each thread summing its contiguous share with `kernels`' streaming read.
+pub fn read_bandwidth(pool: &Pool, kernels: &crate::Kernels, bytes: usize, passes: usize) -> f64 {
     let words = (bytes / 8).max(pool.threads() * 64);
     let buf: Vec<u64> = (0..words as u64).collect();
     let threads = pool.threads();
@@ -240,7 +240,7 @@ pub fn read_bandwidth(pool: &Pool, bytes: usize, passes: usize) -> f64 {
         let start = std::time::Instant::now();
         pool.run(&|tid| {
             let part = &buf[Pool::split(words, threads, tid, 16)];
-            std::hint::black_box(stream_sum(part));
+            std::hint::black_box((kernels.stream_sum)(part));
         });
         best = best.min(start.elapsed().as_secs_f64());
     }
@@ -249,8 +249,13 @@ pub fn read_bandwidth(pool: &Pool, bytes: usize, passes: usize) -> f64 {
 
 /// Bytes per second at which `pool`'s threads stream-read `parts` (each split evenly across the threads):
 /// the best of `passes`. Measuring on the very bytes a decoded token reads (a model's weights, mapped from
-/// the page cache) gives that token's memory roof.
-pub fn read_bandwidth_of(pool: &Pool, parts: &[&[u8]], passes: usize) -> f64 {
+/// the page cache) gives that token's memory roof. Each thread sums with `kernels`' streaming read.
+pub fn read_bandwidth_of(
+    pool: &Pool,
+    kernels: &crate::Kernels,
+    parts: &[&[u8]],
+    passes: usize,
+) -> f64 {
     let threads = pool.threads();
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut best = f64::INFINITY;
@@ -262,7 +267,7 @@ pub fn read_bandwidth_of(pool: &Pool, parts: &[&[u8]], passes: usize) -> f64 {
                 // SAFETY: every bit pattern is a valid u64; `align_to` only reinterprets the aligned middle.
                 let (head, words, tail) = unsafe { part.align_to::<u64>() };
                 let mine = &words[Pool::split(words.len(), threads, tid, 16)];
-                sum = sum.wrapping_add(stream_sum(mine));
+                sum = sum.wrapping_add((kernels.stream_sum)(mine));
                 if tid == 0 {
                     sum = head
                         .iter()

@@ -58,93 +58,13 @@ impl QuantizedBatch {
 const QUANT_LANES: usize = 16;
 
 /// Quantizes one token vector into `q` (same length); returns the scale `a` and the sum of the values.
+/// The portable definition that every build of [`Kernels::quantize_row`](crate::Kernels) matches bit for
+/// bit.
 ///
 /// The maximum and the integer sum do not depend on the order of the elements, so the body runs in 16
-/// lanes and, on a CPU with AVX-512 or AVX2, compiled for it: the same bits everywhere.
-pub fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
-            // SAFETY: AVX-512F and BW were just detected.
-            return unsafe { quantize_row_avx512(x, q) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 was just detected.
-            return unsafe { quantize_row_avx2(x, q) };
-        }
-    }
-    quantize_row_body(x, q)
-}
-
-/// [`quantize_row`] in AVX-512 intrinsics (the compiler scalarizes the saturating conversions of the
-/// portable body): the same operations on 16 lanes, NaN mapped to 0 as `as i32` does.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_row_avx512(x: &[f32], q: &mut [i8]) -> (f32, i32) {
-    use std::arch::x86_64::*;
-    let q = &mut q[..x.len()];
-    let (chunks, tail) = x.as_chunks::<16>();
-    let abs = _mm512_set1_epi32(0x7fff_ffff);
-    let mut m = _mm512_setzero_ps();
-    for c in chunks {
-        // SAFETY: `c` holds 16 f32.
-        let v = unsafe { _mm512_loadu_ps(c.as_ptr()) };
-        let v = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs));
-        // maxps returns its second operand when either is NaN: NaN is skipped, as f32::max does.
-        m = _mm512_max_ps(v, m);
-    }
-    let mut lanes = [0f32; 16];
-    // SAFETY: `lanes` holds 16 f32.
-    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), m) };
-    let amax = tail
-        .iter()
-        .fold(lanes.iter().fold(0f32, |m, &v| m.max(v)), |m, v| {
-            m.max(v.abs())
-        });
-    let a = 127.0f32 / amax.max(1e-5);
-    let (va, lo, hi, top) = (
-        _mm512_set1_ps(a),
-        _mm512_set1_ps(-128.0),
-        _mm512_set1_ps(128.0),
-        _mm512_set1_ps(127.0),
-    );
-    let magic = _mm512_set1_ps(12_582_912.0);
-    let mut sum = _mm512_setzero_si512();
-    let (qc, qt) = q.as_chunks_mut::<16>();
-    for (o, c) in qc.iter_mut().zip(chunks) {
-        // SAFETY: `c` holds 16 f32 and `o` 16 bytes.
-        unsafe {
-            let y = _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), va);
-            let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y);
-            let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
-            let r = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
-            let i = _mm512_maskz_mov_epi32(ok, _mm512_cvttps_epi32(_mm512_min_ps(r, top)));
-            sum = _mm512_add_epi32(sum, i);
-            _mm_storeu_si128(o.as_mut_ptr() as *mut _, _mm512_cvtepi32_epi8(i));
-        }
-    }
-    let mut sum = _mm512_reduce_add_epi32(sum);
-    let one = |v: f32| round_half_even((v * a).clamp(-128.0, 128.0)).clamp(-128.0, 127.0) as i32;
-    for (o, &v) in qt.iter_mut().zip(tail) {
-        let r = one(v);
-        *o = r as i8;
-        sum += r;
-    }
-    (a, sum)
-}
-
-/// [`quantize_row`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn quantize_row_avx2(x: &[f32], q: &mut [i8]) -> (f32, i32) {
-    quantize_row_body(x, q)
-}
-
-/// The portable body of [`quantize_row`].
+/// lanes (it vectorizes), and the SIMD builds compute the same bits.
 #[inline(always)]
-pub fn quantize_row_body(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+pub fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let q = &mut q[..x.len()];
     let (chunks, tail) = x.as_chunks::<QUANT_LANES>();
     let mut lanes = [0f32; QUANT_LANES];
@@ -207,7 +127,7 @@ mod tests {
     }
 
     #[test]
-    fn every_build_equals_the_sequential_definition() {
+    fn every_kernel_set_equals_the_sequential_definition() {
         let mut x: Vec<f32> = (0..300)
             .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0137 * (1 + i % 7) as f32)
             .collect();
@@ -218,26 +138,7 @@ mod tests {
         garbage[5] = f32::NAN;
         garbage[20] = f32::INFINITY;
         garbage[290] = f32::NAN;
-        type Build = Box<dyn Fn(&[f32], &mut [i8]) -> (f32, i32)>;
-        let mut builds: Vec<(&str, Build)> = vec![
-            ("dispatch", Box::new(quantize_row)),
-            ("portable", Box::new(quantize_row_body)),
-        ];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
-            // SAFETY: AVX-512F and BW were just detected.
-            builds.push((
-                "avx512",
-                Box::new(|x, q| unsafe { quantize_row_avx512(x, q) }),
-            ));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 was just detected.
-            builds.push(("avx2", Box::new(|x, q| unsafe { quantize_row_avx2(x, q) })));
-        }
+        let sets = crate::Kernels::available();
         for (x, n) in [1, 2, 15, 16, 17, 33, 100, 255, 300]
             .into_iter()
             .map(|n| (&x, n))
@@ -245,10 +146,10 @@ mod tests {
         {
             let mut want = vec![0i8; n];
             let w = sequential(&x[..n], &mut want);
-            for (name, build) in &builds {
+            for k in &sets {
                 let mut got = vec![0i8; n];
-                assert_eq!(build(&x[..n], &mut got), w, "{name}, length {n}");
-                assert_eq!(got, want, "{name}, length {n}");
+                assert_eq!((k.quantize_row)(&x[..n], &mut got), w, "{k:?}, length {n}");
+                assert_eq!(got, want, "{k:?}, length {n}");
             }
         }
     }

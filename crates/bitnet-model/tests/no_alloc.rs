@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bitnet_format::BitnetFile;
 use bitnet_kernels::Kernels;
-use bitnet_kernels::dispatch::NAMES;
 use bitnet_model::{Backend, PackedModel, argmax};
 
 struct Counting;
@@ -53,11 +52,11 @@ fn decode_steps_allocate_nothing() {
         )
         .unwrap();
         let file = Arc::new(BitnetFile::open(&out).unwrap());
-        for k in NAMES
-            .iter()
-            .filter(|n| **n != "scalar" && Kernels::supported(n))
+        for k in Kernels::available()
+            .into_iter()
+            .filter(|k| k.name != "scalar")
         {
-            let m = PackedModel::load_with(file.clone(), Kernels::by_name(k).unwrap(), 2).unwrap();
+            let m = PackedModel::load_with(file.clone(), k, 2).unwrap();
             let mut s = m.session(64);
             let mut logits = Vec::new();
             m.forward_logits(&mut s, &[1, 2, 3, 4, 5], &mut logits)
@@ -73,7 +72,7 @@ fn decode_steps_allocate_nothing() {
                 m.forward_logits(&mut s, &[next], &mut logits).unwrap();
             }
             let n = ALLOCATIONS.load(Ordering::SeqCst) - before;
-            assert_eq!(n, 0, "{head:?} {k}: {n} allocations in 20 decode steps");
+            assert_eq!(n, 0, "{head:?} {k:?}: {n} allocations in 20 decode steps");
         }
     }
 }

@@ -189,7 +189,6 @@ fn int8_head_stays_close_to_the_exact_head() {
 #[test]
 fn every_kernel_set_and_thread_count_gives_the_same_bits() {
     use bitnet_kernels::Kernels;
-    use bitnet_kernels::dispatch::NAMES;
     let tmp = tempfile::tempdir().unwrap();
     for name in FIXTURES {
         for head in [bitnet_convert::LmHead::Exact, bitnet_convert::LmHead::Int8] {
@@ -217,16 +216,16 @@ fn every_kernel_set_and_thread_count_gives_the_same_bits() {
                 (all, greedy(&m, ids, 8).unwrap())
             };
             let (want, want_greedy) = run(Kernels::scalar(), 1);
-            for k in NAMES.iter().filter(|n| Kernels::supported(n)) {
+            for k in Kernels::available() {
                 for threads in [1, 2, 3] {
-                    let (got, got_greedy) = run(Kernels::by_name(k).unwrap(), threads);
+                    let (got, got_greedy) = run(k, threads);
                     assert!(
                         want.iter()
                             .zip(&got)
                             .all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{name} {head:?} {k} x{threads}"
+                        "{name} {head:?} {k:?} x{threads}"
                     );
-                    assert_eq!(want_greedy, got_greedy, "{name} {head:?} {k} x{threads}");
+                    assert_eq!(want_greedy, got_greedy, "{name} {head:?} {k:?} x{threads}");
                 }
             }
         }
@@ -236,15 +235,14 @@ fn every_kernel_set_and_thread_count_gives_the_same_bits() {
 #[test]
 fn a_batched_decode_step_gives_each_sequence_its_solo_bits() {
     use bitnet_kernels::Kernels;
-    use bitnet_kernels::dispatch::NAMES;
     let tmp = tempfile::tempdir().unwrap();
     let name = "bitnet-tiny-untied-sharded";
     let (prompts, _) = expected(name);
     for head in [bitnet_convert::LmHead::Exact, bitnet_convert::LmHead::Int8] {
         let base = load(name, tmp.path(), head);
         let file = Arc::new(BitnetFile::open(base.file().path().unwrap()).unwrap());
-        for k in NAMES.iter().filter(|n| Kernels::supported(n)) {
-            let m = PackedModel::load_with(file.clone(), Kernels::by_name(k).unwrap(), 2).unwrap();
+        for k in Kernels::available() {
+            let m = PackedModel::load_with(file.clone(), k, 2).unwrap();
             // Sequences of different lengths (so different positions), some sharing a prefix.
             let prompts: Vec<Vec<u32>> = (0..5)
                 .map(|i| prompts[i % prompts.len()][..3 + 2 * i].to_vec())
@@ -274,7 +272,7 @@ fn a_batched_decode_step_gives_each_sequence_its_solo_bits() {
                     want.iter()
                         .zip(got)
                         .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "{head:?} {k}: sequence {i} differs batched"
+                    "{head:?} {k:?}: sequence {i} differs batched"
                 );
                 assert_eq!(sessions[i].pos, prompts[i].len() + 1);
             }
@@ -285,14 +283,13 @@ fn a_batched_decode_step_gives_each_sequence_its_solo_bits() {
 #[test]
 fn prompts_prefilled_together_with_decoding_sequences_give_their_solo_bits() {
     use bitnet_kernels::Kernels;
-    use bitnet_kernels::dispatch::NAMES;
     let tmp = tempfile::tempdir().unwrap();
     let name = "bitnet-llama3-tiny";
     let (prompts, _) = expected(name);
     let base = load(name, tmp.path(), bitnet_convert::LmHead::Int8);
     let file = Arc::new(BitnetFile::open(base.file().path().unwrap()).unwrap());
-    for k in NAMES.iter().filter(|n| Kernels::supported(n)) {
-        let m = PackedModel::load_with(file.clone(), Kernels::by_name(k).unwrap(), 2).unwrap();
+    for k in Kernels::available() {
+        let m = PackedModel::load_with(file.clone(), k, 2).unwrap();
         let p: Vec<u32> = prompts.concat();
         // Two sequences already holding a prefix (they decode one token), two starting their prompts
         // (chunks of 5 and 11 tokens: both kernel paths, ragged token blocks).
@@ -321,7 +318,7 @@ fn prompts_prefilled_together_with_decoding_sequences_give_their_solo_bits() {
                 want.iter()
                     .zip(&batched[i * v..(i + 1) * v])
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{k}: sequence {i} differs in the mixed batch"
+                "{k:?}: sequence {i} differs in the mixed batch"
             );
             assert_eq!(sessions[i].pos, cut[i] + take[i]);
         }

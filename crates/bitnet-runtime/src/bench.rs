@@ -267,7 +267,7 @@ pub fn bench_packed(
         t0.elapsed().as_secs_f64()
     );
     // The roof: how fast these threads stream exactly the weights a decoded token reads, from the map.
-    let bandwidth = read_bandwidth_of(&Pool::new(threads), &model.decode_bytes(), 12);
+    let bandwidth = read_bandwidth_of(&Pool::new(threads), &kernels, &model.decode_bytes(), 12);
     reset_peak_rss();
     let (mut pre, mut dec) = time_runs(&model, o)?;
     let (pre_spread, dec_spread) = (spread(&pre), spread(&dec));
@@ -346,7 +346,7 @@ pub fn bench_reference(
     };
     let load_s = t0.elapsed().as_secs_f64();
     let threads = rayon::current_num_threads();
-    let bandwidth = read_bandwidth(&Pool::new(threads), 1 << 30, 5);
+    let bandwidth = read_bandwidth(&Pool::new(threads), &Kernels::detect(), 1 << 30, 5);
     reset_peak_rss();
     let (mut pre, mut dec) = time_runs(&model, o)?;
     let (pre_spread, dec_spread) = (spread(&pre), spread(&dec));

@@ -127,7 +127,7 @@ pub fn cpu_features() -> Vec<&'static str> {
 pub fn report(version: &str) -> anyhow::Result<Report> {
     let chosen = Kernels::from_env().map_err(|e| anyhow::anyhow!(e))?;
     let threads = cores();
-    let bandwidth = read_bandwidth(&Pool::new(threads), 256 << 20, 3);
+    let bandwidth = read_bandwidth(&Pool::new(threads), &chosen, 256 << 20, 3);
     let available = meminfo("MemAvailable");
     let env = bitnet_hub::HubEnv::from_process();
     let families = bitnet_model::synthetic::NAMES

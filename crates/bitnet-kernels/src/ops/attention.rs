@@ -1,13 +1,9 @@
-//! Causal attention over a KV cache: the portable code and its AVX2 build here, the AVX-512 build in
-//! [`avx512`]; every build gives the portable bits.
+//! Causal attention over a KV cache: the portable definition here (scores, softmax, weighted sums), the
+//! SIMD builds under `x86/` and `aarch64/`, each behind [`Kernels::attention`](crate::Kernels); every
+//! build gives the portable bits.
 
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 #[cfg(test)]
 mod tests;
-
-#[cfg(target_arch = "x86_64")]
-use avx512::attention_avx512;
 
 use super::{dot, exp, sum};
 
@@ -51,9 +47,9 @@ pub const ATTN_GROUP: usize = 4;
 ///
 /// The query heads that share a kv head go through its cached rows together (up to [`ATTN_GROUP`] at a
 /// time), so a long context's keys and values are read from memory once per kv head, not once per query
-/// head. Each head's arithmetic is fixed by the portable code (one position at a time, in order), and on
-/// a CPU with AVX-512 or AVX2 the same operations run in the same order on wider vectors, without fused
-/// multiply-add: the same bits.
+/// head. Each head's arithmetic is fixed by this portable code (one position at a time, in order); the
+/// SIMD builds run the same operations in the same order on wider vectors, without fused multiply-add:
+/// the same bits.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
@@ -68,24 +64,6 @@ pub fn attention(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F was just detected.
-        return unsafe {
-            attention_avx512(
-                q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, kv, heads, scores, out,
-            )
-        };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected.
-        return unsafe {
-            attention_avx2(
-                q, keys, values, n_ctx, n_heads, n_kv_heads, head_dim, kv, heads, scores, out,
-            )
-        };
-    }
     attention_body(
         q,
         keys,
@@ -122,7 +100,7 @@ pub fn scores_portable(
 /// [`scores_portable`] with the given dot product.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn scores_each(
+pub(crate) fn scores_each(
     qs: &[f32],
     nq: usize,
     keys: &[f32],
@@ -161,7 +139,14 @@ pub fn mix_portable(
 
 /// The body of [`mix_portable`], inlined into each build.
 #[inline(always)]
-fn mix_body(w: &[f32], nq: usize, values: &[f32], kv_dim: usize, voff: usize, out: &mut [f32]) {
+pub(crate) fn mix_body(
+    w: &[f32],
+    nq: usize,
+    values: &[f32],
+    kv_dim: usize,
+    voff: usize,
+    out: &mut [f32],
+) {
     let n = w.len() / nq;
     let hd = out.len() / nq;
     if hd == 0 {
@@ -252,77 +237,4 @@ pub fn attention_body(
         mix(sc, nq, values, kv.pos_stride, kvh * kv.head_stride, o);
         h = end;
     }
-}
-
-/// [`attention`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attention_avx2(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    n_ctx: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    kv: KvLayout,
-    heads: std::ops::Range<usize>,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let d = |a: &[f32], b: &[f32]| {
-        // SAFETY: this function runs only where AVX2 was detected, so its callees may use it.
-        unsafe { dot_avx2(a, b) }
-    };
-    let score = |qs: &[f32], nq: usize, k: &[f32], kd: usize, ko: usize, sc: f32, s: &mut [f32]| {
-        scores_each(qs, nq, k, kd, ko, sc, s, d)
-    };
-    attention_body(
-        q,
-        keys,
-        values,
-        n_ctx,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        kv,
-        heads,
-        scores,
-        out,
-        score,
-        |w: &[f32], nq: usize, v: &[f32], kd: usize, vo: usize, o: &mut [f32]| {
-            mix_body(w, nq, v, kd, vo, o)
-        },
-    )
-}
-
-/// [`dot`] with 256-bit vectors: lanes 0-7 and 8-15 in two registers, multiply then add (no FMA), the
-/// same canonical reduction and tail: the same bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let full = n / 16 * 16;
-    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for c in (0..full).step_by(16) {
-        // SAFETY: c + 16 <= full <= the length of both slices.
-        unsafe {
-            let (pa, pb) = (a.as_ptr().add(c), b.as_ptr().add(c));
-            lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb)));
-            hi = _mm256_add_ps(
-                hi,
-                _mm256_mul_ps(_mm256_loadu_ps(pa.add(8)), _mm256_loadu_ps(pb.add(8))),
-            );
-        }
-    }
-    let mut lanes = [0f32; 16];
-    // SAFETY: `lanes` holds 16 f32.
-    unsafe {
-        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
-        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
-    }
-    let tail: f32 = a[full..n].iter().zip(&b[full..n]).map(|(x, y)| x * y).sum();
-    crate::scalar::reduce_lanes(lanes) + tail
 }

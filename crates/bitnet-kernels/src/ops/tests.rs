@@ -12,7 +12,7 @@ fn rope_rotates_pairs_half_apart() {
 }
 
 #[test]
-fn every_build_of_rms_norm_gives_the_portable_bits() {
+fn every_kernel_set_of_rms_norm_gives_the_portable_bits() {
     let x: Vec<f32> = (0..300)
         .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 1.37e-3 * (1 + i % 5) as f32)
         .collect();
@@ -26,23 +26,11 @@ fn every_build_of_rms_norm_gives_the_portable_bits() {
     };
     for n in [1, 2, 15, 16, 17, 31, 64, 100, 257, 300] {
         let mut want = vec![0f32; n];
-        rms_norm_body(&x[..n], &w[..n], 1e-5, &mut want);
-        let mut got = vec![0f32; n];
-        rms_norm(&x[..n], &w[..n], 1e-5, &mut got);
-        same(&want, &got, "dispatch");
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            got.fill(0.0);
-            // SAFETY: AVX-512F was just detected.
-            unsafe { rms_norm_avx512(&x[..n], &w[..n], 1e-5, &mut got) };
-            same(&want, &got, "avx512");
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            got.fill(0.0);
-            // SAFETY: AVX2 was just detected.
-            unsafe { rms_norm_avx2(&x[..n], &w[..n], 1e-5, &mut got) };
-            same(&want, &got, "avx2");
+        rms_norm(&x[..n], &w[..n], 1e-5, &mut want);
+        for k in crate::Kernels::available() {
+            let mut got = vec![f32::NAN; n];
+            (k.rms_norm)(&x[..n], &w[..n], 1e-5, &mut got);
+            same(&want, &got, k.name);
         }
         // The fixed lane order stays within an f32 rounding of the sequential f64 sum.
         let ss: f64 = x[..n].iter().map(|&v| (v as f64) * (v as f64)).sum();

@@ -187,10 +187,8 @@ impl PackedModel {
         qb.reset(n, k);
         let kp = qb.kp;
         for t in 0..n {
-            let (a, s) = bitnet_kernels::quant::quantize_row(
-                &x[t * k..(t + 1) * k],
-                &mut qb.q[t * kp..][..k],
-            );
+            let (a, s) =
+                (self.kernels.quantize_row)(&x[t * k..(t + 1) * k], &mut qb.q[t * kp..][..k]);
             qb.scale[t] = a;
             qb.sum[t] = s;
         }
@@ -207,9 +205,10 @@ impl PackedModel {
         let n = x.len() / k;
         qb.reset(n, k);
         let kp = qb.kp;
+        let (norm, quantize) = (self.kernels.rms_norm, self.kernels.quantize_row);
         let one = |t: usize, o: &mut [f32], q: &mut [i8]| {
-            ops::rms_norm(&x[t * k..(t + 1) * k], weight, self.eps, o);
-            bitnet_kernels::quant::quantize_row(o, &mut q[..k])
+            norm(&x[t * k..(t + 1) * k], weight, self.eps, o);
+            quantize(o, &mut q[..k])
         };
         if n == 1 {
             let (a, s) = one(0, normed, &mut qb.q);
@@ -392,7 +391,7 @@ impl PackedModel {
         hidden.clear();
         hidden.resize((n - first) * h, 0.0);
         for (i, t) in (first..n).enumerate() {
-            ops::rms_norm(
+            (self.kernels.rms_norm)(
                 &x[t * h..(t + 1) * h],
                 &self.output_norm,
                 self.eps,

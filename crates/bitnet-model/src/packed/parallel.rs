@@ -227,6 +227,7 @@ impl PackedModel {
         let qd = nh * hd;
         let out = SharedMut::new(out);
         let threads = self.pool.threads();
+        let attention = self.kernels.attention;
         self.pool.run(&|tid| {
             let items = Pool::split(nh * seqs.len(), threads, tid, 1);
             if items.is_empty() {
@@ -262,7 +263,7 @@ impl PackedModel {
                             // SAFETY: threads own disjoint (sequence, head) ranges, so disjoint slices
                             // of each token's output.
                             let o = unsafe { out.range(t * qd + h * hd..t * qd + end * hd) };
-                            ops::attention(
+                            attention(
                                 &q[t * qd..(t + 1) * qd],
                                 keys,
                                 values,

@@ -1,6 +1,5 @@
 use super::*;
-#[cfg(target_arch = "x86_64")]
-use avx512::dot_avx512;
+use crate::Kernels;
 
 #[test]
 fn attention_over_one_position_returns_its_value() {
@@ -13,7 +12,7 @@ fn attention_over_one_position_returns_its_value() {
 }
 
 #[test]
-fn every_build_of_attention_gives_the_portable_bits() {
+fn every_kernel_set_of_attention_gives_the_portable_bits() {
     let mut r = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = || {
         r ^= r << 13;
@@ -30,6 +29,7 @@ fn every_build_of_attention_gives_the_portable_bits() {
         (3, 1, 32, 50),
         (8, 2, 16, 32),
     ];
+    let sets = Kernels::available();
     for (heads, kv_heads, hd, ctx) in shapes {
         let q: Vec<f32> = (0..heads * hd).map(|_| next()).collect();
         let k: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| next()).collect();
@@ -49,7 +49,7 @@ fn every_build_of_attention_gives_the_portable_bits() {
         let (kh, vh) = (head_major(&k), head_major(&v));
         // Contexts that fill whole blocks of positions (16, 32) and ones that leave a remainder.
         for n_ctx in [1, 2, 7, 16, 32, ctx].into_iter().filter(|&n| n <= ctx) {
-            let run = |build: &str, major: bool| {
+            let run = |build: Option<&Kernels>, major: bool| {
                 let mut s = vec![0f32; ATTN_GROUP * ctx];
                 let mut o = vec![f32::NAN; (heads - 1) * hd];
                 let (k, v, kv) = if major {
@@ -60,7 +60,7 @@ fn every_build_of_attention_gives_the_portable_bits() {
                 let args = (&q[..], k, v, n_ctx, heads, kv_heads, hd, kv, 1..heads);
                 let (q, k, v, n, nh, nkv, hd, kv, hs) = args;
                 match build {
-                    "portable" => attention_body(
+                    None => attention_body(
                         q,
                         k,
                         v,
@@ -75,33 +75,21 @@ fn every_build_of_attention_gives_the_portable_bits() {
                         scores_portable,
                         mix_portable,
                     ),
-                    "dispatch" => attention(q, k, v, n, nh, nkv, hd, kv, hs, &mut s, &mut o),
-                    #[cfg(target_arch = "x86_64")]
-                    "avx512" if std::arch::is_x86_feature_detected!("avx512f") => {
-                        // SAFETY: AVX-512F was just detected.
-                        unsafe { attention_avx512(q, k, v, n, nh, nkv, hd, kv, hs, &mut s, &mut o) }
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    "avx2" if std::arch::is_x86_feature_detected!("avx2") => {
-                        // SAFETY: AVX2 was just detected.
-                        unsafe { attention_avx2(q, k, v, n, nh, nkv, hd, kv, hs, &mut s, &mut o) }
-                    }
-                    _ => return None,
+                    Some(set) => (set.attention)(q, k, v, n, nh, nkv, hd, kv, hs, &mut s, &mut o),
                 }
-                Some(o)
+                o
             };
-            let want = run("portable", false).unwrap();
+            let want = run(None, false);
             assert!(want.iter().all(|v| v.is_finite()), "every output written");
-            for build in ["portable", "dispatch", "avx512", "avx2"] {
+            for set in &sets {
                 for major in [false, true] {
-                    if let Some(got) = run(build, major) {
-                        assert!(
-                            want.iter()
-                                .zip(&got)
-                                .all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{build} (head-major {major}): head_dim {hd}, n_ctx {n_ctx}"
-                        );
-                    }
+                    let got = run(Some(set), major);
+                    assert!(
+                        want.iter()
+                            .zip(&got)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{set:?} (head-major {major}): head_dim {hd}, n_ctx {n_ctx}"
+                    );
                 }
             }
             // Against the plain definition: a softmax-weighted sum of the values.
@@ -126,34 +114,6 @@ fn every_build_of_attention_gives_the_portable_bits() {
                     assert!((o - got).abs() < 1e-5, "head {h} dim {d}: {got} vs {o}");
                 }
             }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn the_simd_dots_give_the_portable_bits_on_every_length() {
-    if !std::arch::is_x86_feature_detected!("avx2") {
-        return;
-    }
-    let a: Vec<f32> = (0..70)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-        .collect();
-    let b: Vec<f32> = (0..70)
-        .map(|i| ((i * 53 % 89) as f32 - 44.0) / 3.0)
-        .collect();
-    for n in 0..70 {
-        // SAFETY: AVX2 was detected above.
-        let got = unsafe { dot_avx2(&a[..n], &b[..n]) };
-        assert_eq!(got.to_bits(), dot(&a[..n], &b[..n]).to_bits(), "length {n}");
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F was just detected.
-            let got = unsafe { dot_avx512(&a[..n], &b[..n]) };
-            assert_eq!(
-                got.to_bits(),
-                dot(&a[..n], &b[..n]).to_bits(),
-                "avx512, length {n}"
-            );
         }
     }
 }

@@ -1,13 +1,15 @@
-//! [`attention`](super::attention) for AVX-512: scores and weighted sums over 512-bit registers, in the
-//! portable code's order (multiply then add, no FMA), so with its bits.
+//! [`attention`](crate::ops::attention) for AVX-512 (scores and weighted sums over 512-bit registers) and
+//! AVX2 (the portable code compiled for it, with a 256-bit [`dot`](crate::ops::dot)): the portable code's order (multiply
+//! then add, no FMA), so its bits.
 
-use super::{KvLayout, attention_body, mix_body, scores_each};
+use std::arch::x86_64::*;
 
-/// [`attention`] compiled for AVX-512, with [`scores_avx512`] and [`mix_avx512`].
-#[cfg(target_arch = "x86_64")]
+use crate::ops::{KvLayout, attention_body, mix_body, scores_each};
+
+/// [`attention`](crate::ops::attention) compiled for AVX-512, with [`scores_avx512`] and [`mix_avx512`].
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn attention_avx512(
+pub unsafe fn attention_avx512(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
@@ -33,14 +35,13 @@ pub(super) unsafe fn attention_avx512(
     )
 }
 
-/// [`scores_portable`] for AVX-512. Sixteen (head, position) pairs at a time, `NQ` heads by `16 / NQ`
+/// [`scores_portable`](crate::ops::scores_portable) for AVX-512. Sixteen (head, position) pairs at a time, `NQ` heads by `16 / NQ`
 /// positions, each pair's 16 dot-product lanes in one register (lane `i` sums dimensions `i (mod 16)` in
-/// order, as [`dot`]), so each key row is loaded once for the heads; the 16 registers are then reduced
+/// order, as [`dot`](crate::ops::dot)), so each key row is loaded once for the heads; the 16 registers are then reduced
 /// together by shuffles that add exactly the pairs [`crate::scalar::reduce_lanes`] adds (lanes `i` and
-/// `i + 8`, then `i + 4`, `i + 2`, `i + 1`): every score has [`dot`]'s bits, at a fraction of the cost
+/// `i + 8`, then `i + 4`, `i + 2`, `i + 1`): every score has [`dot`](crate::ops::dot)'s bits, at a fraction of the cost
 /// of reducing each register on its own. Head sizes that are not a multiple of 16, and the positions
 /// left over, go one at a time.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn scores_avx512(
     qs: &[f32],
@@ -104,7 +105,6 @@ unsafe fn scores_avx512(
 ///
 /// # Safety
 /// AVX-512F; `keys` holds row `n - 1` up to `koff + hd`.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn scores_block<const NQ: usize, const NP: usize>(
     qs: &[f32],
@@ -115,7 +115,6 @@ unsafe fn scores_block<const NQ: usize, const NP: usize>(
     scores: &mut [f32],
     n: usize,
 ) -> usize {
-    use std::arch::x86_64::*;
     let hd = qs.len() / NQ;
     // The empty tail of `dot`, added as it does (an f32 sum of nothing).
     let tail: f32 = qs[hd..hd].iter().map(|x| x * x).sum();
@@ -188,10 +187,9 @@ unsafe fn scores_block<const NQ: usize, const NP: usize>(
     p0
 }
 
-/// [`mix_portable`] for AVX-512: up to 4 heads by 64 output dimensions (16 registers) at a time, each
+/// [`mix_portable`](crate::ops::mix_portable) for AVX-512: up to 4 heads by 64 output dimensions (16 registers) at a time, each
 /// value block loaded once for the heads; the same per-element order (positions in order from 0,
 /// multiply then add), so the same bits. Head sizes that are not a multiple of 16 go the portable way.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn mix_avx512(
     w: &[f32],
@@ -248,7 +246,6 @@ unsafe fn mix_avx512(
 ///
 /// # Safety
 /// AVX-512F; `values` holds row `n - 1` up to `voff + 16 * ZB`; `d0 + 16 * ZB <= hd`.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn mix_block<const NQ: usize, const ZB: usize>(
@@ -261,7 +258,6 @@ unsafe fn mix_block<const NQ: usize, const ZB: usize>(
     hd: usize,
     d0: usize,
 ) {
-    use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); ZB]; NQ];
     for p in 0..n {
         // SAFETY: row p < n of `values` holds 16 * ZB floats from voff (the caller's guarantee).
@@ -285,12 +281,10 @@ unsafe fn mix_block<const NQ: usize, const ZB: usize>(
     }
 }
 
-/// [`dot`] with its 16 lanes in one 512-bit register: multiply then add (no FMA), the same canonical
+/// [`dot`](crate::ops::dot) with its 16 lanes in one 512-bit register: multiply then add (no FMA), the same canonical
 /// reduction and tail: the same bits.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
+unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let full = n / 16 * 16;
     let mut acc = _mm512_setzero_ps();
@@ -306,4 +300,108 @@ pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
     let tail: f32 = a[full..n].iter().zip(&b[full..n]).map(|(x, y)| x * y).sum();
     crate::scalar::reduce_lanes(lanes) + tail
+}
+
+/// [`attention`](crate::ops::attention) compiled for AVX2.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attention_avx2(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n_ctx: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    kv: KvLayout,
+    heads: std::ops::Range<usize>,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = |a: &[f32], b: &[f32]| {
+        // SAFETY: this function runs only where AVX2 was detected, so its callees may use it.
+        unsafe { dot_avx2(a, b) }
+    };
+    let score = |qs: &[f32], nq: usize, k: &[f32], kd: usize, ko: usize, sc: f32, s: &mut [f32]| {
+        scores_each(qs, nq, k, kd, ko, sc, s, d)
+    };
+    attention_body(
+        q,
+        keys,
+        values,
+        n_ctx,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        kv,
+        heads,
+        scores,
+        out,
+        score,
+        |w: &[f32], nq: usize, v: &[f32], kd: usize, vo: usize, o: &mut [f32]| {
+            mix_body(w, nq, v, kd, vo, o)
+        },
+    )
+}
+
+/// [`dot`](crate::ops::dot) with 256-bit vectors: lanes 0-7 and 8-15 in two registers, multiply then add (no FMA), the
+/// same canonical reduction and tail: the same bits.
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let full = n / 16 * 16;
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for c in (0..full).step_by(16) {
+        // SAFETY: c + 16 <= full <= the length of both slices.
+        unsafe {
+            let (pa, pb) = (a.as_ptr().add(c), b.as_ptr().add(c));
+            lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb)));
+            hi = _mm256_add_ps(
+                hi,
+                _mm256_mul_ps(_mm256_loadu_ps(pa.add(8)), _mm256_loadu_ps(pb.add(8))),
+            );
+        }
+    }
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+    }
+    let tail: f32 = a[full..n].iter().zip(&b[full..n]).map(|(x, y)| x * y).sum();
+    crate::scalar::reduce_lanes(lanes) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::dot;
+
+    #[test]
+    fn the_simd_dots_give_the_portable_bits_on_every_length() {
+        let runs = |name: &str| crate::Kernels::available().iter().any(|k| k.name == name);
+        if !runs("avx2") {
+            return;
+        }
+        let a: Vec<f32> = (0..70)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let b: Vec<f32> = (0..70)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 3.0)
+            .collect();
+        for n in 0..70 {
+            // SAFETY: the avx2 kernels run here, so AVX2 was detected.
+            let got = unsafe { dot_avx2(&a[..n], &b[..n]) };
+            assert_eq!(got.to_bits(), dot(&a[..n], &b[..n]).to_bits(), "length {n}");
+            if runs("avx512vnni") {
+                // SAFETY: the avx512vnni kernels run here, so AVX-512F was detected.
+                let got = unsafe { dot_avx512(&a[..n], &b[..n]) };
+                assert_eq!(
+                    got.to_bits(),
+                    dot(&a[..n], &b[..n]).to_bits(),
+                    "avx512, length {n}"
+                );
+            }
+        }
+    }
 }
