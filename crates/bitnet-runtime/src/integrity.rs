@@ -82,12 +82,15 @@ fn remember(s: Stamp) {
     }
 }
 
-/// Tensors whose bytes do not hash to their directory checksum, hashed in parallel.
+/// Tensors whose bytes do not hash to their directory checksum, hashed in parallel: largest first, one
+/// tensor per task, so the cores stay busy until the end (a tensor's SHA-256 is sequential: the
+/// embedding alone, ~44% of a 2B4T file, bounds the time on many cores).
 pub fn mismatched(file: &BitnetFile) -> Vec<String> {
-    let mut bad: Vec<String> = file
-        .header()
-        .tensors
+    let mut order: Vec<_> = file.header().tensors.iter().collect();
+    order.sort_by_key(|e| std::cmp::Reverse(file.data(e).len()));
+    let mut bad: Vec<String> = order
         .par_iter()
+        .with_max_len(1)
         .filter(|e| hex(&Sha256::digest(file.data(e))) != e.sha256)
         .map(|e| e.name.clone())
         .collect();
