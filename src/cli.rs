@@ -225,7 +225,7 @@ pub struct BenchArgs {
     /// measure the steady state rather than first touches of the map and buffers.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni); default: the best this CPU runs (or BITNET_KERNEL).
+    /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni; on aarch64 neon, dotprod, i8mm); default: the best this CPU runs (or BITNET_KERNEL).
     #[arg(long)]
     pub kernel: Option<String>,
     /// For the reference backend: the Hugging Face checkpoint (default: the packed file's weights in f32).
@@ -322,7 +322,7 @@ pub struct GenArgs {
     /// Threads (default: one per core, or one if two measure slower at load).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni).
+    /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni; on aarch64 neon, dotprod, i8mm).
     #[arg(long)]
     pub kernel: Option<String>,
     /// LM head (default: int8 when the file has one, else exact).
@@ -465,7 +465,7 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1 and /metrics.
     #[arg(long, env = "BITNET_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni).
+    /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni; on aarch64 neon, dotprod, i8mm).
     #[arg(long)]
     pub kernel: Option<String>,
     /// LM head (default: int8 when the file has one, else exact).
