@@ -206,6 +206,10 @@ pub struct BenchArgs {
     /// LM head of the synthetic model.
     #[arg(long, value_enum, default_value_t = LmHeadArg::Int8)]
     pub lm_head: LmHeadArg,
+    /// LM head to decode with (default: rescored when the file has both heads, else int8 when it has
+    /// one, else exact).
+    #[arg(long, value_enum)]
+    pub head: Option<HeadArg>,
     /// Prompt length for prefill.
     #[arg(long, default_value_t = 128)]
     pub prompt_tokens: usize,
@@ -247,15 +251,15 @@ pub enum HeadArg {
     Exact,
     /// The int8 copy, when the file has one.
     Int8,
+    /// The int8 copy, then the exact head on every row that could be the largest: the exact head's
+    /// greedy token at nearly the int8 head's bytes (needs both heads).
+    Rescored,
 }
 
 impl HeadArg {
     /// The flag's value.
     pub fn as_str(self) -> &'static str {
-        match self {
-            HeadArg::Exact => "exact",
-            HeadArg::Int8 => "int8",
-        }
+        self.kind().as_str()
     }
 
     /// The runtime's name for it.
@@ -263,6 +267,7 @@ impl HeadArg {
         match self {
             HeadArg::Exact => HeadKind::Exact,
             HeadArg::Int8 => HeadKind::Int8,
+            HeadArg::Rescored => HeadKind::Rescored,
         }
     }
 }
@@ -325,7 +330,7 @@ pub struct GenArgs {
     /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni; on aarch64 neon, dotprod, i8mm).
     #[arg(long)]
     pub kernel: Option<String>,
-    /// LM head (default: int8 when the file has one, else exact).
+    /// LM head (default: rescored when the file has both heads, else int8 when it has one, else exact).
     #[arg(long, value_enum)]
     pub head: Option<HeadArg>,
     /// Positions the conversation may use; the KV cache is sized by it (default: the model's context).
@@ -468,7 +473,7 @@ pub struct ServeArgs {
     /// Force a kernel set (scalar, avx2, avxvnni, avxvnni-evex, avx512vnni; on aarch64 neon, dotprod, i8mm).
     #[arg(long)]
     pub kernel: Option<String>,
-    /// LM head (default: int8 when the file has one, else exact).
+    /// LM head (default: rescored when the file has both heads, else int8 when it has one, else exact).
     #[arg(long, value_enum)]
     pub head: Option<HeadArg>,
     /// Positions each sequence may use; the KV caches (`--parallel` of them) are sized by it (default: the

@@ -17,7 +17,7 @@ use bitnet_runtime::sys::cores;
 use serde::Serialize;
 
 use crate::Outcome;
-use crate::cli::{BackendArg, BenchArgs, LmHeadArg};
+use crate::cli::{BackendArg, BenchArgs, HeadArg, LmHeadArg};
 use indicatif::BinaryBytes;
 
 /// The packed path against the FP32 reference.
@@ -92,6 +92,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         warmup: args.warmup,
         threads: args.threads,
         parallel: args.parallel,
+        head: args.head.map(HeadArg::kind),
     };
     let report = match args.backend {
         BackendArg::Packed => Report {
@@ -143,6 +144,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         )?;
     }
     let packed = &report.first;
+    match packed.rescored_rows_per_token {
+        Some(rows) => writeln!(
+            out,
+            "LM head: rescored (int8, then {rows:.1} rows per token recomputed exactly: the exact head's greedy token)"
+        )?,
+        None => writeln!(out, "LM head: {}", packed.lm_head)?,
+    }
     if let (Some(kv), Some(with_kv)) = (packed.kv_bytes_per_token, packed.roof_fraction_with_kv) {
         writeln!(
             out,
@@ -181,6 +189,9 @@ fn child(path: &Path, args: &BenchArgs, backend: &str) -> anyhow::Result<Backend
     }
     if let Some(k) = &args.kernel {
         cmd.args(["--kernel", k]);
+    }
+    if let (Some(h), "packed") = (args.head, backend) {
+        cmd.args(["--head", h.as_str()]);
     }
     if let Some(r) = &args.reference {
         cmd.args(["--reference", r]);

@@ -46,10 +46,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
 fn print_text(r: &VerifyReport) -> std::io::Result<()> {
     let mut o = std::io::stdout().lock();
     for ch in &r.comparisons {
-        let head = match ch.head {
-            HeadKind::Exact => "exact",
-            HeadKind::Int8 => "int8",
-        };
+        let head = ch.head.as_str();
         writeln!(o, "packed ({head} head) vs {}", ch.against)?;
         writeln!(
             o,

@@ -69,7 +69,10 @@ fn bench_reports_every_figure_for_every_kernel() {
             v["decode_tok_s"].as_f64().unwrap() > 0.0 && v["prefill_tok_s"].as_f64().unwrap() > 0.0
         );
         assert!(v["bandwidth_gb_s"].as_f64().unwrap() > 0.1);
-        assert_eq!(v["lm_head"], "int8");
+        // A tied model's int8 copy sits beside the exact head: rescored by default, a few rows per token.
+        assert_eq!(v["lm_head"], "rescored");
+        let rows = v["rescored_rows_per_token"].as_f64().unwrap();
+        assert!((1.0..512.0).contains(&rows), "{rows}");
         // Keys and values read per decoded token: f32, both, every layer and kv head, over the average
         // context of the 4 generated tokens after the 8-token prompt (8 + 5 / 2 positions).
         let c: Value = serde_json::from_str(
@@ -84,6 +87,28 @@ fn bench_reports_every_figure_for_every_kernel() {
             v["roof_fraction_with_kv"].as_f64().unwrap() > v["roof_fraction"].as_f64().unwrap()
         );
     }
+}
+
+#[test]
+fn bench_measures_the_head_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(
+        &fixture("bitnet-tiny-tied"),
+        tmp.path(),
+        &["--lm-head", "int8"],
+    );
+    for head in ["exact", "int8", "rescored"] {
+        let v = bench_json(&file, &["--head", head]);
+        assert_eq!(v["lm_head"], head);
+        assert_eq!(v["rescored_rows_per_token"].is_null(), head != "rescored");
+    }
+    // The exact file has no int8 head to rescore: a clear error naming the flag.
+    let dir = tmp.path().join("exact");
+    std::fs::create_dir(&dir).unwrap();
+    let exact = convert(&fixture("bitnet-tiny-tied"), &dir, &[]);
+    let o = run(&["bench", exact.to_str().unwrap(), "--head", "rescored"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--head rescored"), "{}", stderr(&o));
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! 3. [`ops`]: RMSNorm, RoPE, attention over a KV cache, activations.
 //! 4. [`Kernels`] ([`dispatch`]): the one table of every SIMD op, chosen once at load; the per-architecture
 //!    builds live in `x86/` and `aarch64/`, one file per op, and match the portable code bit for bit.
+//! 5. [`rescore`]: the int8 LM head's proven error bound, and the rows the rescored head recomputes exactly.
 //!
 //! Shapes: a weight matrix is `[rows, cols]` (rows = outputs); a batch of `n` token vectors is row-major
 //! `[n, dim]`.
@@ -23,6 +24,7 @@ pub mod dispatch;
 pub mod ops;
 pub mod pool;
 pub mod quant;
+pub mod rescore;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

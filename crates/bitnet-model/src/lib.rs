@@ -24,7 +24,7 @@ pub mod trace_parity;
 
 pub use bitnet_format::ModelConfig;
 pub use error::{ModelError, Result};
-pub use packed::{HeadKind, PackedModel};
+pub use packed::{HeadKind, PackedModel, RescoreStats};
 pub use session::Session;
 pub use trace::{Trace, TraceEntry};
 

@@ -12,6 +12,9 @@ use crate::{Backend, LogitsMode};
 
 mod forward;
 mod parallel;
+mod rescore;
+
+pub use rescore::RescoreStats;
 
 /// A ternary tensor located in the file.
 #[derive(Debug, Clone)]
@@ -55,6 +58,25 @@ pub enum HeadKind {
     Exact,
     /// The int8 copy (`output` of kind `int8_r16`).
     Int8,
+    /// The int8 copy, then the exact head on every row whose logit could be the largest (SPEC.md 6.2):
+    /// the exact head's greedy token at nearly the int8 head's bytes. Needs both heads.
+    Rescored,
+}
+
+impl HeadKind {
+    /// Its name on the command line and in reports: `exact`, `int8` or `rescored`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeadKind::Exact => "exact",
+            HeadKind::Int8 => "int8",
+            HeadKind::Rescored => "rescored",
+        }
+    }
+
+    /// Whether its greedy token is always the exact head's.
+    pub fn exact_greedy(self) -> bool {
+        self != HeadKind::Int8
+    }
 }
 
 /// A model whose weights are views into a mapped `.bitnet` file.
@@ -71,6 +93,7 @@ pub struct PackedModel {
     default_head: HeadKind,
     kernels: Kernels,
     pool: Pool,
+    rescore_counter: rescore::RescoreCounter,
 }
 
 impl std::fmt::Debug for PackedModel {
@@ -252,10 +275,10 @@ impl PackedModel {
             }
             Some(_) => (Some(float("output")?), None),
         };
-        let default_head = if int8_head.is_some() {
-            HeadKind::Int8
-        } else {
-            HeadKind::Exact
+        let default_head = match (&int8_head, &exact_head) {
+            (Some(_), Some(_)) => HeadKind::Rescored,
+            (Some(_), None) => HeadKind::Int8,
+            (None, _) => HeadKind::Exact,
         };
         Ok(PackedModel {
             output_norm: norm("output_norm", h)?,
@@ -270,6 +293,7 @@ impl PackedModel {
             default_head,
             kernels,
             pool: Pool::new(threads),
+            rescore_counter: Default::default(),
         })
     }
 
@@ -278,7 +302,8 @@ impl PackedModel {
         &self.file
     }
 
-    /// The head used by [`Backend::forward`]: int8 when the file has one, else exact.
+    /// The head used by [`Backend::forward`]: rescored when the file has both an int8 and an exact head,
+    /// else int8 when it has one, else exact.
     pub fn default_head(&self) -> HeadKind {
         self.default_head
     }
@@ -288,6 +313,7 @@ impl PackedModel {
         let present = match head {
             HeadKind::Exact => self.exact_head.is_some(),
             HeadKind::Int8 => self.int8_head.is_some(),
+            HeadKind::Rescored => self.exact_head.is_some() && self.int8_head.is_some(),
         };
         if !present {
             return Err(ModelError::NoHead(match head {
@@ -298,6 +324,14 @@ impl PackedModel {
                     "the file has no exact LM head (its untied head is stored as int8 only): convert with \
                      `--lm-head bf16` for one, or use the int8 head"
                 }
+                HeadKind::Rescored if self.int8_head.is_none() => {
+                    "the rescored head needs an int8 LM head beside the exact one: convert with \
+                     `--lm-head int8` to add one, or use the exact head"
+                }
+                HeadKind::Rescored => {
+                    "the rescored head needs the exact LM head's rows, and this file's untied head is stored \
+                     as int8 only: use the int8 head, or convert with `--lm-head bf16` for the exact head"
+                }
             }));
         }
         self.default_head = head;
@@ -307,6 +341,11 @@ impl PackedModel {
     /// Whether the file holds an int8 LM head.
     pub fn has_int8_head(&self) -> bool {
         self.int8_head.is_some()
+    }
+
+    /// Whether the file holds both heads the rescored head needs.
+    pub fn has_rescored_head(&self) -> bool {
+        self.int8_head.is_some() && self.exact_head.is_some()
     }
 
     /// Whether the file holds an exact LM head.
@@ -357,7 +396,9 @@ impl PackedModel {
             .map(|t| &bytes[t.range.clone()])
             .collect();
         match self.default_head {
-            HeadKind::Int8 => parts.extend(self.int8_head.as_ref().map(|r| &bytes[r.clone()])),
+            HeadKind::Int8 | HeadKind::Rescored => {
+                parts.extend(self.int8_head.as_ref().map(|r| &bytes[r.clone()]))
+            }
             HeadKind::Exact => {
                 parts.extend(self.exact_head.as_ref().map(|m| &bytes[m.range.clone()]))
             }
@@ -365,7 +406,8 @@ impl PackedModel {
         parts
     }
 
-    /// Bytes of weights one decoded token reads: every ternary matrix, the norms, and the head in use.
+    /// Bytes of weights one decoded token reads: every ternary matrix, the norms, and the head in use (for
+    /// the rescored head the int8 copy; its few exact rows are counted by [`PackedModel::rescore_stats`]).
     pub fn weight_bytes_per_token(&self) -> u64 {
         let ternary: usize = self
             .layers
@@ -385,7 +427,7 @@ impl PackedModel {
             .sum::<usize>()
             + 4 * self.output_norm.len();
         let head = match self.default_head {
-            HeadKind::Int8 => self.int8_head.as_ref().map_or(0, |r| r.len()),
+            HeadKind::Int8 | HeadKind::Rescored => self.int8_head.as_ref().map_or(0, |r| r.len()),
             HeadKind::Exact => self.exact_head.as_ref().map_or(0, |m| m.range.len()),
         };
         (ternary + norms + head) as u64

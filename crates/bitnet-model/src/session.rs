@@ -22,7 +22,14 @@ pub struct Scratch {
     /// inputs: kept here so a decode step allocates nothing.
     pub(crate) x: Vec<f32>,
     pub(crate) hidden: Vec<f32>,
-    pub(crate) head_in: Vec<bitnet_kernels::scalar::BlockQuantized>,
+    pub(crate) head_in: HeadScratch,
+}
+
+/// The LM head's buffers: the int8 head's quantized inputs, and the rows the rescored head recomputes.
+#[derive(Debug, Clone, Default)]
+pub struct HeadScratch {
+    pub(crate) quantized: Vec<bitnet_kernels::scalar::BlockQuantized>,
+    pub(crate) candidates: Vec<u32>,
 }
 
 /// The KV cache of one sequence: per layer, keys and values in f32, head-major (`[kv_heads, max_ctx,

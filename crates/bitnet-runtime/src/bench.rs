@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use bitnet_format::BitnetFile;
 use bitnet_kernels::Kernels;
 use bitnet_kernels::pool::{Pool, read_bandwidth, read_bandwidth_of};
-use bitnet_model::{Backend, LogitsMode, PackedModel, argmax};
+use bitnet_model::{Backend, HeadKind, LogitsMode, PackedModel, argmax};
 use bitnet_reference::ReferenceModel;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,8 @@ pub struct BenchOptions {
     pub threads: Option<usize>,
     /// Also decode this many sequences together (packed path).
     pub parallel: Option<usize>,
+    /// The LM head (packed path; default: the file's default, [`PackedModel::default_head`]).
+    pub head: Option<HeadKind>,
 }
 
 /// The smallest and largest of repeated figures.
@@ -64,8 +66,11 @@ pub struct BackendReport {
     pub kernel: String,
     /// Compute threads.
     pub threads: usize,
-    /// `exact`, `int8` or `f32`.
+    /// `exact`, `int8`, `rescored` or `f32`.
     pub lm_head: String,
+    /// Rows the rescored head recomputed exactly per scored token, over the timed runs (rescored head only).
+    #[serde(default)]
+    pub rescored_rows_per_token: Option<f64>,
     /// The model measured.
     pub model: String,
     /// Seconds to open and load it.
@@ -260,7 +265,12 @@ pub fn bench_packed(
         }
     };
     let t_load = Instant::now();
-    let model = PackedModel::load_with(file.clone(), kernels, threads)?;
+    let mut model = PackedModel::load_with(file.clone(), kernels, threads)?;
+    if let Some(h) = o.head {
+        model
+            .set_head(h)
+            .with_context(|| format!("--head {}", h.as_str()))?;
+    }
     let load_s = open_s + t_load.elapsed().as_secs_f64();
     tracing::info!(
         "opened the file and chose {threads} thread(s) in {:.2} s",
@@ -269,9 +279,18 @@ pub fn bench_packed(
     // The roof: how fast these threads stream exactly the weights a decoded token reads, from the map.
     let bandwidth = read_bandwidth_of(&Pool::new(threads), &kernels, &model.decode_bytes(), 12);
     reset_peak_rss();
+    let before = model.rescore_stats();
     let (mut pre, mut dec) = time_runs(&model, o)?;
+    let after = model.rescore_stats();
     let (pre_spread, dec_spread) = (spread(&pre), spread(&dec));
     let (prefill, decode) = (median(&mut pre), median(&mut dec));
+    let rescored_rows_per_token = (model.default_head() == HeadKind::Rescored).then(|| {
+        bitnet_model::RescoreStats {
+            tokens: after.tokens - before.tokens,
+            rows: after.rows - before.rows,
+        }
+        .rows_per_token()
+    });
     let parallel = match o.parallel {
         None => None,
         Some(n) => {
@@ -300,12 +319,8 @@ pub fn bench_packed(
         backend: "packed".into(),
         kernel: model.kernels().name.to_string(),
         threads,
-        lm_head: if model.has_int8_head() {
-            "int8"
-        } else {
-            "exact"
-        }
-        .into(),
+        lm_head: model.default_head().as_str().into(),
+        rescored_rows_per_token,
         model: path.display().to_string(),
         load_s,
         prefill_tok_s: prefill,
@@ -362,6 +377,7 @@ pub fn bench_reference(
         kernel: "f32".into(),
         threads,
         lm_head: "f32".into(),
+        rescored_rows_per_token: None,
         model: checkpoint.map_or_else(|| path.display().to_string(), str::to_string),
         load_s,
         prefill_tok_s: prefill,

@@ -24,7 +24,7 @@ pub struct LoadOptions {
     pub kernel: Option<String>,
     /// Compute threads; default: one per core, or one if two measure slower at load.
     pub threads: Option<usize>,
-    /// The LM head; default: int8 when the file has one, else exact.
+    /// The LM head; default: rescored when the file has both heads, else int8 when it has one, else exact.
     pub head: Option<HeadKind>,
     /// Positions a sequence may use (the KV cache is sized by it); default: the model's context.
     pub ctx: Option<usize>,

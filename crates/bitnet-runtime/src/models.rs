@@ -68,7 +68,7 @@ pub fn resolve_model(
             repo: None,
             revision: None,
         };
-        return Store::from_env().converted(&resolved, head == Some(HeadKind::Exact), provider);
+        return Store::from_env().converted(&resolved, want_exact(head), provider);
     }
     if p.is_file() {
         return Ok(p.to_path_buf());
@@ -80,5 +80,10 @@ pub fn resolve_model(
         bitnet_convert::hub::resolve(model, &env)
             .with_context(|| format!("{model}: not a .bitnet file"))?
     };
-    Store::from_env().converted(&resolved, head == Some(HeadKind::Exact), provider)
+    Store::from_env().converted(&resolved, want_exact(head), provider)
+}
+
+/// Whether `head` needs the exact head's rows (the rescored head rescores from them).
+fn want_exact(head: Option<HeadKind>) -> bool {
+    matches!(head, Some(HeadKind::Exact | HeadKind::Rescored))
 }

@@ -120,10 +120,7 @@ pub struct VerifyReport {
 }
 
 fn head_name<S: serde::Serializer>(h: &HeadKind, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(match h {
-        HeadKind::Exact => "exact",
-        HeadKind::Int8 => "int8",
-    })
+    s.serialize_str(h.as_str())
 }
 
 /// Runs the comparisons `opts` asks for; `note` hears what is done as it goes (load and run times).
@@ -373,7 +370,7 @@ fn finish_check(
     // share is reported but not required of it; cosine, KL and top-1 still are.
     let tol = match head {
         HeadKind::Exact => *tol,
-        HeadKind::Int8 => Tolerances {
+        HeadKind::Int8 | HeadKind::Rescored => Tolerances {
             min_tight: 0.0,
             ..*tol
         },

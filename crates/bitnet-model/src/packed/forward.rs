@@ -8,11 +8,10 @@ use bitnet_kernels::Pool;
 use bitnet_kernels::ops;
 use bitnet_kernels::pool::SharedMut;
 use bitnet_kernels::quant::QuantizedBatch;
-use bitnet_kernels::scalar::BlockQuantized;
 
 use super::{HeadKind, PackedModel};
 use crate::error::{ModelError, Result};
-use crate::session::Scratch;
+use crate::session::{HeadScratch, Scratch};
 use crate::trace::{Trace, rec};
 use crate::{Backend, Forward, LogitsMode, Session, check_tokens};
 
@@ -364,7 +363,7 @@ impl PackedModel {
             head,
             trace,
             &mut hidden,
-            &mut Vec::new(),
+            &mut HeadScratch::default(),
             &mut logits,
         )?;
         Ok(Forward { hidden, logits })
@@ -379,7 +378,7 @@ impl PackedModel {
         head: HeadKind,
         mut trace: Option<&mut Trace>,
         hidden: &mut Vec<f32>,
-        head_in: &mut Vec<BlockQuantized>,
+        head_in: &mut HeadScratch,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
         let h = self.config.hidden_size;

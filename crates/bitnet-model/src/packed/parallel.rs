@@ -13,6 +13,7 @@ use bitnet_kernels::{Bf16Matrix, Int8Matrix, Pool, pad16};
 use super::{HeadKind, PackedModel, Ternary};
 use crate::Session;
 use crate::error::{ModelError, Result};
+use crate::session::HeadScratch;
 
 /// Rows of the exact LM head a thread runs every token of a batch over before moving on: 64 rows of
 /// 2B4T's head are 320 KiB of bf16, which stay in L2 while the tokens pass over them. (The int8 kernels
@@ -61,17 +62,17 @@ impl PackedModel {
     /// in blocks of [`HEAD_BLOCK`] rows and runs every token over a block while it is in cache.
     pub fn head_logits(&self, hidden: &[f32], head: HeadKind) -> Result<Vec<f32>> {
         let mut logits = Vec::new();
-        self.head_logits_into(hidden, head, &mut Vec::new(), &mut logits)?;
+        self.head_logits_into(hidden, head, &mut HeadScratch::default(), &mut logits)?;
         Ok(logits)
     }
 
-    /// [`PackedModel::head_logits`] into `logits`, with `head_in` as the buffer of the int8 head's
-    /// quantized inputs: both reused, nothing allocated once they have grown.
+    /// [`PackedModel::head_logits`] into `logits`, with `head_in` as the buffers of the int8 head's
+    /// quantized inputs and the rescored rows: all reused, nothing allocated once they have grown.
     pub(super) fn head_logits_into(
         &self,
         hidden: &[f32],
         head: HeadKind,
-        head_in: &mut Vec<BlockQuantized>,
+        head_in: &mut HeadScratch,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
         let (v, h) = (self.config.vocab_size, self.config.hidden_size);
@@ -122,7 +123,7 @@ impl PackedModel {
                     })
                 });
             }
-            HeadKind::Int8 => {
+            HeadKind::Int8 | HeadKind::Rescored => {
                 let r = self
                     .int8_head
                     .clone()
@@ -132,11 +133,12 @@ impl PackedModel {
                     rows: v,
                     cols: h,
                 };
-                head_in.resize_with(m, BlockQuantized::default);
-                for (bq, x) in head_in.iter_mut().zip(hidden.chunks_exact(h)) {
+                let quantized = &mut head_in.quantized;
+                quantized.resize_with(m, BlockQuantized::default);
+                for (bq, x) in quantized.iter_mut().zip(hidden.chunks_exact(h)) {
                     bq.quantize(x);
                 }
-                let bqs = &head_in[..m];
+                let bqs = &quantized[..m];
                 let int8 = self.kernels.int8;
                 // The int8 kernels take every token at once (each chunk of the head loaded once for all).
                 self.pool.run(&|tid| {
@@ -156,6 +158,9 @@ impl PackedModel {
                         })
                     };
                 });
+                if head == HeadKind::Rescored {
+                    self.rescore(hidden, head_in, logits)?;
+                }
             }
         }
         Ok(())
