@@ -164,6 +164,40 @@ def bad_request(client, model_id):
     raise AssertionError("temperature=-1 was accepted: expected openai.BadRequestError")
 
 
+def sampling_fields(client, model_id):
+    """logprobs, n, stop, penalties and logit_bias through the client's own types."""
+    resp = client.chat.completions.create(
+        model=model_id, messages=PROMPT, temperature=0, max_tokens=5, logprobs=True, top_logprobs=2
+    )
+    content = resp.choices[0].logprobs.content
+    check(len(content) == resp.usage.completion_tokens, f"logprobs: {len(content)} entries")
+    check(all(len(c.top_logprobs) == 2 and c.logprob <= 0 for c in content), "logprobs: top_logprobs")
+    check(all(c.token == c.top_logprobs[0].token for c in content), "logprobs: greedy is the top token")
+    resp = client.completions.create(
+        model=model_id, prompt="The capital of France is", temperature=0.9, seed=4, max_tokens=6, n=3, stop=["\n\n"]
+    )
+    check([c.index for c in resp.choices] == [0, 1, 2], f"n=3: {len(resp.choices)} choices")
+    resp = client.completions.create(
+        model=model_id, prompt="The capital of France is", temperature=0, max_tokens=6,
+        presence_penalty=1.5, frequency_penalty=0.5, logit_bias={"300": 100}, logprobs=1,
+    )
+    tokens = resp.choices[0].logprobs.tokens
+    check(len(set(tokens)) == 1, f"logit_bias +100 on one id: {tokens!r}")
+    ok("sampling fields", "logprobs, n=3, stop, penalties, logit_bias")
+
+
+def unknown_field(client, model_id):
+    try:
+        client.chat.completions.create(
+            model=model_id, messages=PROMPT, max_tokens=2, extra_body={"no_such_field": 1}
+        )
+    except openai.BadRequestError as e:
+        check("no_such_field" in str(e), f"unknown field: the message does not name it: {e}")
+        ok("unknown field", "BadRequestError")
+        return
+    raise AssertionError("an unknown field was accepted: expected openai.BadRequestError")
+
+
 def wrong_key(base_url, model_id):
     client = openai.OpenAI(base_url=base_url + "/v1", api_key="wrong-key", max_retries=0)
     try:
@@ -189,6 +223,8 @@ def main():
     prompt, continuation = completions(client, model_id)
     stop_list(client, model_id, prompt, continuation)
     bad_request(client, model_id)
+    sampling_fields(client, model_id)
+    unknown_field(client, model_id)
     wrong_key(base_url, model_id)
     if reference_id:
         chat(client, reference_id, what="chat fp32")

@@ -24,6 +24,7 @@ mod openai_py;
 mod perplexity;
 mod run_chat;
 mod serve;
+mod serve_fields;
 mod serve_guards;
 mod terminal;
 mod util;

@@ -338,7 +338,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": -5}", Some("max_tokens"), "whole number"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 0}", Some("max_tokens"), "at least 1"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"stop\": 5}", Some("stop"), "string"),
-        (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"n\": 3}", Some("n"), "n = 1"),
+        (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"n\": 17}", Some("n"), "1..=16"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"stream\": \"yes\"}", Some("stream"), "boolean"),
     ];
     for (body, param, words) in cases {

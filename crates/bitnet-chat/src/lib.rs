@@ -76,7 +76,7 @@ use bitnet_format::TokenizerInfo;
 
 pub use constraint::{TokenConstraint, allows_only, is_allowed, mask_logits};
 pub use detok::Detokenizer;
-pub use sampler::{Sampler, SamplingParams};
+pub use sampler::{Sampler, SamplingParams, TokenLogprobs};
 pub use stop::{StopMatcher, StopOutput};
 pub use template::{BITNET_2B4T_CHAT_TEMPLATE, ChatTemplate, KNOWN_ROLES, Message, validate_roles};
 

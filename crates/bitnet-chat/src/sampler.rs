@@ -4,7 +4,10 @@
 //! to one vector of logits at a time, in the order Hugging Face's `generate` does:
 //!
 //! 1. repetition penalty (for every id already in the context, once per id: `logit / penalty` if the
-//!    logit is positive, `logit * penalty` otherwise);
+//!    logit is positive, `logit * penalty` otherwise); then OpenAI's presence and frequency penalties
+//!    over the tokens this sampler drew (`logit - count * frequency - (count > 0) * presence`), then
+//!    `logit_bias` added; [`Sampler::sample_with_logprobs`] reports log-probabilities here, the
+//!    log-softmax of these logits (before temperature and truncation, as OpenAI and vLLM do);
 //! 2. temperature 0: greedy, the argmax (the lowest id on ties). Otherwise:
 //! 3. temperature (`logit / T`), softmax;
 //! 4. top-k (`0` = off), top-p (the smallest set of most likely tokens whose mass reaches `top_p`, at
@@ -51,6 +54,14 @@ pub struct SamplingParams {
     pub seed: u64,
     /// Most tokens to generate (read by the generation loop, not by the sampler).
     pub max_tokens: usize,
+    /// OpenAI's presence penalty, in `[-2, 2]`: subtracted once from the logit of every token already
+    /// drawn by this sampler; `0` turns it off.
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty, in `[-2, 2]`: subtracted from a token's logit once per time this
+    /// sampler drew it; `0` turns it off.
+    pub frequency_penalty: f32,
+    /// `(token id, bias)` pairs, bias in `[-100, 100]`, added to those logits.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -64,6 +75,9 @@ impl Default for SamplingParams {
             repetition_penalty: 1.0,
             seed: 0,
             max_tokens: 512,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -130,6 +144,27 @@ impl SamplingParams {
                 self.repetition_penalty,
                 "a finite number > 0 (1 = off)",
             );
+        }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return bad(
+                "presence_penalty",
+                self.presence_penalty,
+                "in [-2, 2] (0 = off)",
+            );
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return bad(
+                "frequency_penalty",
+                self.frequency_penalty,
+                "in [-2, 2] (0 = off)",
+            );
+        }
+        if let Some(&(_, b)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return bad("logit_bias", b, "in [-100, 100]");
         }
         Ok(())
     }
@@ -354,10 +389,12 @@ fn keep_nucleus(work: &mut Vec<Candidate>, target: u128) {
 pub struct Sampler {
     params: SamplingParams,
     rng: SplitMix64,
-    /// Logits after the repetition penalty (reused).
+    /// Logits after the penalties and biases (reused).
     penalized: Vec<f32>,
     /// Logits after a constraint's mask (reused).
     masked: Vec<f32>,
+    /// How many times this sampler drew each token (for the presence and frequency penalties).
+    drawn: std::collections::HashMap<u32, u32>,
     /// The weight of every token, by id (reused).
     weights: Vec<u64>,
     /// The candidates that survive truncation, in whatever order selection leaves them (reused).
@@ -375,6 +412,7 @@ impl Sampler {
             params,
             penalized: Vec::new(),
             masked: Vec::new(),
+            drawn: std::collections::HashMap::new(),
             weights: Vec::new(),
             work: Vec::new(),
             heap: BinaryHeap::new(),
@@ -390,6 +428,17 @@ impl Sampler {
     /// prompt and what was generated; the repetition penalty reads them). `-inf` logits are never
     /// picked; NaN or `+inf` logits, or a context id outside the logits, are errors.
     pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> Result<u32> {
+        Ok(self.sample_with_logprobs(logits, context, None)?.0)
+    }
+
+    /// [`Sampler::sample`], and with `top = Some(k)` the drawn token's log-probability and the `k` most
+    /// likely tokens' (the log-softmax of the logits after penalties and biases, before temperature).
+    pub fn sample_with_logprobs(
+        &mut self,
+        logits: &[f32],
+        context: &[u32],
+        top: Option<usize>,
+    ) -> Result<(u32, Option<TokenLogprobs>)> {
         let len = logits.len();
         if len == 0 {
             return Err(ChatError::EmptyLogits);
@@ -401,21 +450,60 @@ impl Sampler {
         {
             return Err(ChatError::BadLogit { index, len, value });
         }
+        if let Some(&(id, _)) = self
+            .params
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= len)
+        {
+            return Err(ChatError::TokenOutOfRange { id, len });
+        }
         let penalty = self.params.repetition_penalty;
-        let logits = if penalty != 1.0 && !context.is_empty() {
-            self.penalized.clear();
-            self.penalized.extend_from_slice(logits);
-            for &id in context {
-                // From the original logit, so an id seen twice is penalized once.
-                let l = *logits
-                    .get(id as usize)
-                    .ok_or(ChatError::TokenOutOfRange { id, len })?;
-                self.penalized[id as usize] = if l > 0.0 { l / penalty } else { l * penalty };
+        let (presence, frequency) = (self.params.presence_penalty, self.params.frequency_penalty);
+        let adjusts = (presence != 0.0 || frequency != 0.0) && !self.drawn.is_empty();
+        let adjusted = (penalty != 1.0 && !context.is_empty())
+            || adjusts
+            || !self.params.logit_bias.is_empty();
+        // The buffer is taken out of `self` while `draw` borrows it mutably.
+        let mut buf = std::mem::take(&mut self.penalized);
+        if adjusted {
+            buf.clear();
+            buf.extend_from_slice(logits);
+            if penalty != 1.0 {
+                for &id in context {
+                    // From the original logit, so an id seen twice is penalized once.
+                    let l = *logits
+                        .get(id as usize)
+                        .ok_or(ChatError::TokenOutOfRange { id, len })?;
+                    buf[id as usize] = if l > 0.0 { l / penalty } else { l * penalty };
+                }
             }
-            &self.penalized[..]
-        } else {
-            logits
+            if adjusts {
+                for (&id, &count) in &self.drawn {
+                    if let Some(l) = buf.get_mut(id as usize) {
+                        *l -= count as f32 * frequency + presence;
+                    }
+                }
+            }
+            for &(id, bias) in &self.params.logit_bias {
+                buf[id as usize] += bias;
+            }
+        }
+        let logits = if adjusted { &buf[..] } else { logits };
+        let drawn = self.draw(logits);
+        let lp = match (&drawn, top) {
+            (Ok(id), Some(k)) => Some(logprobs::of(logits, *id, k)),
+            _ => None,
         };
+        self.penalized = buf;
+        let id = drawn?;
+        *self.drawn.entry(id).or_insert(0) += 1;
+        Ok((id, lp))
+    }
+
+    /// A draw from adjusted `logits`: greedy, or temperature, truncation and the seeded generator.
+    fn draw(&mut self, logits: &[f32]) -> Result<u32> {
+        let len = logits.len();
         // A temperature so small that 1/T overflows is greedy too.
         if self.params.temperature == 0.0 || !(1.0 / f64::from(self.params.temperature)).is_finite()
         {
@@ -477,6 +565,20 @@ impl Sampler {
         context: &[u32],
         allowed: &[u32],
     ) -> Result<u32> {
+        Ok(self
+            .sample_masked_with_logprobs(logits, context, allowed, None)?
+            .0)
+    }
+
+    /// [`Sampler::sample_masked`] with [`Sampler::sample_with_logprobs`]' log-probabilities (of the
+    /// masked logits).
+    pub fn sample_masked_with_logprobs(
+        &mut self,
+        logits: &[f32],
+        context: &[u32],
+        allowed: &[u32],
+        top: Option<usize>,
+    ) -> Result<(u32, Option<TokenLogprobs>)> {
         let mut masked = std::mem::take(&mut self.masked);
         masked.clear();
         masked.extend_from_slice(logits);
@@ -487,7 +589,7 @@ impl Sampler {
                 logits.len()
             )))
         } else {
-            self.sample(&masked, context)
+            self.sample_with_logprobs(&masked, context, top)
         };
         self.masked = masked;
         id
@@ -511,5 +613,8 @@ fn argmax(values: &[f32]) -> Option<u32> {
     best.map(|(i, _)| i as u32)
 }
 
+mod logprobs;
 #[cfg(test)]
 mod tests;
+
+pub use logprobs::TokenLogprobs;

@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use bitnet_chat::{
-    Detokenizer, Sampler, SamplingParams, StopMatcher, TokenConstraint, allows_only,
+    Detokenizer, Sampler, SamplingParams, StopMatcher, TokenConstraint, TokenLogprobs, allows_only,
 };
 use bitnet_model::Session;
 use serde::Serialize;
@@ -61,6 +61,9 @@ pub struct Step {
     pub token: Option<u32>,
     /// Why generation ended, if it did (then `text` includes everything held back).
     pub stop: Option<StopReason>,
+    /// With [`SeqDecoder::with_logprobs`]: the log-probabilities of the token sampled in this step (none
+    /// for an end-of-turn id, which is not part of the output).
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 /// The per-sequence half of generation: sampling, end-of-turn ids, stop strings and detokenization, fed
@@ -77,6 +80,7 @@ pub struct SeqDecoder<'e> {
     ids: Vec<u32>,
     text: String,
     done: bool,
+    top_logprobs: Option<usize>,
 }
 
 impl<'e> SeqDecoder<'e> {
@@ -96,6 +100,7 @@ impl<'e> SeqDecoder<'e> {
             ids: Vec::new(),
             text: String::new(),
             done: false,
+            top_logprobs: None,
         })
     }
 
@@ -107,9 +112,16 @@ impl<'e> SeqDecoder<'e> {
 
     /// The next id: sampled from `logits`, or from the ids the constraint allows (`None`: the
     /// constraint is complete and allows only end-of-text, so the sequence ends).
-    fn pick(&mut self, logits: &[f32], history: &[u32]) -> anyhow::Result<Option<u32>> {
+    fn pick(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+    ) -> anyhow::Result<Option<(u32, Option<TokenLogprobs>)>> {
+        let top = self.top_logprobs;
         let Some(c) = self.constraint.as_mut() else {
-            return Ok(Some(self.sampler.sample(logits, history)?));
+            return Ok(Some(
+                self.sampler.sample_with_logprobs(logits, history, top)?,
+            ));
         };
         let allowed = c.allowed()?;
         if allows_only(allowed, self.stop_ids) {
@@ -119,11 +131,20 @@ impl<'e> SeqDecoder<'e> {
             }
             return Ok(None);
         }
-        let next = self.sampler.sample_masked(logits, history, allowed)?;
+        let (next, lp) = self
+            .sampler
+            .sample_masked_with_logprobs(logits, history, allowed, top)?;
         if !self.stop_ids.contains(&next) {
             c.commit(next)?;
         }
-        Ok(Some(next))
+        Ok(Some((next, lp)))
+    }
+
+    /// Reports each sampled token's log-probability and the `top` most likely alternatives' in
+    /// [`Step::logprobs`].
+    pub fn with_logprobs(mut self, top: usize) -> SeqDecoder<'e> {
+        self.top_logprobs = Some(top);
+        self
     }
 
     /// Samples from `logits` (the model's output after `history`, the ids in context). `room` says whether
@@ -135,7 +156,7 @@ impl<'e> SeqDecoder<'e> {
         if self.ids.len() >= self.max_tokens {
             return self.end(String::new(), StopReason::Length);
         }
-        let Some(next) = self.pick(logits, history)? else {
+        let Some((next, logprobs)) = self.pick(logits, history)? else {
             return self.end(String::new(), StopReason::Eos);
         };
         if self.stop_ids.contains(&next) {
@@ -150,18 +171,26 @@ impl<'e> SeqDecoder<'e> {
                 text: piece.text,
                 token: None,
                 stop: Some(StopReason::StopString),
+                logprobs,
             });
         }
         if self.ids.len() == self.max_tokens {
-            return self.end(piece.text, StopReason::Length);
+            return Ok(Step {
+                logprobs,
+                ..self.end(piece.text, StopReason::Length)?
+            });
         }
         if !room {
-            return self.end(piece.text, StopReason::Context);
+            return Ok(Step {
+                logprobs,
+                ..self.end(piece.text, StopReason::Context)?
+            });
         }
         Ok(Step {
             text: piece.text,
             token: Some(next),
             stop: None,
+            logprobs,
         })
     }
 
@@ -190,6 +219,7 @@ impl<'e> SeqDecoder<'e> {
             text,
             token: None,
             stop: Some(reason),
+            logprobs: None,
         })
     }
 

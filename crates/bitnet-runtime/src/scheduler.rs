@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use bitnet_chat::SamplingParams;
+use bitnet_chat::{SamplingParams, TokenLogprobs};
 use bitnet_model::{Backend, Session};
 
 use crate::decoder::{SeqDecoder, StopReason, reuse_prefix};
@@ -80,11 +80,15 @@ pub struct Job {
     pub events: Box<dyn EventSink>,
     /// When the request arrived (time to first token counts from here).
     pub received: Instant,
+    /// Report each token's log-probability and this many alternatives' ([`Event::Logprobs`]).
+    pub logprobs: Option<usize>,
 }
 
 /// What a worker reports about a job.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// A sampled token's log-probabilities (when the job asks for them), sent before the text it adds.
+    Logprobs(TokenLogprobs),
     /// More text (never empty).
     Text(String),
     /// The job ended.
@@ -253,10 +257,18 @@ fn finish(job: &Job, dec: &SeqDecoder<'_>, stop: StopReason, t: (usize, f64, Ins
 fn report(
     job: &Job,
     metrics: &Metrics,
-    text: String,
-    stop: Option<StopReason>,
+    step: crate::decoder::Step,
     fin: impl FnOnce(StopReason) -> Finish,
 ) -> bool {
+    let crate::decoder::Step {
+        text,
+        stop,
+        logprobs,
+        ..
+    } = step;
+    if let Some(lp) = logprobs {
+        send(job, Event::Logprobs(lp));
+    }
     if !text.is_empty() {
         send(job, Event::Text(text));
     }
@@ -310,7 +322,10 @@ fn packed_loop(
                 continue;
             }
             let dec = match SeqDecoder::new(engine, &job.params, &job.stops) {
-                Ok(d) => d,
+                Ok(d) => match job.logprobs {
+                    Some(k) => d.with_logprobs(k),
+                    None => d,
+                },
                 Err(e) => {
                     send(&job, Event::Failed(format!("{e:#}")));
                     continue;
@@ -398,9 +413,7 @@ fn packed_loop(
                     if let Some(t) = step.token {
                         a.pending = t;
                     }
-                    report(&a.job, metrics, step.text, step.stop, |s| {
-                        finish(&a.job, &a.dec, s, timing)
-                    })
+                    report(&a.job, metrics, step, |s| finish(&a.job, &a.dec, s, timing))
                 }
                 Err(e) => {
                     send(&a.job, Event::Failed(format!("sampling failed: {e}")));

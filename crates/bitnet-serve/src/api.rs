@@ -76,6 +76,10 @@ pub struct Common {
     /// `max_tokens` / `max_completion_tokens` as asked (clamped to the context later).
     pub max_tokens: Option<usize>,
     pub stops: Vec<String>,
+    /// Sequences to generate (`n`).
+    pub n: usize,
+    /// Report log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
 }
 
 /// The request body as a JSON object; malformed JSON and invalid UTF-8 are 400s that say where.
@@ -114,6 +118,7 @@ pub fn common(
     f: &SamplingFields,
     max_completion_tokens: Option<Count>,
     defaults: &SamplingParams,
+    vocab: usize,
 ) -> Result<Common, ApiError> {
     let mut p = defaults.clone();
     if let Some(F32(t)) = f.temperature {
@@ -160,24 +165,44 @@ pub fn common(
         }
         p.repetition_penalty = v;
     }
-    for (name, v) in [
-        ("presence_penalty", f.presence_penalty),
-        ("frequency_penalty", f.frequency_penalty),
+    for (name, v, slot) in [
+        (
+            "presence_penalty",
+            f.presence_penalty,
+            &mut p.presence_penalty,
+        ),
+        (
+            "frequency_penalty",
+            f.frequency_penalty,
+            &mut p.frequency_penalty,
+        ),
     ] {
-        if let Some(F32(v)) = v
-            && v != 0.0
-        {
-            return Err(ApiError::param(
-                name,
-                format!("`{name}` other than 0 is not supported yet"),
-            ));
+        if let Some(F32(v)) = v {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(ApiError::param(
+                    name,
+                    format!("`{name}` must be in [-2, 2], not {v}"),
+                ));
+            }
+            *slot = v;
         }
     }
-    if f.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(ApiError::param(
-            "logit_bias",
-            "`logit_bias` is not supported yet",
-        ));
+    for (key, &F32(bias)) in f.logit_bias.iter().flatten() {
+        let at = format!("logit_bias.{key}");
+        let id = key.parse::<u32>().ok().filter(|&id| (id as usize) < vocab);
+        let Some(id) = id else {
+            return Err(ApiError::param(
+                &at,
+                format!("`logit_bias` key {key:?} is not a token id of this model (0..{vocab})"),
+            ));
+        };
+        if !(-100.0..=100.0).contains(&bias) {
+            return Err(ApiError::param(
+                &at,
+                format!("`{at}` must be in [-100, 100], not {bias}"),
+            ));
+        }
+        p.logit_bias.push((id, bias));
     }
     p.seed = match f.seed {
         Some(Seed(s)) => s,
@@ -200,14 +225,16 @@ pub fn common(
             max_tokens.get_or_insert(usize::try_from(n).unwrap_or(usize::MAX));
         }
     }
-    if let Some(Count(n)) = f.n
-        && n != 1
-    {
-        return Err(ApiError::param(
-            "n",
-            format!("only n = 1 is supported, not {n}"),
-        ));
-    }
+    let n = match f.n {
+        None => 1,
+        Some(Count(n)) if (1..=MAX_N as u64).contains(&n) => n as usize,
+        Some(Count(n)) => {
+            return Err(ApiError::param(
+                "n",
+                format!("`n` must be in 1..={MAX_N}, not {n}"),
+            ));
+        }
+    };
     let stops = f.stop.clone().unwrap_or_default().0;
     if stops.len() > MAX_STOPS {
         return Err(ApiError::param(
@@ -227,8 +254,13 @@ pub fn common(
         params: p,
         max_tokens,
         stops,
+        n,
+        logprobs: None,
     })
 }
+
+/// The most sequences one request may ask for (`n`).
+pub const MAX_N: usize = 16;
 
 /// OpenAI's limit on `stop` strings.
 pub const MAX_STOPS: usize = 4;

@@ -1,25 +1,27 @@
 //! The generating routes: `/v1/chat/completions` and `/v1/completions`, answered as one JSON body or as
 //! server-sent events.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bitnet_model::Backend;
 use bitnet_runtime::scheduler::Bounded;
 use bitnet_runtime::scheduler::{Event, Finish, Job, Refused};
-use serde_json::{Value, json};
+use futures_util::StreamExt;
+use serde_json::Value;
 use tokio::sync::mpsc::Receiver;
 
 use crate::api::{self, ApiError, Common};
-use crate::request::{self, Prompt, Unknown};
+use crate::request::{self, Count, Prompt, Unknown};
+use crate::respond::{Choice, Chunks, Kind, failed};
 use crate::{App, unix_now};
 
 impl App {
@@ -51,12 +53,6 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Chat,
-    Text,
-}
-
 /// Runs `f` (rendering and tokenizing) off the async runtime, at most one job per core: a burst of large
 /// requests queues here, before the expensive work, instead of running on an unbounded pool. Its error
 /// names `param`.
@@ -85,13 +81,30 @@ pub(crate) async fn chat(
         let req = request::parse_chat(api::parse_body(&body_bytes(body)?)?)?;
         app.screen("/v1/chat/completions", &req.unknown(), &req.unused())?;
         req.refusals()?;
-        let common = api::common(&req.common, req.chat.max_completion_tokens, &app.defaults)?;
-        if req.chat.logprobs == Some(true) || req.chat.top_logprobs.is_some_and(|c| c.0 > 0) {
-            return Err(ApiError::param(
-                "logprobs",
-                "`logprobs` is not supported yet",
-            ));
-        }
+        let vocab = app.engine.model.config().vocab_size;
+        let mut common = api::common(
+            &req.common,
+            req.chat.max_completion_tokens,
+            &app.defaults,
+            vocab,
+        )?;
+        common.logprobs = match (req.chat.logprobs, req.chat.top_logprobs) {
+            (Some(true), None) => Some(0),
+            (Some(true), Some(Count(k))) if k <= 20 => Some(k as usize),
+            (Some(true), Some(Count(k))) => {
+                return Err(ApiError::param(
+                    "top_logprobs",
+                    format!("`top_logprobs` must be in 0..=20, not {k}"),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(ApiError::param(
+                    "top_logprobs",
+                    "`top_logprobs` needs `logprobs: true`",
+                ));
+            }
+            _ => None,
+        };
         let messages = req.messages()?;
         let ids = tokenize(&app, "messages", move |e| e.encode_chat(&messages)).await?;
         generate(&app, common, ids, Kind::Chat).await
@@ -107,13 +120,18 @@ pub(crate) async fn completions(
         let req = request::parse_completion(api::parse_body(&body_bytes(body)?)?)?;
         app.screen("/v1/completions", &req.unknown(), &req.unused())?;
         req.refusals()?;
-        let common = api::common(&req.common, None, &app.defaults)?;
-        if req.completion.logprobs.is_some() {
-            return Err(ApiError::param(
-                "logprobs",
-                "`logprobs` is not supported yet",
-            ));
-        }
+        let vocab = app.engine.model.config().vocab_size;
+        let mut common = api::common(&req.common, None, &app.defaults, vocab)?;
+        common.logprobs = match req.completion.logprobs {
+            None => None,
+            Some(Count(k)) if k <= 5 => Some(k as usize),
+            Some(Count(k)) => {
+                return Err(ApiError::param(
+                    "logprobs",
+                    format!("`logprobs` must be in 0..=5, not {k}"),
+                ));
+            }
+        };
         let ids = match req.prompt()? {
             Prompt::Ids(ids) => {
                 let vocab = app.engine.model.config().vocab_size;
@@ -203,212 +221,211 @@ async fn generate(
         .unwrap_or(params.max_tokens)
         .min(ctx - ids.len());
     let (worker, model) = app.worker(common.model.as_deref())?;
-    let (tx, rx) = Bounded::channel(CLIENT_BUFFER);
+    if common.logprobs.is_some() && model == app.reference_id {
+        return Err(ApiError::param(
+            "logprobs",
+            "log-probabilities are reported by the packed model only, not the FP32 reference",
+        ));
+    }
     let prompt_tokens = ids.len();
-    worker
-        .submit(Job {
-            prompt: ids,
-            params,
-            stops: common.stops.clone(),
-            events: Box::new(tx),
-            received: Instant::now(),
-        })
-        .map_err(|r| match r {
-            Refused::QueueFull => {
-                ApiError::bad("the server is busy: its queue is full; retry shortly").with(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_error",
-                    "queue_full",
-                )
-            }
-            Refused::Stopped => ApiError::bad("the engine has stopped: restart the server").with(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "engine_stopped",
-            ),
-        })?;
+    // `n` sequences, each its own job (the scheduler batches them) with the next seed.
+    let mut receivers = Vec::with_capacity(common.n);
+    for i in 0..common.n {
+        let (tx, rx) = Bounded::channel(CLIENT_BUFFER);
+        let mut params = params.clone();
+        params.seed = params.seed.wrapping_add(i as u64);
+        worker
+            .submit(Job {
+                prompt: ids.clone(),
+                params,
+                stops: common.stops.clone(),
+                events: Box::new(tx),
+                received: Instant::now(),
+                logprobs: common.logprobs,
+            })
+            .map_err(|r| match r {
+                Refused::QueueFull => {
+                    ApiError::bad("the server is busy: its queue is full; retry shortly").with(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "server_error",
+                        "queue_full",
+                    )
+                }
+                Refused::Stopped => ApiError::bad("the engine has stopped: restart the server")
+                    .with(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "server_error",
+                        "engine_stopped",
+                    ),
+            })?;
+        receivers.push(rx);
+    }
     let ch = Chunks {
         id: request_id(kind),
         created: unix_now(),
         model: model.to_string(),
         kind,
         include_usage: common.include_usage,
+        logprobs: common.logprobs.is_some(),
+        engine: app.engine.clone(),
     };
     if common.stream {
-        Ok(sse(ch, rx))
+        Ok(sse(ch, receivers))
     } else {
-        collect(ch, rx, prompt_tokens).await
-    }
-}
-
-/// Builds the response objects of one request.
-struct Chunks {
-    id: String,
-    created: u64,
-    model: String,
-    kind: Kind,
-    include_usage: bool,
-}
-
-impl Chunks {
-    fn object(&self, stream: bool) -> &'static str {
-        match (self.kind, stream) {
-            (Kind::Chat, true) => "chat.completion.chunk",
-            (Kind::Chat, false) => "chat.completion",
-            (Kind::Text, _) => "text_completion",
-        }
-    }
-
-    fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
-        let choice = match self.kind {
-            Kind::Chat => {
-                let mut delta = serde_json::Map::new();
-                if role {
-                    delta.insert("role".into(), json!("assistant"));
-                }
-                if let Some(t) = text {
-                    delta.insert("content".into(), json!(t));
-                }
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
-            }
-            Kind::Text => {
-                json!({"text": text.unwrap_or(""), "index": 0, "logprobs": null, "finish_reason": finish})
-            }
-        };
-        let mut v = json!({
-            "id": self.id,
-            "object": self.object(true),
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        });
-        if self.include_usage {
-            v["usage"] = Value::Null;
-        }
-        v
-    }
-
-    fn usage_chunk(&self, f: &Finish) -> Value {
-        json!({
-            "id": self.id,
-            "object": self.object(true),
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": api::usage(f.prompt_tokens, f.cached_tokens, f.completion_tokens),
-        })
-    }
-
-    fn whole(&self, text: &str, f: &Finish) -> Value {
-        let reason = api::finish_reason(f.stop);
-        let choice = match self.kind {
-            Kind::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": null},
-                "logprobs": null,
-                "finish_reason": reason,
-            }),
-            Kind::Text => {
-                json!({"text": text, "index": 0, "logprobs": null, "finish_reason": reason})
-            }
-        };
-        json!({
-            "id": self.id,
-            "object": self.object(false),
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": api::usage(f.prompt_tokens, f.cached_tokens, f.completion_tokens),
-        })
-    }
-}
-
-fn failed(message: String) -> ApiError {
-    ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message,
-        kind: "server_error",
-        param: None,
-        code: None,
+        collect(ch, receivers, prompt_tokens).await
     }
 }
 
 async fn collect(
     ch: Chunks,
-    mut rx: Receiver<Event>,
+    receivers: Vec<Receiver<Event>>,
     prompt_tokens: usize,
 ) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    while let Some(e) = rx.recv().await {
-        match e {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done(f) => return Ok(axum::Json(ch.whole(&text, &f)).into_response()),
-            Event::Failed(m) => return Err(failed(m)),
-        }
-    }
-    Err(failed(format!(
-        "the engine stopped before finishing the request ({prompt_tokens} prompt tokens)"
-    )))
-}
-
-fn sse_event(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
-}
-
-/// Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. When the client goes away the
-/// body (and with it the receiver) is dropped, which cancels the job at the engine's next step.
-fn sse(ch: Chunks, rx: Receiver<Event>) -> Response {
-    let mut first = VecDeque::new();
-    if ch.kind == Kind::Chat {
-        first.push_back(sse_event(&ch.chunk(Some(""), true, None)));
-    }
-    let state = (rx, first, false, ch);
-    let stream =
-        futures_util::stream::unfold(state, |(mut rx, mut out, mut done, ch)| async move {
-            loop {
-                if let Some(b) = out.pop_front() {
-                    return Some((Ok::<_, Infallible>(b), (rx, out, done, ch)));
+    let mut choices = Vec::with_capacity(receivers.len());
+    for mut rx in receivers {
+        let mut c = Choice::default();
+        loop {
+            match rx.recv().await {
+                Some(Event::Text(t)) => c.text.push_str(&t),
+                Some(Event::Logprobs(lp)) => c.logprobs.push(lp),
+                Some(Event::Done(f)) => {
+                    c.finish = Some(f);
+                    break;
                 }
-                if done {
-                    return None;
-                }
-                match rx.recv().await {
-                    Some(Event::Text(t)) => {
-                        out.push_back(sse_event(&ch.chunk(Some(&t), false, None)))
-                    }
-                    Some(Event::Done(f)) => {
-                        let reason = api::finish_reason(f.stop);
-                        let last = match ch.kind {
-                            Kind::Chat => ch.chunk(None, false, Some(reason)),
-                            Kind::Text => ch.chunk(Some(""), false, Some(reason)),
-                        };
-                        out.push_back(sse_event(&last));
-                        if ch.include_usage {
-                            out.push_back(sse_event(&ch.usage_chunk(&f)));
-                        }
-                        out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
-                        done = true;
-                    }
-                    Some(Event::Failed(m)) => {
-                        out.push_back(sse_event(&failed(m).body()));
-                        out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
-                        done = true;
-                    }
-                    None => {
-                        out.push_back(sse_event(
-                            &failed("the engine stopped before finishing the request".into())
-                                .body(),
-                        ));
-                        done = true;
-                    }
+                Some(Event::Failed(m)) => return Err(failed(m)),
+                None => {
+                    return Err(failed(format!(
+                        "the engine stopped before finishing the request ({prompt_tokens} prompt tokens)"
+                    )));
                 }
             }
-        });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| failed("building the stream failed".into()).into_response())
+        }
+        choices.push(c);
+    }
+    Ok(axum::Json(ch.whole(&choices)).into_response())
+}
+
+/// Server-sent events in OpenAI's chunk format (every choice's, as they come), ending with `data: [DONE]`,
+/// with a comment line every 15 s while nothing is sent. When the client goes away the body (and with it
+/// the receivers) is dropped, which cancels the jobs at the engine's next step.
+fn sse(ch: Chunks, receivers: Vec<Receiver<Event>>) -> Response {
+    let n = receivers.len();
+    let events =
+        futures_util::stream::select_all(receivers.into_iter().enumerate().map(|(i, rx)| {
+            futures_util::stream::unfold(rx, move |mut rx| async move {
+                rx.recv().await.map(|e| ((i, e), rx))
+            })
+            .boxed()
+        }));
+    let mut first = Vec::new();
+    if ch.kind == Kind::Chat {
+        for i in 0..n {
+            first.push(ch.chunk(i, Some(""), true, None, Value::Null));
+        }
+    }
+    let state = StreamState {
+        ch,
+        pending: vec![Vec::new(); n],
+        offsets: vec![0; n],
+        finishes: vec![None; n],
+        done: false,
+    };
+    let head = futures_util::stream::iter(first.into_iter().map(|v| sse_json(&v)));
+    let body = futures_util::stream::unfold((events, state), |(mut events, mut st)| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            match events.next().await {
+                Some((i, e)) => {
+                    if let Some(out) = st.event(i, e) {
+                        return Some((out, (events, st)));
+                    }
+                }
+                None => {
+                    st.done = true;
+                    return Some((st.end(), (events, st)));
+                }
+            }
+        }
+    })
+    .flat_map(futures_util::stream::iter);
+    let stream = head.chain(body).map(Ok::<_, Infallible>);
+    (
+        [("x-accel-buffering", "no")],
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))),
+    )
+        .into_response()
+}
+
+fn sse_json(v: &Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
+}
+
+/// What the event stream of one request has seen.
+struct StreamState {
+    ch: Chunks,
+    /// Log-probabilities not yet sent, per choice (they go with the next text of the choice).
+    pending: Vec<Vec<bitnet_chat::TokenLogprobs>>,
+    /// Per choice: the length of its text so far (text completions' `text_offset`).
+    offsets: Vec<usize>,
+    finishes: Vec<Option<Finish>>,
+    done: bool,
+}
+
+impl StreamState {
+    /// The server-sent events for choice `i`'s event `e` (none while log-probabilities wait for text).
+    fn event(&mut self, i: usize, e: Event) -> Option<Vec<SseEvent>> {
+        match e {
+            Event::Logprobs(lp) => {
+                self.pending[i].push(lp);
+                None
+            }
+            Event::Text(t) => {
+                let lps = std::mem::take(&mut self.pending[i]);
+                let lp = self.ch.logprobs_json(&lps, &mut self.offsets[i]);
+                Some(vec![sse_json(&self.ch.chunk(i, Some(&t), false, None, lp))])
+            }
+            Event::Done(f) => {
+                let lps = std::mem::take(&mut self.pending[i]);
+                let reason = api::finish_reason(f.stop);
+                let text = if self.ch.kind == Kind::Chat {
+                    None
+                } else {
+                    Some("")
+                };
+                let lp = if lps.is_empty() {
+                    Value::Null
+                } else {
+                    self.ch.logprobs_json(&lps, &mut self.offsets[i])
+                };
+                let last = self.ch.chunk(i, text, false, Some(reason), lp);
+                self.finishes[i] = Some(f);
+                Some(vec![sse_json(&last)])
+            }
+            Event::Failed(m) => {
+                self.done = true;
+                Some(vec![
+                    sse_json(&failed(m).body()),
+                    SseEvent::default().data("[DONE]"),
+                ])
+            }
+        }
+    }
+
+    /// The end of the stream: the usage chunk if asked for, and `[DONE]`; an error if a choice never ended.
+    fn end(&self) -> Vec<SseEvent> {
+        if self.finishes.iter().any(Option::is_none) {
+            return vec![sse_json(
+                &failed("the engine stopped before finishing the request".into()).body(),
+            )];
+        }
+        let mut out = Vec::new();
+        if self.ch.include_usage {
+            let fins: Vec<&Finish> = self.finishes.iter().flatten().collect();
+            out.push(sse_json(&self.ch.usage_chunk(&fins)));
+        }
+        out.push(SseEvent::default().data("[DONE]"));
+        out
+    }
 }

@@ -8,6 +8,7 @@ mod api;
 mod conn;
 mod generate;
 mod request;
+mod respond;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -561,11 +562,12 @@ pub mod fuzzing {
                 &r.common,
                 r.chat.max_completion_tokens,
                 &SamplingParams::default(),
+                128,
             );
         }
         if let Ok(r) = request::parse_completion(m) {
             let _ = (r.unknown(), r.refusals(), r.unused(), r.prompt());
-            let _ = api::common(&r.common, None, &SamplingParams::default());
+            let _ = api::common(&r.common, None, &SamplingParams::default(), 128);
         }
     }
 }

@@ -504,3 +504,62 @@ fn sample_masked_draws_only_allowed_ids() {
     let err = s.sample_masked(&l, &[], &[0; 4]).unwrap_err().to_string();
     assert!(err.contains("allows none of the 100 tokens"), "{err}");
 }
+
+#[test]
+fn presence_and_frequency_penalties_follow_openai_over_drawn_tokens() {
+    let logits = [1.0f32, 0.9, 0.0];
+    let run = |presence: f32, frequency: f32| {
+        let mut s = sampler(|p| {
+            p.temperature = 0.0;
+            p.presence_penalty = presence;
+            p.frequency_penalty = frequency;
+        });
+        // The context (the prompt) does not count: only what this sampler drew.
+        (0..5)
+            .map(|_| s.sample(&logits, &[0, 0, 0]).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(0.0, 0.0), [0, 0, 0, 0, 0]);
+    // Frequency: each draw lowers the token by 2 again.
+    assert_eq!(run(0.0, 2.0), [0, 1, 2, 0, 1]);
+    // Presence: once drawn, lowered by 2 once, however often.
+    assert_eq!(run(2.0, 0.0), [0, 1, 2, 0, 0]);
+}
+
+#[test]
+fn logit_bias_moves_the_draw_and_logprobs_see_it() {
+    let logits = [1.0f32, 0.9, 0.0, -1.0];
+    let mut s = sampler(|p| {
+        p.temperature = 0.0;
+        p.logit_bias = vec![(3, 100.0), (0, -100.0)];
+    });
+    let (id, lp) = s.sample_with_logprobs(&logits, &[], Some(2)).unwrap();
+    assert_eq!(id, 3);
+    let lp = lp.unwrap();
+    assert_eq!(lp.id, 3);
+    assert_eq!(lp.top[0].0, 3);
+    assert_eq!(lp.top[1].0, 1);
+    assert!(lp.logprob <= 0.0 && lp.logprob > -1e-3, "{lp:?}");
+    // Without a request, no log-probabilities.
+    assert!(
+        s.sample_with_logprobs(&logits, &[], None)
+            .unwrap()
+            .1
+            .is_none()
+    );
+    // A bias past the vocabulary is an error, not a panic.
+    let mut s = sampler(|p| p.logit_bias = vec![(4, 1.0)]);
+    assert!(matches!(
+        s.sample(&logits, &[]),
+        Err(ChatError::TokenOutOfRange { id: 4, len: 4 })
+    ));
+    for f in [
+        (|p: &mut SamplingParams| p.presence_penalty = 2.5) as fn(&mut SamplingParams),
+        |p| p.frequency_penalty = -3.0,
+        |p| p.logit_bias = vec![(0, 101.0)],
+    ] {
+        let mut p = SamplingParams::default();
+        f(&mut p);
+        assert!(Sampler::new(p).is_err());
+    }
+}
