@@ -127,7 +127,9 @@ impl GrammarEngine {
     }
 }
 
-/// One sequence's grammar state: which tokens may come next, advanced token by token.
+/// One sequence's grammar state: which tokens may come next, advanced token by token. A clone goes on
+/// independently (`n` sequences under one schema compile it once).
+#[derive(Clone)]
 pub struct Constraint {
     matcher: Matcher,
     /// The mask of the current step, computed on the first [`Constraint::allowed`] after a commit.

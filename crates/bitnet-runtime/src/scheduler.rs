@@ -75,6 +75,8 @@ pub struct Job {
     pub params: SamplingParams,
     /// Stop strings.
     pub stops: Vec<String>,
+    /// What the output must be (a grammar), if anything.
+    pub constraint: Option<Box<dyn bitnet_chat::TokenConstraint>>,
     /// Where the worker sends the text as it comes; when the receiver is gone (the client disconnected)
     /// the job is cancelled at the next step.
     pub events: Box<dyn EventSink>,
@@ -300,7 +302,7 @@ fn packed_loop(
         // Admit waiting jobs into free slots; block only when there is nothing to run.
         while active.len() < parallel {
             metrics.set_active(active.len());
-            let job = if active.is_empty() {
+            let mut job = if active.is_empty() {
                 match rx.recv() {
                     Ok(j) => j,
                     Err(_) => return,
@@ -321,11 +323,18 @@ fn packed_loop(
                 send(&job, Event::Failed(why));
                 continue;
             }
+            let constraint = job.constraint.take();
             let dec = match SeqDecoder::new(engine, &job.params, &job.stops) {
-                Ok(d) => match job.logprobs {
-                    Some(k) => d.with_logprobs(k),
-                    None => d,
-                },
+                Ok(d) => {
+                    let d = match job.logprobs {
+                        Some(k) => d.with_logprobs(k),
+                        None => d,
+                    };
+                    match constraint {
+                        Some(c) => d.with_constraint(c),
+                        None => d,
+                    }
+                }
                 Err(e) => {
                     send(&job, Event::Failed(format!("{e:#}")));
                     continue;
@@ -486,11 +495,22 @@ fn pick_slot(
 }
 
 /// Runs one job to its end on `backend` (no batching), with the loop `run` and `chat` use.
-fn run_single(engine: &Engine, backend: &dyn Backend, job: Job, metrics: &Metrics) {
+fn run_single(engine: &Engine, backend: &dyn Backend, mut job: Job, metrics: &Metrics) {
     if let Err(why) = admissible(&job.prompt, backend.config().vocab_size, engine.context()) {
         send(&job, Event::Failed(why));
         return;
     }
+    let constraint = job.constraint.take();
+    let dec = match SeqDecoder::new(engine, &job.params, &job.stops) {
+        Ok(d) => match constraint {
+            Some(c) => d.with_constraint(c),
+            None => d,
+        },
+        Err(e) => {
+            send(&job, Event::Failed(format!("{e:#}")));
+            return;
+        }
+    };
     let mut session = backend.session(engine.context());
     let waited = job.received.elapsed().as_secs_f64();
     let cancelled = || job.events.is_closed();
@@ -501,13 +521,12 @@ fn run_single(engine: &Engine, backend: &dyn Backend, job: Job, metrics: &Metric
         }
         Ok(())
     };
-    let generated = engine.generate_on(
+    let generated = engine.generate_with(
         backend,
         &mut session,
         &mut Vec::new(),
         &job.prompt,
-        &job.params,
-        &job.stops,
+        dec,
         &cancelled,
         &mut emit,
     );

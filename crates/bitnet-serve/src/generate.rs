@@ -73,6 +73,45 @@ async fn tokenize(
         .map_err(|e| ApiError::param(param, format!("{e:#}")))
 }
 
+/// One constraint per sequence (`n`) for `spec` (from `response_format`), compiled once off the async
+/// runtime like tokenizing; the grammar engine is built on first use. A schema that does not compile is a
+/// 400 naming the field.
+async fn constrain(
+    app: &Arc<App>,
+    spec: bitnet_grammar::ConstraintSpec,
+    n: usize,
+) -> Result<Vec<Box<dyn bitnet_chat::TokenConstraint>>, ApiError> {
+    let _permit = app
+        .tokenizing
+        .acquire()
+        .await
+        .map_err(|_| ApiError::bad("shutting down"))?;
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let grammar = app
+            .grammar
+            .get_or_init(|| {
+                let e = &app.engine;
+                bitnet_grammar::GrammarEngine::new(
+                    e.tokenizer.hf(),
+                    &e.stop_ids,
+                    e.model.config().vocab_size,
+                )
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| ApiError::param("response_format", e.clone()))?;
+        let c = grammar
+            .constraint(&spec, "response_format")
+            .map_err(|e| ApiError::param("response_format", e.to_string()))?;
+        Ok((0..n)
+            .map(|_| Box::new(c.clone()) as Box<dyn bitnet_chat::TokenConstraint>)
+            .collect())
+    })
+    .await
+    .map_err(|e| ApiError::bad(format!("compiling the grammar failed: {e}")))?
+}
+
 pub(crate) async fn chat(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
@@ -81,6 +120,7 @@ pub(crate) async fn chat(
         let req = request::parse_chat(api::parse_body(&body_bytes(body)?)?)?;
         app.screen("/v1/chat/completions", &req.unknown(), &req.unused())?;
         req.refusals()?;
+        let spec = req.constraint_spec()?;
         let vocab = app.engine.model.config().vocab_size;
         let mut common = api::common(
             &req.common,
@@ -107,7 +147,11 @@ pub(crate) async fn chat(
         };
         let messages = req.messages()?;
         let ids = tokenize(&app, "messages", move |e| e.encode_chat(&messages)).await?;
-        generate(&app, common, ids, Kind::Chat).await
+        let constraints = match spec {
+            Some(spec) => constrain(&app, spec, common.n).await?,
+            None => Vec::new(),
+        };
+        generate(&app, common, ids, Kind::Chat, constraints).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -154,7 +198,7 @@ pub(crate) async fn completions(
         if ids.is_empty() {
             return Err(ApiError::param("prompt", "`prompt` is empty"));
         }
-        generate(&app, common, ids, Kind::Text).await
+        generate(&app, common, ids, Kind::Text, Vec::new()).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -183,6 +227,7 @@ async fn generate(
     common: Common,
     ids: Vec<u32>,
     kind: Kind,
+    mut constraints: Vec<Box<dyn bitnet_chat::TokenConstraint>>,
 ) -> Result<Response, ApiError> {
     let ctx = app.engine.context();
     if ids.len() >= ctx {
@@ -239,6 +284,7 @@ async fn generate(
                 prompt: ids.clone(),
                 params,
                 stops: common.stops.clone(),
+                constraint: constraints.pop(),
                 events: Box::new(tx),
                 received: Instant::now(),
                 logprobs: common.logprobs,

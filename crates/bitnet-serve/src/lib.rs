@@ -40,6 +40,9 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Everything the handlers share.
 struct App {
     engine: Arc<Engine>,
+    /// The grammar engine for `response_format`, built on the first request that needs it (its token trie
+    /// takes a second or two on a 128k vocabulary), or why it cannot be built.
+    grammar: std::sync::OnceLock<Result<Arc<bitnet_grammar::GrammarEngine>, String>>,
     model_id: String,
     reference_id: String,
     packed: Worker,
@@ -167,6 +170,7 @@ pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
         }
     };
     let app = Arc::new(App {
+        grammar: std::sync::OnceLock::new(),
         reference_id: format!("{model_id}:fp32"),
         model_id,
         engine,

@@ -476,6 +476,20 @@ impl ChatRequest {
         u
     }
 
+    /// What `response_format` asks the output to be (`None` for text): a 400 naming the field under
+    /// `response_format` that is wrong.
+    pub fn constraint_spec(&self) -> Result<Option<bitnet_grammar::ConstraintSpec>, ApiError> {
+        let Some(rf) = &self.chat.response_format else {
+            return Ok(None);
+        };
+        bitnet_grammar::ConstraintSpec::from_response_format(rf).map_err(|e| match &e {
+            bitnet_grammar::GrammarError::Field { field, .. } => {
+                ApiError::param(field, e.to_string())
+            }
+            _ => ApiError::param("response_format", e.to_string()),
+        })
+    }
+
     /// The first field this server refuses: a 400 naming it.
     pub fn refusals(&self) -> Result<(), ApiError> {
         let c = &self.chat;
@@ -489,26 +503,6 @@ impl ChatRequest {
         ] {
             if set {
                 return Err(refuse(name, yet));
-            }
-        }
-        if let Some(rf) = &c.response_format {
-            match rf.get("type").and_then(Value::as_str) {
-                Some("text") => {}
-                Some(t @ ("json_object" | "json_schema")) => {
-                    return Err(ApiError::param(
-                        "response_format",
-                        format!("`response_format` of type `{t}` is not supported yet"),
-                    ));
-                }
-                _ => {
-                    return Err(ApiError::param(
-                        "response_format",
-                        format!(
-                            "`response_format` must be an object whose `type` is `text`, `json_object` or \
-                             `json_schema`, not {rf}"
-                        ),
-                    ));
-                }
             }
         }
         if c.audio.is_some() {

@@ -160,6 +160,42 @@ fn unknown_fields_are_refused_by_path_unless_lenient() {
 }
 
 #[test]
+fn response_format_is_read_and_a_bad_one_names_its_field() {
+    let spec = |rf: Value| {
+        let mut b = user(json!("hi"));
+        b["response_format"] = rf;
+        let req = chat(b).unwrap();
+        req.refusals().unwrap();
+        req.constraint_spec()
+    };
+    assert_eq!(spec(json!({"type": "text"})).unwrap(), None);
+    assert_eq!(
+        spec(json!({"type": "json_object"})).unwrap(),
+        Some(bitnet_grammar::ConstraintSpec::JsonObject)
+    );
+    assert!(matches!(
+        spec(
+            json!({"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}})
+        ),
+        Ok(Some(bitnet_grammar::ConstraintSpec::JsonSchema { .. }))
+    ));
+    for (rf, param) in [
+        (json!({"type": "bogus"}), "response_format.type"),
+        (
+            json!({"type": "json_schema"}),
+            "response_format.json_schema",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"schema": []}}),
+            "response_format.json_schema.schema",
+        ),
+    ] {
+        let e = spec(rf.clone()).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some(param), "{rf}: {}", e.message);
+    }
+}
+
+#[test]
 fn fields_not_supported_are_refused_by_name() {
     let with = |extra: Value| {
         let mut b = user(json!("hi"));
@@ -173,14 +209,6 @@ fn fields_not_supported_are_refused_by_name() {
         (json!({"tool_choice": "auto"}), "tool_choice"),
         (json!({"parallel_tool_calls": false}), "parallel_tool_calls"),
         (json!({"functions": []}), "functions"),
-        (
-            json!({"response_format": {"type": "json_object"}}),
-            "response_format",
-        ),
-        (
-            json!({"response_format": {"type": "bogus"}}),
-            "response_format",
-        ),
         (json!({"audio": {"voice": "x"}}), "audio"),
         (json!({"modalities": ["text", "audio"]}), "modalities"),
         (json!({"web_search_options": {}}), "web_search_options"),
