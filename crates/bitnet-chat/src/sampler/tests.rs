@@ -1,3 +1,5 @@
+use bitnet_format::GenerationDefaults;
+
 use super::*;
 
 fn sampler(f: impl FnOnce(&mut SamplingParams)) -> Sampler {
