@@ -256,9 +256,16 @@ fn a_token_the_model_cannot_embed_fails_its_request_only() {
         let first = (a.next_event(), b.next_event());
         assert!(first.0.is_some() && first.1.is_some());
         if hostile {
+            // In a chat message the token's text is plain text (the prompt-injection defence); a raw
+            // completion prompt is the caller's own, and its special tokens are read as tokens.
             let r = server.post(
                 "/v1/chat/completions",
-                &json!({"messages": [{"role": "user", "content": "hi <|evil|> there"}], "max_tokens": 4}),
+                &json!({"messages": [{"role": "user", "content": "hi <|evil|> there"}], "max_tokens": 1}),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            let r = server.post(
+                "/v1/completions",
+                &json!({"prompt": "hi <|evil|> there", "max_tokens": 4}),
             );
             assert_eq!(r.status, 400, "{}", r.text());
             let msg = r.json()["error"]["message"].as_str().unwrap().to_string();

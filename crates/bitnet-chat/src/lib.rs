@@ -71,6 +71,7 @@ pub mod fuzzing;
 pub mod sampler;
 pub mod stop;
 pub mod template;
+mod untrusted;
 
 use bitnet_format::TokenizerInfo;
 
@@ -92,6 +93,9 @@ pub enum ChatError {
     /// The embedded tokenizer.json does not load.
     #[error("the embedded tokenizer.json does not load: {0}")]
     BadTokenizer(String),
+    /// A message holds special-token text that could not be kept apart from the template's own tokens.
+    #[error("{0}")]
+    Untrusted(String),
     /// Encoding or decoding failed.
     #[error("tokenizer: {0}")]
     Tokenize(String),
@@ -202,6 +206,8 @@ pub struct Tokenizer {
     info: TokenizerInfo,
     /// Whether the decoder turns `<0xNN>` tokens into bytes (SentencePiece byte fallback).
     byte_fallback: bool,
+    /// For text that must not become control tokens.
+    plain: untrusted::Plain,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -246,6 +252,7 @@ impl Tokenizer {
             .token_to_id("<0x41>")
             .is_some_and(|id| inner.decode(&[id], false).is_ok_and(|t| t == "A"));
         Ok(Tokenizer {
+            plain: untrusted::Plain::new(&inner),
             inner,
             info: info.clone(),
             byte_fallback,

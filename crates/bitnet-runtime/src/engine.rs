@@ -199,22 +199,38 @@ impl Engine {
         ))
     }
 
-    /// Token ids of a chat: the template rendered with a generation prompt, one BOS in front.
+    /// Token ids of a chat: the template rendered with a generation prompt, one BOS in front. The
+    /// messages' text never becomes control tokens (see [`bitnet_chat::Tokenizer::encode_templated`]):
+    /// a prompt without special-token text in its messages gets transformers' ids exactly.
     pub fn encode_chat(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
-        let text = self.template.render(messages, true)?;
-        self.check_length(&text)?;
-        Ok(self.tokenizer.encode_prompt(&text)?)
+        let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+        let bytes: usize = contents.iter().map(|c| c.len()).sum();
+        self.check_length_bytes(bytes)?;
+        let ids = self.tokenizer.encode_templated(&contents, |texts| {
+            let with: Vec<Message> = messages
+                .iter()
+                .zip(texts)
+                .map(|(m, t)| Message::new(m.role.clone(), t.clone()))
+                .collect();
+            self.template.render(&with, true)
+        })?;
+        Ok(ids)
     }
 
     /// Refuses, without tokenizing it, a text too long to fit the context whatever its tokens: more bytes
     /// than the context times the longest token (a 4 MB body is refused in microseconds, not seconds).
     pub fn check_length(&self, text: &str) -> anyhow::Result<()> {
+        self.check_length_bytes(text.len())
+    }
+
+    /// [`Engine::check_length`] for a text of `bytes` bytes.
+    pub fn check_length_bytes(&self, bytes: usize) -> anyhow::Result<()> {
         let most = self.ctx.saturating_mul(self.longest_token);
-        if text.len() > most {
+        if bytes > most {
             bail!(
                 "the text is {} bytes, more than the context of {} tokens can hold (at most {most} bytes at {} \
                  bytes per token): shorten it",
-                text.len(),
+                bytes,
                 self.ctx,
                 self.longest_token
             );
