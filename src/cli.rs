@@ -498,6 +498,10 @@ pub struct ServeArgs {
     /// answering 400, as vLLM does.
     #[arg(long)]
     pub lenient: bool,
+    /// An origin whose web pages may call the API from a browser (CORS), such as https://app.example
+    /// (repeatable); `*` allows every origin (a page still needs --api-key if one is set).
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
 }
 
 /// `bitnet pull`.

@@ -28,6 +28,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
         max_connections: args.max_connections,
         header_timeout: std::time::Duration::from_secs(args.header_timeout),
         lenient: args.lenient,
+        cors_origins: args.cors_origins,
     };
     bitnet_serve::run(opts, &crate::fetch::Cli)?;
     Ok(Outcome::Success)

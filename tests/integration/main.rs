@@ -26,6 +26,7 @@ mod run_chat;
 mod serve;
 mod serve_fields;
 mod serve_guards;
+mod serve_routes;
 mod serve_structured;
 mod terminal;
 mod util;

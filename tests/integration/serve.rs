@@ -420,6 +420,7 @@ fn a_full_queue_answers_503() {
     let r = s.post("/v1/completions", &json!({"prompt": "b", "max_tokens": 2}));
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(error_of(&r.json()).2, Some("queue_full"));
+    assert_eq!(r.header("retry-after"), Some("1"));
     // Both accepted requests finish.
     assert_eq!(running.rest().last().unwrap(), "[DONE]");
     assert_eq!(waiting.rest().last().unwrap(), "[DONE]");

@@ -340,8 +340,39 @@ impl Tokenizer {
         &self.inner
     }
 
+    /// The bytes a token stands for on its own: a byte-fallback token's byte, a byte-level BPE token's
+    /// bytes (GPT-2's byte-to-character map undone), else the decoder's text of the token alone.
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
+        if self.is_byte_token(id)
+            && let Some(t) = self.inner.id_to_token(id)
+            && let Ok(b) = u8::from_str_radix(&t[3..5], 16)
+        {
+            return Ok(vec![b]);
+        }
+        if let (Some(tokenizers::DecoderWrapper::ByteLevel(_)), Some(t)) =
+            (self.inner.get_decoder(), self.inner.id_to_token(id))
+            && !self.plain.is_added(id)
+            && let Some(bytes) = t.chars().map(byte_level_byte).collect::<Option<Vec<u8>>>()
+        {
+            return Ok(bytes);
+        }
+        Ok(self.decode(&[id])?.into_bytes())
+    }
+
     /// The id of a token's text, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
+}
+
+/// The byte GPT-2's byte-level alphabet writes as `c`: printable Latin-1 bytes as themselves, the other 68
+/// bytes as U+0100 onwards in byte order.
+fn byte_level_byte(c: char) -> Option<u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let code = c as u32;
+    if code < 256 && printable(code as u8) {
+        return Some(code as u8);
+    }
+    let k = code.checked_sub(256)? as usize;
+    (0..=255u8).filter(|&b| !printable(b)).nth(k)
 }

@@ -24,13 +24,17 @@ fn sentinel(i: usize) -> String {
 /// The special tokens' texts and a copy of the tokenizer that reads them as plain text, made on first use.
 pub(crate) struct Plain {
     specials: Vec<String>,
+    /// Every added token's id, sorted.
+    added: Vec<u32>,
     tokenizer: OnceLock<tokenizers::Tokenizer>,
 }
 
 impl Plain {
     pub(crate) fn new(inner: &tokenizers::Tokenizer) -> Plain {
-        let mut specials: Vec<String> = inner
-            .get_added_tokens_decoder()
+        let added = inner.get_added_tokens_decoder();
+        let mut ids: Vec<u32> = added.keys().copied().collect();
+        ids.sort_unstable();
+        let mut specials: Vec<String> = added
             .into_values()
             .filter(|t| t.special && !t.content.is_empty())
             .map(|t| t.content)
@@ -38,8 +42,16 @@ impl Plain {
         specials.sort();
         Plain {
             specials,
+            added: ids,
             tokenizer: OnceLock::new(),
         }
+    }
+}
+
+impl Plain {
+    /// Whether `id` is an added token (its text is not in the model's byte alphabet).
+    pub(crate) fn is_added(&self, id: u32) -> bool {
+        self.added.binary_search(&id).is_ok()
     }
 }
 

@@ -387,5 +387,15 @@ mod tests {
             .forward(&mut session, &[1, 2, 3], crate::LogitsMode::Last, None)
             .unwrap();
         assert!(out.logits.iter().all(|x| x.is_finite()));
+        // The hidden states an embedding pools are the forward pass's, bit for bit.
+        let mut s = model.session(8);
+        let all = model
+            .forward(&mut s, &[1, 2, 3, 4, 5], crate::LogitsMode::All, None)
+            .unwrap();
+        assert_eq!(model.hidden_states(&[1, 2, 3, 4, 5]).unwrap(), all.hidden);
+        assert!(
+            model.hidden_states(&[1, 64]).is_err(),
+            "an id past the vocabulary"
+        );
     }
 }

@@ -217,6 +217,32 @@ impl Engine {
         Ok(ids)
     }
 
+    /// The embedding of `ids`: the mean of the final-norm hidden states of every token, scaled to unit
+    /// length (an all-zero mean stays zero). Runs in a cache of its own, beside any generation.
+    pub fn embed(&self, ids: &[u32]) -> anyhow::Result<Vec<f32>> {
+        if ids.is_empty() {
+            bail!("nothing to embed: the input has no tokens");
+        }
+        if ids.len() > self.ctx {
+            bail!(
+                "the input is {} tokens, more than the context of {}",
+                ids.len(),
+                self.ctx
+            );
+        }
+        let hidden = self.model.hidden_states(ids)?;
+        let h = self.model.config().hidden_size;
+        let mut mean = vec![0f64; h];
+        for row in hidden.chunks_exact(h) {
+            for (m, &v) in mean.iter_mut().zip(row) {
+                *m += f64::from(v);
+            }
+        }
+        let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        Ok(mean.iter().map(|v| (v * scale) as f32).collect())
+    }
+
     /// Refuses, without tokenizing it, a text too long to fit the context whatever its tokens: more bytes
     /// than the context times the longest token (a 4 MB body is refused in microseconds, not seconds).
     pub fn check_length(&self, text: &str) -> anyhow::Result<()> {

@@ -37,7 +37,7 @@ impl App {
 }
 
 /// The body, or the OpenAI error for why it could not be read (413 past `--max-body`).
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         let status = r.status();
         let e = ApiError::bad(r.body_text());
@@ -314,6 +314,7 @@ async fn generate(
         include_usage: common.include_usage,
         logprobs: common.logprobs.is_some(),
         engine: app.engine.clone(),
+        log: crate::guard::current(),
     };
     if common.stream {
         Ok(sse(ch, receivers))
@@ -335,6 +336,9 @@ async fn collect(
                 Some(Event::Text(t)) => c.text.push_str(&t),
                 Some(Event::Logprobs(lp)) => c.logprobs.push(lp),
                 Some(Event::Done(f)) => {
+                    if let Some(l) = &ch.log {
+                        l.add_tokens(f.prompt_tokens, f.completion_tokens);
+                    }
                     c.finish = Some(f);
                     break;
                 }
@@ -446,6 +450,9 @@ impl StreamState {
                     self.ch.logprobs_json(&lps, &mut self.offsets[i])
                 };
                 let last = self.ch.chunk(i, text, false, Some(reason), lp);
+                if let Some(l) = &self.ch.log {
+                    l.add_tokens(f.prompt_tokens, f.completion_tokens);
+                }
                 self.finishes[i] = Some(f);
                 Some(vec![sse_json(&last)])
             }

@@ -6,7 +6,9 @@
 
 mod api;
 mod conn;
+mod endpoints;
 mod generate;
+mod guard;
 mod request;
 mod respond;
 
@@ -17,8 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use bitnet_chat::SamplingParams;
@@ -60,6 +62,10 @@ struct App {
     parallel: usize,
     /// Unknown request fields are ignored with a warning instead of refused.
     lenient: bool,
+    /// The origins browser pages may call from.
+    cors: guard::Cors,
+    /// Held while an embedding runs (one at a time).
+    embedding: tokio::sync::Mutex<()>,
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -110,6 +116,8 @@ pub struct ServeOptions {
     pub header_timeout: std::time::Duration,
     /// Ignore unknown request fields (one warning line each) instead of answering 400.
     pub lenient: bool,
+    /// Origins (`https://app.example`, or `*`) whose pages may call the API from a browser (CORS).
+    pub cors_origins: Vec<String>,
 }
 
 /// Loads the model and serves until Ctrl-C or SIGTERM.
@@ -129,6 +137,7 @@ pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
              waits briefly even when one is free"
         );
     }
+    let cors = guard::Cors::new(&args.cors_origins)?;
     let engine = Arc::new(Engine::open(&args.model, &args.load, provider)?);
     engine.check_sequences(args.parallel)?;
     let defaults = engine.sampling(&SamplingOverrides::default())?;
@@ -179,14 +188,22 @@ pub fn run(args: ServeOptions, provider: &dyn Provider) -> anyhow::Result<()> {
         packed_label,
         defaults,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
-        hosts: allowed_hosts(&args.host, &args.allow_hosts),
+        hosts: guard::allowed_hosts(&args.host, &args.allow_hosts),
         any_ip: matches!(args.host.as_str(), "0.0.0.0" | "::" | "[::]"),
         tokenizing: tokio::sync::Semaphore::new(bitnet_runtime::sys::cores()),
         metrics,
         created: unix_now(),
         parallel: args.parallel,
         lenient: args.lenient,
+        cors,
+        embedding: tokio::sync::Mutex::new(()),
     });
+    if args.cors_origins.iter().any(|o| o.trim() == "*") && app.api_key.is_none() {
+        tracing::warn!(
+            "--cors-origin '*' without --api-key: any web page this machine's browser opens can use this \
+             server"
+        );
+    }
     let router = router(app.clone(), args.max_body);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -274,147 +291,18 @@ fn router(app: Arc<App>, max_body: usize) -> Router {
         .route("/v1/models/{id}", get(model))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(endpoints::embeddings))
+        .route(
+            "/v1/responses",
+            post(endpoints::responses).get(endpoints::responses),
+        )
+        .route("/tokenize", post(endpoints::tokenize))
+        .route("/detokenize", post(endpoints::detokenize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .layer(middleware::from_fn_with_state(app.clone(), guard::guard))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app)
-}
-
-const ROUTES: [&str; 7] = [
-    "/",
-    "/health",
-    "/stats",
-    "/metrics",
-    "/v1/models",
-    "/v1/chat/completions",
-    "/v1/completions",
-];
-
-/// The names a request's Host header may give: the loopback names, the address listened on (unless it is
-/// every interface) and the `--allow-host` names.
-fn allowed_hosts(host: &str, extra: &[String]) -> Vec<String> {
-    let mut v: Vec<String> = ["localhost", "127.0.0.1", "::1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    if !matches!(host, "0.0.0.0" | "::" | "[::]") {
-        v.push(host.trim_matches(['[', ']']).to_ascii_lowercase());
-    }
-    v.extend(
-        extra
-            .iter()
-            .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase()),
-    );
-    v
-}
-
-/// The host part of a Host header value (`name:port`, `[v6]:port`), lower case.
-fn host_name(value: &str) -> String {
-    let v = value.trim();
-    let name = if let Some(rest) = v.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        v.rsplit_once(':').map_or(v, |(h, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) {
-                h
-            } else {
-                v
-            }
-        })
-    };
-    name.to_ascii_lowercase()
-}
-
-impl App {
-    /// Whether the request names this server by a name it answers to. A page on another site that
-    /// rebinds its own DNS name to 127.0.0.1 sends that name, and is refused.
-    fn host_allowed(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-            // HTTP/1.0 without Host: nothing a browser sends.
-            return true;
-        };
-        let name = host_name(value);
-        self.hosts.contains(&name) || (self.any_ip && name.parse::<std::net::IpAddr>().is_ok())
-    }
-}
-
-/// Checks the Host header (DNS rebinding), the API key on `/v1/*` and `/metrics`, that POST bodies are
-/// declared JSON (a cross-site form or `text/plain` POST is refused before its body is read), and counts
-/// every answer by route and status.
-async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
-    let route = if ROUTES.contains(&path.as_str()) {
-        path.as_str()
-    } else if path.starts_with("/v1/models/") {
-        "/v1/models/{id}"
-    } else {
-        "other"
-    };
-    let needs_key = path.starts_with("/v1/") || path == "/metrics";
-    let json_body = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-        });
-    let resp = match &app.api_key {
-        _ if !app.host_allowed(req.headers()) => ApiError::bad(format!(
-            "the Host header names {:?}, which this server does not answer to (loopback names, the \
-             --host address and --allow-host names): a page on another site must not reach it by its own \
-             name",
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-        ))
-        .with(StatusCode::FORBIDDEN, "invalid_request_error", "host_not_allowed")
-        .into_response(),
-        Some(key) if needs_key && !authorized(req.headers(), key) => {
-            let mut e = ApiError::bad(if req.headers().contains_key(header::AUTHORIZATION) {
-                "Incorrect API key provided."
-            } else {
-                "Missing API key: send the header `Authorization: Bearer KEY`."
-            })
-            .with(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "invalid_api_key",
-            )
-            .into_response();
-            e.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            e
-        }
-        _ if req.method() == axum::http::Method::POST && !json_body => ApiError::bad(
-            "the body must be JSON, sent with `Content-Type: application/json`",
-        )
-        .with(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request_error",
-            "unsupported_media_type",
-        )
-        .into_response(),
-        _ => next.run(req).await,
-    };
-    app.metrics.request(route, resp.status().as_u16());
-    resp
-}
-
-/// Constant-time comparison of the bearer token with the key.
-fn authorized(headers: &HeaderMap, key: &str) -> bool {
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (token.trim().as_bytes(), key.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn page() -> Html<&'static str> {
@@ -453,7 +341,10 @@ impl App {
             ids.push(self.reference_id.clone());
         }
         ids.into_iter()
-            .map(|id| json!({"id": id, "object": "model", "created": self.created, "owned_by": "bitnet"}))
+            .map(|id| {
+                json!({"id": id, "object": "model", "created": self.created, "owned_by": "bitnet",
+                       "context_length": self.engine.context(), "max_model_len": self.engine.context()})
+            })
             .collect()
     }
 
@@ -528,22 +419,6 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         body,
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{allowed_hosts, host_name};
-
-    #[test]
-    fn host_names_are_read_without_their_port() {
-        assert_eq!(host_name("127.0.0.1:8080"), "127.0.0.1");
-        assert_eq!(host_name("LocalHost"), "localhost");
-        assert_eq!(host_name("[::1]:80"), "::1");
-        assert_eq!(host_name("evil.example:8080"), "evil.example");
-        let a = allowed_hosts("0.0.0.0", &["box.lan".into()]);
-        assert!(a.contains(&"box.lan".to_string()) && !a.contains(&"0.0.0.0".to_string()));
-        assert!(allowed_hosts("192.168.1.5", &[]).contains(&"192.168.1.5".to_string()));
-    }
 }
 
 /// One input of the request fuzz target, shared with the replay test CI runs on stable: the body of a

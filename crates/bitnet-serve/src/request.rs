@@ -269,7 +269,7 @@ pub struct CompletionRequest {
 }
 
 /// `v` as a `T`, or a 400 naming the path of the field at fault and what it expected.
-fn typed<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+pub(crate) fn typed<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

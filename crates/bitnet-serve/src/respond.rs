@@ -40,6 +40,9 @@ pub struct Chunks {
     pub logprobs: bool,
     /// For the text of token ids.
     pub engine: Arc<Engine>,
+    /// The request's log line, told each sequence's token counts (and written when the last holder,
+    /// for a stream its body, lets go).
+    pub log: Option<Arc<crate::guard::RequestLog>>,
 }
 
 /// A log-probability as JSON: OpenAI writes -9999 for a token that cannot be drawn (JSON has no -inf).

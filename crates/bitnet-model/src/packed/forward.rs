@@ -348,6 +348,36 @@ impl PackedModel {
         seqs[0].scratch = sc;
     }
 
+    /// The final-norm hidden states of every token of `tokens` (`[n, hidden]`), run from position 0 in a
+    /// cache of its own, without the LM head (what an embedding pools).
+    pub fn hidden_states(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut session = self.session(tokens.len().max(1));
+        check_tokens(&self.config, &session, tokens)?;
+        let h = self.config.hidden_size;
+        let n = tokens.len();
+        let mut x = vec![0f32; n * h];
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.embed_row(tok, &mut x[t * h..(t + 1) * h]);
+        }
+        self.run_layers(
+            0..self.layers.len(),
+            &mut x,
+            &mut [&mut session],
+            &[n],
+            None,
+        );
+        let mut hidden = vec![0f32; n * h];
+        for t in 0..n {
+            (self.kernels.rms_norm)(
+                &x[t * h..(t + 1) * h],
+                &self.output_norm,
+                self.eps,
+                &mut hidden[t * h..(t + 1) * h],
+            );
+        }
+        Ok(hidden)
+    }
+
     /// The final norm and the head on the residual stream `x` (`[n, hidden]`).
     fn finish(
         &self,
