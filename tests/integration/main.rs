@@ -21,6 +21,7 @@ mod hub_terminal;
 mod kill;
 mod model_store;
 mod openai_py;
+mod page;
 mod perplexity;
 mod run_chat;
 mod serve;

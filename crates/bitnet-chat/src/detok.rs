@@ -38,6 +38,8 @@ pub struct Detokenizer<'t> {
     /// The prefix of the window's text already accounted for (the context's text plus what was
     /// emitted since).
     emitted: String,
+    /// Leave special tokens (`<|eot_id|>`, reserved tokens) out of the text.
+    skip_special: bool,
 }
 
 impl<'t> Detokenizer<'t> {
@@ -47,6 +49,24 @@ impl<'t> Detokenizer<'t> {
             tokenizer,
             window: Vec::new(),
             emitted: String::new(),
+            skip_special: false,
+        }
+    }
+
+    /// A detokenizer whose text leaves special tokens out, as generated text is shown to people (vLLM's
+    /// `skip_special_tokens`): the texts concatenated equal [`Tokenizer::decode_text`] of all the ids.
+    pub fn skipping_special(tokenizer: &'t Tokenizer) -> Detokenizer<'t> {
+        Detokenizer {
+            skip_special: true,
+            ..Detokenizer::new(tokenizer)
+        }
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        if self.skip_special {
+            self.tokenizer.decode_text(ids)
+        } else {
+            self.tokenizer.decode(ids)
         }
     }
 
@@ -58,7 +78,7 @@ impl<'t> Detokenizer<'t> {
             // the run ends.
             return Ok(String::new());
         }
-        let text = self.tokenizer.decode(&self.window)?;
+        let text = self.decode(&self.window)?;
         if !text.starts_with(self.emitted.as_str()) {
             return Err(ChatError::Detokenize {
                 window: self.window.len(),
@@ -76,7 +96,7 @@ impl<'t> Detokenizer<'t> {
             // Every character is complete: keep the last id as context for the next decode.
             if self.window.len() > 1 {
                 self.window.drain(..self.window.len() - 1);
-                self.emitted = self.tokenizer.decode(&self.window)?;
+                self.emitted = self.decode(&self.window)?;
             } else {
                 self.emitted = text;
             }
@@ -92,7 +112,7 @@ impl<'t> Detokenizer<'t> {
         let out = if self.window.is_empty() {
             String::new()
         } else {
-            let text = self.tokenizer.decode(&self.window)?;
+            let text = self.decode(&self.window)?;
             match text.strip_prefix(self.emitted.as_str()) {
                 Some(rest) => rest.to_string(),
                 None => {
@@ -266,5 +286,22 @@ mod tests {
             d.push(id).unwrap();
             assert!(d.window_len() <= 2);
         }
+    }
+
+    #[test]
+    fn skipping_special_leaves_special_tokens_out_and_keeps_the_rest() {
+        let tok = llama3();
+        let ids = tok
+            .encode_raw("Hi<|eot_id|> there<|reserved_special_token_5|>, 你好")
+            .unwrap();
+        assert!(ids.contains(&128009));
+        let mut d = Detokenizer::skipping_special(&tok);
+        let mut text = String::new();
+        for &id in &ids {
+            text.push_str(&d.push(id).unwrap());
+        }
+        text.push_str(&d.finish().unwrap());
+        assert_eq!(text, tok.decode_text(&ids).unwrap());
+        assert_eq!(text, "Hi there, 你好");
     }
 }

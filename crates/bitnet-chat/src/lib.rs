@@ -305,6 +305,15 @@ impl Tokenizer {
         })
     }
 
+    /// Text of `ids` without the special tokens' text (what generated text shows).
+    pub fn decode_text(&self, ids: &[u32]) -> Result<String> {
+        guarded("decoding", || {
+            self.inner
+                .decode(ids, true)
+                .map_err(|e| ChatError::Tokenize(e.to_string()))
+        })
+    }
+
     /// The text of a token id (as in the vocabulary, e.g. `<|begin_of_text|>`), if the id exists. This is
     /// how a caller gets the `bos_token`/`eos_token` strings a chat template wants from the file's ids.
     pub fn token(&self, id: u32) -> Option<String> {

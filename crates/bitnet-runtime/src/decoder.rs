@@ -94,7 +94,7 @@ impl<'e> SeqDecoder<'e> {
             sampler: Sampler::new(params.clone())?,
             constraint: None,
             stops: StopMatcher::new(stops)?,
-            detok: Detokenizer::new(&engine.tokenizer),
+            detok: Detokenizer::skipping_special(&engine.tokenizer),
             stop_ids: &engine.stop_ids,
             max_tokens: params.max_tokens,
             ids: Vec::new(),

@@ -16,8 +16,10 @@ use axum::response::{IntoResponse, Response};
 use crate::App;
 use crate::api::ApiError;
 
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 13] = [
     "/",
+    "/page.js",
+    "/markdown.js",
     "/health",
     "/stats",
     "/metrics",

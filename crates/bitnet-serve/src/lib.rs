@@ -35,6 +35,8 @@ use api::ApiError;
 use generate::{chat, completions};
 
 const PAGE: &str = include_str!("page.html");
+const PAGE_JS: &str = include_str!("page.js");
+const MARKDOWN_JS: &str = include_str!("markdown.js");
 
 /// How long open requests may run on after Ctrl-C or SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -284,6 +286,8 @@ async fn shutdown() {
 fn router(app: Arc<App>, max_body: usize) -> Router {
     Router::new()
         .route("/", get(page))
+        .route("/page.js", get(|| async { script(PAGE_JS) }))
+        .route("/markdown.js", get(|| async { script(MARKDOWN_JS) }))
         .route("/health", get(health))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics_text))
@@ -307,6 +311,14 @@ fn router(app: Arc<App>, max_body: usize) -> Router {
 
 async fn page() -> Html<&'static str> {
     Html(PAGE)
+}
+
+fn script(js: &'static str) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        js,
+    )
+        .into_response()
 }
 
 async fn health() -> axum::Json<Value> {
