@@ -20,6 +20,7 @@ mod hub_standin;
 mod hub_terminal;
 mod kill;
 mod model_store;
+mod openai_node;
 mod openai_py;
 mod page;
 mod perplexity;
