@@ -242,6 +242,19 @@ pub struct BenchArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// A/B in one sitting: measure this second model against the first, alternating (A B, B A, ...) for
+    /// --rounds rounds, each run in its own process; reports the per-round ratio B/A.
+    #[arg(long, value_name = "MODEL")]
+    pub against: Option<String>,
+    /// A/B: the same model with this LM head as B.
+    #[arg(long, value_enum, value_name = "HEAD")]
+    pub against_head: Option<HeadArg>,
+    /// A/B: another build of bitnet as B (its `bench` runs the same model and flags).
+    #[arg(long, value_name = "EXE")]
+    pub against_binary: Option<PathBuf>,
+    /// A/B rounds (each runs A and B once, the order alternating).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
 }
 
 /// Which LM head generates.

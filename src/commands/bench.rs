@@ -85,6 +85,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         }
         (None, None) => bail!("give a .bitnet file or --synthetic 2b4t"),
     };
+    if args.against.is_some() || args.against_head.is_some() || args.against_binary.is_some() {
+        return crate::commands::bench_ab::run(&path, &args);
+    }
     let opts = BenchOptions {
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod bench;
+mod bench_ab;
 mod chat;
 mod convert;
 mod doctor;

@@ -219,3 +219,74 @@ fn bad_bench_flags_are_clear_errors() {
         stderr(&o)
     );
 }
+
+#[test]
+fn ab_mode_alternates_two_setups_and_reports_per_round_ratios() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(
+        &fixture("bitnet-tiny-tied"),
+        tmp.path(),
+        &["--lm-head", "int8"],
+    );
+    let v = bench_json(
+        &file,
+        &[
+            "--head",
+            "rescored",
+            "--against-head",
+            "exact",
+            "--rounds",
+            "3",
+        ],
+    );
+    let rounds = v["rounds"].as_array().unwrap();
+    let orders: Vec<&str> = rounds
+        .iter()
+        .map(|r| r["order"].as_str().unwrap())
+        .collect();
+    assert_eq!(orders, ["ab", "ba", "ab"]);
+    for r in rounds {
+        assert_eq!(
+            (r["a"]["lm_head"].as_str(), r["b"]["lm_head"].as_str()),
+            (Some("rescored"), Some("exact"))
+        );
+        let want =
+            r["b"]["decode_tok_s"].as_f64().unwrap() / r["a"]["decode_tok_s"].as_f64().unwrap();
+        assert!(
+            (r["decode_ratio"].as_f64().unwrap() - want).abs() < 1e-9,
+            "{r}"
+        );
+    }
+    // The summary is the median of the rounds.
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .map(|r| r["decode_ratio"].as_f64().unwrap())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    assert_eq!(v["decode_ratio"]["median"].as_f64(), Some(ratios[1]));
+    assert_eq!(v["decode_ratio"]["min"].as_f64(), Some(ratios[0]));
+    assert_eq!(
+        (v["a"]["lm_head"].as_str(), v["b"]["lm_head"].as_str()),
+        (Some("rescored"), Some("exact"))
+    );
+    // Another build as B: this binary by another path works; a missing one is a clear error.
+    let copy = tmp.path().join("bitnet-b");
+    std::fs::copy(env!("CARGO_BIN_EXE_bitnet"), &copy).unwrap();
+    let v = bench_json(
+        &file,
+        &["--against-binary", copy.to_str().unwrap(), "--rounds", "1"],
+    );
+    assert!(v["b"]["label"].as_str().unwrap().contains("built"), "{v}");
+    let o = run(&[
+        "bench",
+        file.to_str().unwrap(),
+        "--against-binary",
+        "/nonexistent/bitnet",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--against-binary /nonexistent/bitnet"),
+        "{}",
+        stderr(&o)
+    );
+}
