@@ -36,7 +36,7 @@ type Target = (&'static str, fn(&[u8]));
 
 #[test]
 fn every_fuzz_corpus_entry_gives_a_clean_result() {
-    let targets: [Target; 7] = [
+    let targets: [Target; 8] = [
         ("bitnet_file", bitnet_format::fuzzing::file_bytes),
         ("bitnet_header", bitnet_format::fuzzing::header_json),
         ("gguf_file", bitnet_gguf::fuzzing::file_bytes),
@@ -46,6 +46,10 @@ fn every_fuzz_corpus_entry_gives_a_clean_result() {
         (
             "checkpoint_folder",
             bitnet_convert::fuzzing::checkpoint_folder,
+        ),
+        (
+            "checkpoint_reader",
+            bitnet_convert::fuzzing::checkpoint_reader,
         ),
     ];
     for (name, f) in targets {

@@ -23,8 +23,54 @@ pub fn checkpoint_folder(data: &[u8]) {
     let _ = convert_input(data);
 }
 
+/// The reader alone, on the same input as [`checkpoint_folder`] (what the `checkpoint_reader` target
+/// feeds, ~20x faster per input): `Checkpoint::open` (config, index and safetensors headers, every
+/// check before allocation), then every planned tensor looked up, its bytes read and, for a ternary
+/// weight, its scale.
+pub fn checkpoint_reader(data: &[u8]) {
+    let Some(dir) = write_folder(data) else {
+        return;
+    };
+    if let Ok(ck) = crate::checkpoint::Checkpoint::open(&dir) {
+        let _ = ck.weights_dtype();
+        let mut sum = 0u64;
+        for p in ck.planned() {
+            if let Some(t) = ck.tensor(&p.hf) {
+                sum = ck
+                    .data(t)
+                    .iter()
+                    .fold(sum, |a, &b| a.wrapping_add(u64::from(b)));
+            }
+            if p.role == crate::architecture::Role::Ternary {
+                let _ = ck.packed_scale(&p.hf);
+            }
+        }
+        std::hint::black_box(sum);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// [`checkpoint_folder`]'s conversion result (`None` when the folder could not be written).
 pub fn convert_input(data: &[u8]) -> Option<crate::Result<crate::ConvertReport>> {
+    let dir = write_folder(data)?;
+    let out = dir.join("out.bitnet");
+    let opts = ConvertOptions {
+        lm_head: LmHead::Int8,
+    };
+    let result = convert(
+        dir.to_str()?,
+        &out,
+        &opts,
+        &HubEnv::default(),
+        &|_| {},
+        &mut |_| {},
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(result)
+}
+
+/// The checkpoint folder of an input (see [`checkpoint_folder`]), in this process's scratch folder.
+fn write_folder(data: &[u8]) -> Option<PathBuf> {
     let mut parts = data.split(|&b| b == 0xff);
     let config = parts.next().unwrap_or_default();
     let header = parts.next().unwrap_or_default();
@@ -47,20 +93,7 @@ pub fn convert_input(data: &[u8]) -> Option<crate::Result<crate::ConvertReport>>
     for (name, bytes) in files {
         std::fs::write(dir.join(name), bytes).ok()?;
     }
-    let out = dir.join("out.bitnet");
-    let opts = ConvertOptions {
-        lm_head: LmHead::Int8,
-    };
-    let result = convert(
-        dir.to_str()?,
-        &out,
-        &opts,
-        &HubEnv::default(),
-        &|_| {},
-        &mut |_| {},
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    Some(result)
+    Some(dir)
 }
 
 /// A folder of this process's own (the fuzzer and the replay test run one input at a time per process).
