@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use bitnet_runtime::bench::{BackendReport, Spread};
+use bitnet_runtime::bench::{BackendReport, Spread, spread};
 use serde::Serialize;
 
 use crate::Outcome;
@@ -70,20 +70,7 @@ struct AbReport {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn spread(v: &[f64]) -> Spread {
-    Spread {
-        min: v.iter().copied().fold(f64::INFINITY, f64::min),
-        max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-    }
+    bitnet_runtime::bench::median(&mut v)
 }
 
 fn ratio(v: Vec<f64>) -> Ratio {

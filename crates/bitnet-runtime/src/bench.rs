@@ -113,7 +113,8 @@ pub struct BackendReport {
     pub warmup: usize,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// The median of `v` (sorted in place); 0 for none.
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n == 0 {
@@ -125,7 +126,8 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn spread(v: &[f64]) -> Spread {
+/// The smallest and largest of `v`.
+pub fn spread(v: &[f64]) -> Spread {
     Spread {
         min: v.iter().copied().fold(f64::INFINITY, f64::min),
         max: v.iter().copied().fold(0.0, f64::max),

@@ -99,9 +99,11 @@ fn check_ids(app: &App, param: &str, ids: &[u32]) -> Result<(), ApiError> {
     }
 }
 
-/// Runs `f` on the blocking pool under the tokenizing permits; its error is a 400 naming `param`.
-async fn blocking<T: Send + 'static>(
-    app: &Arc<App>,
+/// Runs `f` (tokenizing, embedding) off the async runtime, at most one job per core: a burst of large
+/// requests queues here, before the expensive work, instead of running on an unbounded pool. Its error is
+/// a 400 naming `param`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    app: &App,
     param: &'static str,
     f: impl FnOnce(&bitnet_runtime::Engine) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {

@@ -53,24 +53,13 @@ pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
     })
 }
 
-/// Runs `f` (rendering and tokenizing) off the async runtime, at most one job per core: a burst of large
-/// requests queues here, before the expensive work, instead of running on an unbounded pool. Its error
-/// names `param`.
+/// Renders and tokenizes off the async runtime ([`crate::endpoints::blocking`]); the error names `param`.
 async fn tokenize(
     app: &App,
     param: &'static str,
     f: impl FnOnce(&bitnet_runtime::Engine) -> anyhow::Result<Vec<u32>> + Send + 'static,
 ) -> Result<Vec<u32>, ApiError> {
-    let _permit = app
-        .tokenizing
-        .acquire()
-        .await
-        .map_err(|_| ApiError::bad("shutting down"))?;
-    let engine = app.engine.clone();
-    tokio::task::spawn_blocking(move || f(&engine))
-        .await
-        .map_err(|e| ApiError::bad(format!("tokenizing failed: {e}")))?
-        .map_err(|e| ApiError::param(param, format!("{e:#}")))
+    crate::endpoints::blocking(app, param, f).await
 }
 
 /// One constraint per sequence (`n`) for `spec` (from `response_format`), compiled once off the async

@@ -23,6 +23,18 @@ const Markdown = (() => {
     }
   }
 
+  /** A link to `href` labelled `label`, or the `source` text when the URL is not http, https or mailto. */
+  function link(href, label, source) {
+    const safe = safeHref(href);
+    if (!safe) return source;
+    const a = el("a");
+    a.href = safe;
+    a.rel = "noopener noreferrer nofollow";
+    a.target = "_blank";
+    a.textContent = label;
+    return a;
+  }
+
   const INLINE = new RegExp(
     [
       "(`+)([\\s\\S]*?[^`])\\1(?!`)", // 1, 2: code
@@ -55,29 +67,9 @@ const Markdown = (() => {
         inline(m[5] ?? m[6], i);
         parent.append(i);
       } else if (m[7] !== undefined) {
-        const href = safeHref(m[8]);
-        if (href) {
-          const a = el("a");
-          a.href = href;
-          a.rel = "noopener noreferrer nofollow";
-          a.target = "_blank";
-          a.textContent = m[7];
-          parent.append(a);
-        } else {
-          parent.append(m[0]);
-        }
+        parent.append(link(m[8], m[7], m[0]));
       } else if (m[9] !== undefined) {
-        const href = safeHref(m[9]);
-        if (href) {
-          const a = el("a");
-          a.href = href;
-          a.rel = "noopener noreferrer nofollow";
-          a.target = "_blank";
-          a.textContent = m[9];
-          parent.append(a);
-        } else {
-          parent.append(m[0]);
-        }
+        parent.append(link(m[9], m[9], m[0]));
       }
       last = re.lastIndex;
     }
