@@ -37,11 +37,13 @@ fn page_renders_markdown_safely_and_keeps_the_chat() {
         "settings": {"temperature": "0", "top-k": "7", "min-p": "0.05", "stop-strings": "END", "max-tokens": "4"}
     });
     chrome.eval(&format!(
-        "localStorage.setItem('bitnet.chat', JSON.stringify({state})); location.reload(); true"
+        "localStorage.setItem('bitnet.chat', JSON.stringify({state})); window.old = true; true"
     ));
+    chrome.call("Page.reload", json!({}));
     chrome.wait_for(
         10,
-        "document.readyState === 'complete' && document.querySelectorAll('#messages .msg').length === 2",
+        "!window.old && document.readyState === 'complete' && \
+         document.querySelectorAll('#messages .msg').length === 2",
         "the kept conversation",
     );
     let md = chrome.eval(
@@ -135,10 +137,12 @@ fn page_renders_markdown_safely_and_keeps_the_chat() {
     let kept = chrome.eval("JSON.parse(localStorage.getItem('bitnet.chat'))");
     assert_eq!(kept["conversation"].as_array().unwrap().len(), 4, "{kept}");
     assert_eq!(kept["dropped"], 2, "{kept}");
-    chrome.eval("location.reload(); true");
+    chrome.eval("window.old = true");
+    chrome.call("Page.reload", json!({}));
     chrome.wait_for(
         10,
-        "document.readyState === 'complete' && document.querySelectorAll('#messages .msg').length === 4 && \
+        "!window.old && document.readyState === 'complete' && \
+         document.querySelectorAll('#messages .msg').length === 4 && \
          document.querySelectorAll('#messages .msg.dropped').length === 2",
         "the conversation after a reload",
     );
