@@ -68,7 +68,10 @@ fn bench_reports_every_figure_for_every_kernel() {
         assert!(
             v["decode_tok_s"].as_f64().unwrap() > 0.0 && v["prefill_tok_s"].as_f64().unwrap() > 0.0
         );
-        assert!(v["bandwidth_gb_s"].as_f64().unwrap() > 0.1);
+        // Positive and finite; its size says nothing on a loaded machine, where the probe of a tiny model's
+        // few kilobytes can be preempted (it once measured under 0.1 GB/s with builds running).
+        let bw = v["bandwidth_gb_s"].as_f64().unwrap();
+        assert!(bw.is_finite() && bw > 0.0, "{bw}");
         // A tied model's int8 copy sits beside the exact head: rescored by default, a few rows per token.
         assert_eq!(v["lm_head"], "rescored");
         let rows = v["rescored_rows_per_token"].as_f64().unwrap();
