@@ -30,6 +30,7 @@ mod serve_fields;
 mod serve_guards;
 mod serve_routes;
 mod serve_structured;
+mod serve_tools;
 mod terminal;
 mod util;
 mod verify;

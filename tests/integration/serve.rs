@@ -333,7 +333,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"temperature\": \"hot\"}", Some("temperature"), "number"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"top_p\": 1.5}", Some("top_p"), "[0, 1]"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"bogus_field\": 1}", Some("bogus_field"), "unknown field `bogus_field`"),
-        (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": []}", Some("tools"), "not supported yet"),
+        (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": []}", Some("tools"), "empty"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"temperature\": 1e39}", Some("temperature"), "32-bit float"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": -5}", Some("max_tokens"), "whole number"),
         (b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 0}", Some("max_tokens"), "at least 1"),

@@ -21,7 +21,9 @@ use tokio::sync::mpsc::Receiver;
 
 use crate::api::{self, ApiError, Common};
 use crate::request::{self, Count, Prompt, Unknown};
-use crate::respond::{Choice, Chunks, Kind, failed};
+use crate::respond::{Choice, Chunks, Kind, calls_reason, failed};
+use crate::tools::ToolSetup;
+use crate::tools::parse::{CallFormat, CallScanner};
 use crate::{App, unix_now};
 
 impl App {
@@ -62,12 +64,13 @@ async fn tokenize(
     crate::endpoints::blocking(app, param, f).await
 }
 
-/// One constraint per sequence (`n`) for `spec` (from `response_format`), compiled once off the async
-/// runtime like tokenizing; the grammar engine is built on first use. A schema that does not compile is a
-/// 400 naming the field.
+/// One constraint per sequence (`n`) for the last of `specs` (from `response_format` or `tools`, each
+/// with the field it came from), compiled off the async runtime like tokenizing; the others are only
+/// compiled, so a schema that does not compile is a 400 naming its field. The grammar engine is built on
+/// first use.
 async fn constrain(
     app: &Arc<App>,
-    spec: bitnet_grammar::ConstraintSpec,
+    specs: Vec<(bitnet_grammar::ConstraintSpec, String)>,
     n: usize,
 ) -> Result<Vec<Box<dyn bitnet_chat::TokenConstraint>>, ApiError> {
     let _permit = app
@@ -77,6 +80,7 @@ async fn constrain(
         .map_err(|_| ApiError::bad("shutting down"))?;
     let app = app.clone();
     tokio::task::spawn_blocking(move || {
+        let first = specs.first().map_or("response_format", |s| s.1.as_str());
         let grammar = app
             .grammar
             .get_or_init(|| {
@@ -89,13 +93,21 @@ async fn constrain(
                 .map_err(|e| e.to_string())
             })
             .as_ref()
-            .map_err(|e| ApiError::param("response_format", e.clone()))?;
-        let c = grammar
-            .constraint(&spec, "response_format")
-            .map_err(|e| ApiError::param("response_format", e.to_string()))?;
-        Ok((0..n)
-            .map(|_| Box::new(c.clone()) as Box<dyn bitnet_chat::TokenConstraint>)
-            .collect())
+            .map_err(|e| ApiError::param(first, e.clone()))?;
+        let mut last = None;
+        for (spec, field) in &specs {
+            let c = grammar
+                .constraint(spec, field)
+                .map_err(|e| ApiError::param(field, e.to_string()))?;
+            last = Some(c);
+        }
+        Ok(last
+            .map(|c| {
+                (0..n)
+                    .map(|_| Box::new(c.clone()) as Box<dyn bitnet_chat::TokenConstraint>)
+                    .collect()
+            })
+            .unwrap_or_default())
     })
     .await
     .map_err(|e| ApiError::bad(format!("compiling the grammar failed: {e}")))?
@@ -110,6 +122,7 @@ pub(crate) async fn chat(
         app.screen("/v1/chat/completions", &req.unknown(), &req.unused())?;
         req.refusals()?;
         let spec = req.constraint_spec()?;
+        let tools = req.tool_setup()?;
         let vocab = app.engine.model.config().vocab_size;
         let mut common = api::common(
             &req.common,
@@ -134,13 +147,36 @@ pub(crate) async fn chat(
             }
             _ => None,
         };
-        let messages = req.messages()?;
+        let messages = req.messages(tools.as_ref())?;
         let ids = tokenize(&app, "messages", move |e| e.encode_chat(&messages)).await?;
-        let constraints = match spec {
-            Some(spec) => constrain(&app, spec, common.n).await?,
-            None => Vec::new(),
+        let specs = match &tools {
+            // Each tool's schema on its own first, so the 400 names the tool at fault.
+            Some(t) => {
+                let mut specs: Vec<_> = t
+                    .tools
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        (
+                            bitnet_grammar::ConstraintSpec::json_schema(d.parameters.clone()),
+                            format!("tools[{i}].function.parameters"),
+                        )
+                    })
+                    .collect();
+                specs.push((t.constraint_spec(spec.as_ref()), "tools".to_string()));
+                specs
+            }
+            None => spec
+                .map(|s| vec![(s, "response_format".to_string())])
+                .unwrap_or_default(),
         };
-        generate(&app, common, ids, Kind::Chat, constraints).await
+        let constraints = if specs.is_empty() {
+            Vec::new()
+        } else {
+            constrain(&app, specs, common.n).await?
+        };
+        let format = tools.as_ref().map(ToolSetup::call_format);
+        generate(&app, common, ids, Kind::Chat, constraints, format).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -187,7 +223,7 @@ pub(crate) async fn completions(
         if ids.is_empty() {
             return Err(ApiError::param("prompt", "`prompt` is empty"));
         }
-        generate(&app, common, ids, Kind::Text, Vec::new()).await
+        generate(&app, common, ids, Kind::Text, Vec::new(), None).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -217,6 +253,7 @@ async fn generate(
     ids: Vec<u32>,
     kind: Kind,
     mut constraints: Vec<Box<dyn bitnet_chat::TokenConstraint>>,
+    tools: Option<CallFormat>,
 ) -> Result<Response, ApiError> {
     let ctx = app.engine.context();
     if ids.len() >= ctx {
@@ -304,6 +341,7 @@ async fn generate(
         logprobs: common.logprobs.is_some(),
         engine: app.engine.clone(),
         log: crate::guard::current(),
+        tools,
     };
     if common.stream {
         Ok(sse(ch, receivers))
@@ -359,10 +397,16 @@ fn sse(ch: Chunks, receivers: Vec<Receiver<Event>>) -> Response {
     let mut first = Vec::new();
     if ch.kind == Kind::Chat {
         for i in 0..n {
-            first.push(ch.chunk(i, Some(""), true, None, Value::Null));
+            // With tools the first chunk's content is null: calls may follow instead of text.
+            let text = if ch.tools.is_some() { None } else { Some("") };
+            first.push(ch.chunk(i, text, true, None, Value::Null));
         }
     }
+    let scanners = (0..n)
+        .map(|_| ch.tools.as_ref().map(CallScanner::new))
+        .collect();
     let state = StreamState {
+        scanners,
         ch,
         pending: vec![Vec::new(); n],
         offsets: vec![0; n],
@@ -409,6 +453,8 @@ struct StreamState {
     /// Per choice: the length of its text so far (text completions' `text_offset`).
     offsets: Vec<usize>,
     finishes: Vec<Option<Finish>>,
+    /// Per choice, with tools: the reader of calls.
+    scanners: Vec<Option<CallScanner>>,
     done: bool,
 }
 
@@ -421,13 +467,23 @@ impl StreamState {
                 None
             }
             Event::Text(t) => {
+                if let Some(sc) = &mut self.scanners[i] {
+                    let pieces = sc.push(&t);
+                    return self.pieces(i, &pieces);
+                }
                 let lps = std::mem::take(&mut self.pending[i]);
                 let lp = self.ch.logprobs_json(&lps, &mut self.offsets[i]);
                 Some(vec![sse_json(&self.ch.chunk(i, Some(&t), false, None, lp))])
             }
             Event::Done(f) => {
+                let mut out = Vec::new();
+                let mut reason = api::finish_reason(f.stop);
+                if let Some(sc) = &mut self.scanners[i] {
+                    let pieces = sc.finish();
+                    reason = calls_reason(reason, sc.calls());
+                    out.extend(self.pieces(i, &pieces).unwrap_or_default());
+                }
                 let lps = std::mem::take(&mut self.pending[i]);
-                let reason = api::finish_reason(f.stop);
                 let text = if self.ch.kind == Kind::Chat {
                     None
                 } else {
@@ -443,7 +499,8 @@ impl StreamState {
                     l.add_tokens(f.prompt_tokens, f.completion_tokens);
                 }
                 self.finishes[i] = Some(f);
-                Some(vec![sse_json(&last)])
+                out.push(sse_json(&last));
+                Some(out)
             }
             Event::Failed(m) => {
                 self.done = true;
@@ -453,6 +510,22 @@ impl StreamState {
                 ])
             }
         }
+    }
+
+    /// The events for pieces the call scanner read from choice `i`'s text; pending log-probabilities go
+    /// with the first (none while the scanner holds the text back).
+    fn pieces(&mut self, i: usize, pieces: &[crate::tools::parse::Piece]) -> Option<Vec<SseEvent>> {
+        if pieces.is_empty() {
+            return None;
+        }
+        let lps = std::mem::take(&mut self.pending[i]);
+        let mut lp = self.ch.logprobs_json(&lps, &mut self.offsets[i]);
+        Some(
+            pieces
+                .iter()
+                .map(|p| sse_json(&self.ch.piece_chunk(i, p, std::mem::take(&mut lp))))
+                .collect(),
+        )
     }
 
     /// The end of the stream: the usage chunk if asked for, and `[DONE]`; an error if a choice never ended.

@@ -11,6 +11,7 @@ mod generate;
 mod guard;
 mod request;
 mod respond;
+mod tools;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -448,7 +449,16 @@ pub mod fuzzing {
             return;
         };
         if let Ok(r) = request::parse_chat(m.clone()) {
-            let _ = (r.unknown(), r.refusals(), r.unused(), r.messages());
+            let setup = r.tool_setup().ok().flatten();
+            let _ = (
+                r.unknown(),
+                r.refusals(),
+                r.unused(),
+                r.messages(setup.as_ref()),
+            );
+            if let Some(s) = &setup {
+                let _ = (s.constraint_spec(None), s.call_format());
+            }
             let _ = api::common(
                 &r.common,
                 r.chat.max_completion_tokens,

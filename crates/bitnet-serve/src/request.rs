@@ -20,6 +20,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::api::ApiError;
+use crate::tools::{MessageToolCall, Tool, ToolChoice, ToolSetup};
 
 mod values;
 pub use values::{Count, F32, Seed, Stop};
@@ -162,8 +163,8 @@ pub struct ChatMessage {
     pub content: Option<Content>,
     /// A participant's name (accepted, not rendered).
     pub name: Option<String>,
-    /// An assistant's tool calls (refused for now).
-    pub tool_calls: Option<Value>,
+    /// An assistant's earlier tool calls.
+    pub tool_calls: Option<Vec<MessageToolCall>>,
     /// The call a `tool` message answers.
     pub tool_call_id: Option<String>,
     /// An assistant's refusal text (accepted, not rendered).
@@ -186,12 +187,12 @@ pub struct ChatFields {
     pub top_logprobs: Option<Count>,
     /// `{"type": "text"}` is accepted; structured output is refused for now.
     pub response_format: Option<Value>,
-    /// Tool definitions (refused for now).
-    pub tools: Option<Value>,
-    /// (Refused for now.)
-    pub tool_choice: Option<Value>,
-    /// (Refused for now.)
-    pub parallel_tool_calls: Option<Value>,
+    /// Functions the model may call.
+    pub tools: Option<Vec<Tool>>,
+    /// `none`, `auto`, `required` or a named function.
+    pub tool_choice: Option<ToolChoice>,
+    /// More than one call per answer (default true).
+    pub parallel_tool_calls: Option<bool>,
     /// The deprecated form of `tools` (refused).
     pub functions: Option<Value>,
     /// The deprecated form of `tool_choice` (refused).
@@ -300,7 +301,7 @@ pub fn parse_completion(body: Map<String, Value>) -> Result<CompletionRequest, A
 pub struct Unknown(pub Vec<String>);
 
 impl Unknown {
-    fn add(&mut self, prefix: &str, m: &Map<String, Value>) {
+    pub(crate) fn add(&mut self, prefix: &str, m: &Map<String, Value>) {
         self.0.extend(m.keys().map(|k| format!("{prefix}{k}")));
     }
 
@@ -355,8 +356,21 @@ impl ChatRequest {
         let mut u = Unknown::default();
         self.common.unknown(&mut u);
         u.add("", &self.chat.unknown);
+        for (i, t) in self.chat.tools.iter().flatten().enumerate() {
+            u.add(&format!("tools[{i}]."), &t.unknown);
+            if let Some(f) = &t.function {
+                u.add(&format!("tools[{i}].function."), &f.unknown);
+            }
+        }
         for (i, m) in self.chat.messages.iter().flatten().enumerate() {
             u.add(&format!("messages[{i}]."), &m.unknown);
+            for (j, c) in m.tool_calls.iter().flatten().enumerate() {
+                u.add(&format!("messages[{i}].tool_calls[{j}]."), &c.unknown);
+                u.add(
+                    &format!("messages[{i}].tool_calls[{j}].function."),
+                    &c.function.unknown,
+                );
+            }
             if let Some(Content::Parts(parts)) = &m.content {
                 for (j, p) in parts.iter().enumerate() {
                     u.add(&format!("messages[{i}].content[{j}]."), &p.unknown);
@@ -383,16 +397,13 @@ impl ChatRequest {
     /// The first field this server refuses: a 400 naming it.
     pub fn refusals(&self) -> Result<(), ApiError> {
         let c = &self.chat;
-        let yet = "yet";
+        let old = "(the deprecated form of `tools`: send `tools` and `tool_choice`)";
         for (name, set) in [
-            ("tools", c.tools.is_some()),
-            ("tool_choice", c.tool_choice.is_some()),
-            ("parallel_tool_calls", c.parallel_tool_calls.is_some()),
             ("functions", c.functions.is_some()),
             ("function_call", c.function_call.is_some()),
         ] {
             if set {
-                return Err(refuse(name, yet));
+                return Err(refuse(name, old));
             }
         }
         if c.audio.is_some() {
@@ -410,21 +421,16 @@ impl ChatRequest {
             return Err(refuse("web_search_options", "(no web search)"));
         }
         for (i, m) in c.messages.iter().flatten().enumerate() {
-            if matches!(m.role, Role::Tool | Role::Function) {
+            if m.role == Role::Function {
                 return Err(ApiError::param(
                     &format!("messages[{i}].role"),
                     format!(
-                        "`messages[{i}].role` is `{}`: tool results are not supported yet",
-                        m.role.template_role()
+                        "`messages[{i}].role` is `function`, the deprecated form of `tool`: send tool results \
+                         as `tool` messages with `tool_call_id`"
                     ),
                 ));
             }
-            if m.tool_calls.is_some() {
-                return Err(refuse(&format!("messages[{i}].tool_calls"), yet));
-            }
-            if m.tool_call_id.is_some() {
-                return Err(refuse(&format!("messages[{i}].tool_call_id"), yet));
-            }
+            crate::tools::check_message(i, m)?;
             if let Some(Content::Parts(parts)) = &m.content {
                 for (j, p) in parts.iter().enumerate() {
                     if p.kind != "text" {
@@ -477,8 +483,22 @@ impl ChatRequest {
         v
     }
 
-    /// The conversation for the chat template: roles as the template knows them, text parts joined.
-    pub fn messages(&self) -> Result<Vec<bitnet_chat::Message>, ApiError> {
+    /// What the request asks of tools (`None`: the prompt shows none); errors name the field.
+    pub fn tool_setup(&self) -> Result<Option<ToolSetup>, ApiError> {
+        let c = &self.chat;
+        ToolSetup::new(
+            c.tools.as_deref(),
+            c.tool_choice.as_ref(),
+            c.parallel_tool_calls,
+        )
+    }
+
+    /// The conversation for the chat template: roles as the template knows them, text parts joined,
+    /// tools, earlier calls and tool results written as plain messages ([`crate::tools::render`]).
+    pub fn messages(
+        &self,
+        tools: Option<&ToolSetup>,
+    ) -> Result<Vec<bitnet_chat::Message>, ApiError> {
         let list = match &self.chat.messages {
             None => return Err(ApiError::param("messages", "`messages` is required")),
             Some(l) if l.is_empty() => {
@@ -489,20 +509,7 @@ impl ChatRequest {
             }
             Some(l) => l,
         };
-        Ok(list
-            .iter()
-            .map(|m| {
-                let content = match &m.content {
-                    None => String::new(),
-                    Some(Content::Text(t)) => t.clone(),
-                    Some(Content::Parts(parts)) => parts
-                        .iter()
-                        .filter_map(|p| p.text.as_deref())
-                        .collect::<String>(),
-                };
-                bitnet_chat::Message::new(m.role.template_role(), content)
-            })
-            .collect())
+        crate::tools::render::conversation(list, tools)
     }
 }
 

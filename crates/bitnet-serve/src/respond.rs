@@ -11,6 +11,7 @@ use bitnet_runtime::scheduler::Finish;
 use serde_json::{Value, json};
 
 use crate::api::{self, ApiError};
+use crate::tools::parse::{self, CallFormat, Piece};
 
 /// Which route answers.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct Chunks {
     /// The request's log line, told each sequence's token counts (and written when the last holder,
     /// for a stream its body, lets go).
     pub log: Option<Arc<crate::guard::RequestLog>>,
+    /// Chat answers are read for calls of these tools.
+    pub tools: Option<CallFormat>,
 }
 
 /// A log-probability as JSON: OpenAI writes -9999 for a token that cannot be drawn (JSON has no -inf).
@@ -122,7 +125,7 @@ impl Chunks {
         finish: Option<&str>,
         logprobs: Value,
     ) -> Value {
-        let choice = match self.kind {
+        match self.kind {
             Kind::Chat => {
                 let mut delta = serde_json::Map::new();
                 if role {
@@ -130,14 +133,56 @@ impl Chunks {
                 }
                 if let Some(t) = text {
                     delta.insert("content".into(), json!(t));
+                } else if role && self.tools.is_some() {
+                    // Calls may follow: the content stays null unless text comes (OpenAI's first chunk).
+                    delta.insert("content".into(), Value::Null);
                 }
-                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
+                self.delta_chunk(index, delta, finish, logprobs)
             }
-            Kind::Text => {
-                json!({"text": text.unwrap_or(""), "index": index, "logprobs": logprobs,
-                       "finish_reason": finish})
+            Kind::Text => self.wrap(json!({"text": text.unwrap_or(""), "index": index,
+                                           "logprobs": logprobs, "finish_reason": finish})),
+        }
+    }
+
+    /// A chat stream chunk of choice `index` with this `delta`.
+    pub fn delta_chunk(
+        &self,
+        index: usize,
+        delta: serde_json::Map<String, Value>,
+        finish: Option<&str>,
+        logprobs: Value,
+    ) -> Value {
+        self.wrap(
+            json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}),
+        )
+    }
+
+    /// A chat stream chunk of choice `index` for a piece the call scanner read.
+    pub fn piece_chunk(&self, index: usize, piece: &Piece, logprobs: Value) -> Value {
+        let mut delta = serde_json::Map::new();
+        match piece {
+            Piece::Content(t) => {
+                delta.insert("content".into(), json!(t));
             }
-        };
+            Piece::Call { index: k, id, name } => {
+                delta.insert(
+                    "tool_calls".into(),
+                    json!([{"index": k, "id": id, "type": "function",
+                            "function": {"name": name, "arguments": ""}}]),
+                );
+            }
+            Piece::Args { index: k, text } => {
+                delta.insert(
+                    "tool_calls".into(),
+                    json!([{"index": k, "function": {"arguments": text}}]),
+                );
+            }
+        }
+        self.delta_chunk(index, delta, None, logprobs)
+    }
+
+    /// `choice` in a chunk object.
+    fn wrap(&self, choice: Value) -> Value {
         let mut v = json!({
             "id": self.id,
             "object": self.object(true),
@@ -181,14 +226,34 @@ impl Chunks {
             .map(|(index, c)| {
                 let reason = c.finish.as_ref().map(|f| api::finish_reason(f.stop));
                 let logprobs = self.logprobs_json(&c.logprobs, &mut 0);
-                match self.kind {
-                    Kind::Chat => json!({
+                match (self.kind, &self.tools) {
+                    (Kind::Chat, Some(format)) => {
+                        let (content, calls) = parse::read_answer(&c.text, format);
+                        let mut message =
+                            json!({"role": "assistant", "content": content, "refusal": null});
+                        if !calls.is_empty() {
+                            message["tool_calls"] = calls
+                                .iter()
+                                .map(|(id, name, args)| {
+                                    json!({"id": id, "type": "function",
+                                           "function": {"name": name, "arguments": args}})
+                                })
+                                .collect();
+                        }
+                        json!({
+                            "index": index,
+                            "message": message,
+                            "logprobs": logprobs,
+                            "finish_reason": reason.map(|r| calls_reason(r, calls.len())),
+                        })
+                    }
+                    (Kind::Chat, None) => json!({
                         "index": index,
                         "message": {"role": "assistant", "content": c.text, "refusal": null},
                         "logprobs": logprobs,
                         "finish_reason": reason,
                     }),
-                    Kind::Text => json!({"text": c.text, "index": index, "logprobs": logprobs,
+                    (Kind::Text, _) => json!({"text": c.text, "index": index, "logprobs": logprobs,
                                          "finish_reason": reason}),
                 }
             })
@@ -202,6 +267,15 @@ impl Chunks {
             "choices": list,
             "usage": Chunks::usage(&fins),
         })
+    }
+}
+
+/// `finish_reason` of an answer that made `calls` calls: `tool_calls` when it ended on its own.
+pub fn calls_reason(reason: &'static str, calls: usize) -> &'static str {
+    if calls > 0 && reason == "stop" {
+        "tool_calls"
+    } else {
+        reason
     }
 }
 

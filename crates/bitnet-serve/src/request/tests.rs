@@ -42,7 +42,7 @@ fn every_openai_field_is_typed() {
     assert_eq!(r.common.seed, Some(Seed(u64::MAX)));
     assert_eq!(r.common.max_tokens, Some(Count(5)));
     assert_eq!(r.common.stop, Some(Stop(vec!["x".into()])));
-    let m = r.messages().unwrap();
+    let m = r.messages(None).unwrap();
     assert_eq!(
         (
             m[0].role.as_str(),
@@ -205,10 +205,8 @@ fn fields_not_supported_are_refused_by_name() {
         chat(b).unwrap().refusals().unwrap_err()
     };
     for (extra, param) in [
-        (json!({"tools": []}), "tools"),
-        (json!({"tool_choice": "auto"}), "tool_choice"),
-        (json!({"parallel_tool_calls": false}), "parallel_tool_calls"),
         (json!({"functions": []}), "functions"),
+        (json!({"function_call": "auto"}), "function_call"),
         (json!({"audio": {"voice": "x"}}), "audio"),
         (json!({"modalities": ["text", "audio"]}), "modalities"),
         (json!({"web_search_options": {}}), "web_search_options"),
@@ -218,11 +216,11 @@ fn fields_not_supported_are_refused_by_name() {
     }
     for (msgs, param) in [
         (
-            json!([{"role": "tool", "content": "3", "tool_call_id": "a"}]),
+            json!([{"role": "function", "content": "3", "name": "a"}]),
             "messages[0].role",
         ),
         (
-            json!([{"role": "assistant", "content": null, "tool_calls": []}]),
+            json!([{"role": "user", "content": "x", "tool_calls": []}]),
             "messages[0].tool_calls",
         ),
         (
@@ -257,7 +255,7 @@ fn prompts_and_messages_that_are_missing_or_empty_are_named() {
         json!({"messages": []}),
         json!({"messages": null}),
     ] {
-        let e = chat(body).unwrap().messages().unwrap_err();
+        let e = chat(body).unwrap().messages(None).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"));
     }
     for body in [
