@@ -1,7 +1,7 @@
 //! `bitnet serve` used by the official `openai` Node SDK (version pinned in tests/node/package.json,
 //! installed by `npm ci --prefix tests/node`): tests/node/client.mjs lists models, chats (whole and
 //! streamed, greedy: the same text), asks for logprobs, completes text, embeds (the SDK's base64), and
-//! gets a 400 and a 401 as the SDK's error classes.
+//! gets a 400 and a 401 as the SDK's error classes, and runs a tool with `runTools`.
 //!
 //! Without node or the installed SDK the test is skipped with a note, unless `BITNET_CI=1`, where it fails.
 
@@ -59,6 +59,7 @@ fn official_openai_node_sdk_works() {
         "ok completion",
         "ok embeddings",
         "ok errors",
+        "ok runTools",
     ] {
         assert!(stdout.contains(check), "{check} missing:\n{stdout}");
     }

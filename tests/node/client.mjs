@@ -61,3 +61,38 @@ await assert.rejects(
   (e) => e instanceof OpenAI.AuthenticationError,
 );
 console.log("ok errors: BadRequestError naming temperature, AuthenticationError");
+
+// runTools: the SDK calls our function with the arguments the model wrote (constrained to the schema by the
+// named tool_choice), sends the result back as a tool message, and stops after that one call.
+const calls = [];
+const runner = client.chat.completions.runTools({
+  model,
+  max_tokens: 60,
+  temperature: 0,
+  messages: [{ role: "user", content: "What is the weather in Paris?" }],
+  tool_choice: { type: "function", function: { name: "get_weather" } },
+  tools: [{
+    type: "function",
+    function: {
+      name: "get_weather",
+      description: "The weather in a city.",
+      parameters: {
+        type: "object",
+        properties: { city: { type: "string", maxLength: 12 } },
+        required: ["city"],
+        additionalProperties: false,
+      },
+      parse: JSON.parse,
+      function: (args) => {
+        calls.push(args);
+        return { city: args.city, sky: "clear" };
+      },
+    },
+  }],
+});
+await runner.done();
+assert.equal(calls.length, 1, `one call: ${JSON.stringify(runner.messages)}`);
+assert.equal(typeof calls[0].city, "string");
+const toolMessage = runner.messages.find((m) => m.role === "tool");
+assert.ok(toolMessage && toolMessage.content.includes("clear"), JSON.stringify(runner.messages));
+console.log(`ok runTools: get_weather(${JSON.stringify(calls[0])})`);
