@@ -7,9 +7,12 @@ per check and exits non-zero, with the reason, at the first failure. Run by the 
 `openai_py` (tests/integration/openai_py.rs).
 """
 
+import json
 import sys
+from typing import Literal
 
 import openai
+import pydantic
 
 PROMPT = [{"role": "user", "content": "Say something about ternary weights."}]
 
@@ -198,6 +201,92 @@ def unknown_field(client, model_id):
     raise AssertionError("an unknown field was accepted: expected openai.BadRequestError")
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["C", "F"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def check_weather_args(arguments, what):
+    args = json.loads(arguments)
+    check(set(args) == {"city", "unit"}, f"{what}: arguments {arguments!r}")
+    check(isinstance(args["city"], str) and len(args["city"]) <= 12, f"{what}: city in {arguments!r}")
+    check(args["unit"] in ("C", "F"), f"{what}: unit in {arguments!r}")
+
+
+def tool_calls(client, model_id):
+    """tools + tool_choice required, whole and through the client's stream helper, then a tool-result turn."""
+    kwargs = dict(
+        model=model_id, messages=QUESTION, tools=[WEATHER], tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=60,
+    )
+    resp = client.chat.completions.create(**kwargs)
+    choice = resp.choices[0]
+    check(choice.finish_reason == "tool_calls", f"tools: finish_reason {choice.finish_reason!r}")
+    check(choice.message.content is None, f"tools: content {choice.message.content!r}")
+    calls = choice.message.tool_calls or []
+    check(len(calls) == 1, f"tools: {len(calls)} calls")
+    call = calls[0]
+    check(call.id.startswith("call_") and call.type == "function", f"tools: {call!r}")
+    check(call.function.name == "get_weather", f"tools: name {call.function.name!r}")
+    check_weather_args(call.function.arguments, "tools")
+
+    with client.chat.completions.stream(**kwargs) as stream:
+        final = stream.get_final_completion()
+    scall = final.choices[0].message.tool_calls[0]
+    check(final.choices[0].finish_reason == "tool_calls", f"tools streamed: {final.choices[0].finish_reason!r}")
+    check(
+        (scall.function.name, scall.function.arguments) == (call.function.name, call.function.arguments),
+        f"tools streamed: {scall!r} differs from {call!r}",
+    )
+
+    # The assistant message goes back as the client returned it, then the tool's result.
+    messages = QUESTION + [choice.message, {"role": "tool", "tool_call_id": call.id, "content": "18 C, rain"}]
+    resp = client.chat.completions.create(
+        model=model_id, messages=messages, tools=[WEATHER], temperature=0, max_tokens=8
+    )
+    check(resp.usage.prompt_tokens > 0 and resp.choices[0].finish_reason is not None, "tool result turn")
+    ok("tool calls", f"{call.function.name}({call.function.arguments}), streamed the same, result turn")
+
+
+class City(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=12)
+    population: int = pydantic.Field(ge=0, le=100000)
+    kind: Literal["town", "city"]
+
+
+class GetWeather(pydantic.BaseModel):
+    city: str = pydantic.Field(max_length=12)
+    unit: Literal["C", "F"]
+
+
+def parse(client, model_id):
+    """client.chat.completions.parse with a Pydantic response_format and a Pydantic tool."""
+    resp = client.chat.completions.parse(
+        model=model_id, messages=[{"role": "user", "content": "Describe a city."}], response_format=City,
+        temperature=0, max_tokens=80,
+    )
+    parsed = resp.choices[0].message.parsed
+    check(isinstance(parsed, City), f"parse: {resp.choices[0].message!r}")
+    resp = client.chat.completions.parse(
+        model=model_id, messages=QUESTION, tools=[openai.pydantic_function_tool(GetWeather)],
+        tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=60,
+    )
+    args = resp.choices[0].message.tool_calls[0].function.parsed_arguments
+    check(isinstance(args, GetWeather), f"parse tools: {resp.choices[0].message!r}")
+    ok("parse", f"{parsed!r}, {args!r}")
+
+
 def wrong_key(base_url, model_id):
     client = openai.OpenAI(base_url=base_url + "/v1", api_key="wrong-key", max_retries=0)
     try:
@@ -225,6 +314,8 @@ def main():
     bad_request(client, model_id)
     sampling_fields(client, model_id)
     unknown_field(client, model_id)
+    tool_calls(client, model_id)
+    parse(client, model_id)
     wrong_key(base_url, model_id)
     if reference_id:
         chat(client, reference_id, what="chat fp32")

@@ -1,6 +1,9 @@
 //! `bitnet serve` used by a real outside client: the official `openai` Python package runs
 //! `tests/openai_client.py` against the server (models, chat and text completions streamed and not,
-//! `stop`, a 400 and a 401 as the package's exception types, the FP32 reference backend).
+//! `stop`, a 400 and a 401 as the package's exception types, the FP32 reference backend, tool calls with
+//! `tool_choice: "required"` whole and through the client's stream helper, a tool-result turn with the
+//! assistant message passed back as the client returned it, and `chat.completions.parse` with a Pydantic
+//! `response_format` and a Pydantic tool).
 //!
 //! The Python is `$BITNET_PYTHON`, else `python3`. Without the `openai` package the test is skipped
 //! with a note, unless `BITNET_CI=1`, where it fails.
