@@ -26,6 +26,7 @@ pub mod pool;
 pub mod quant;
 pub mod rescore;
 pub mod scalar;
+pub mod trit5;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
