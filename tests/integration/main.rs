@@ -24,6 +24,7 @@ mod openai_node;
 mod openai_py;
 mod page;
 mod perplexity;
+mod python_clients;
 mod run_chat;
 mod serve;
 mod serve_fields;

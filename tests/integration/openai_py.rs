@@ -11,47 +11,16 @@
 use std::process::Command;
 
 use crate::http::Server;
+use crate::python_clients::python_with;
 use crate::util::{convert, fixture, repo_root};
 
 const API_KEY: &str = "test-key-openai-py";
 
-fn python() -> String {
-    std::env::var("BITNET_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
-fn on_ci() -> bool {
-    std::env::var("BITNET_CI").is_ok_and(|v| v == "1")
-}
-
-/// Whether `python` can import `openai`; the reason when it cannot.
-fn openai_importable(python: &str) -> Result<(), String> {
-    match Command::new(python).args(["-c", "import openai"]).output() {
-        Ok(o) if o.status.success() => Ok(()),
-        // The last line of the traceback: "ModuleNotFoundError: No module named 'openai'".
-        Ok(o) => Err(String::from_utf8_lossy(&o.stderr)
-            .lines()
-            .last()
-            .unwrap_or("no error output")
-            .to_string()),
-        Err(e) => Err(format!("cannot run {python}: {e}")),
-    }
-}
-
 #[test]
 fn official_openai_python_client_works() {
-    let python = python();
-    if let Err(why) = openai_importable(&python) {
-        assert!(
-            !on_ci(),
-            "BITNET_CI=1 but {python} cannot import openai ({why}): install it (pip install openai) \
-             or point BITNET_PYTHON at a Python that has it"
-        );
-        eprintln!(
-            "skipped: pip install openai to run the openai client test ({python}: {why}; \
-             BITNET_PYTHON picks the Python)"
-        );
+    let Some(python) = python_with(&["openai"], "openai") else {
         return;
-    }
+    };
 
     let dir = tempfile::tempdir().expect("temp dir");
     let model = convert(&fixture("bitnet-llama3-tiny"), dir.path(), &[]);
