@@ -136,3 +136,18 @@ fn litellm_works() {
         ],
     );
 }
+
+#[test]
+fn langchain_openai_works() {
+    let Some(python) = python_with(
+        &["langchain_openai", "jsonschema"],
+        "langchain-openai jsonschema",
+    ) else {
+        return;
+    };
+    run_client(
+        &python,
+        "langchain_client.py",
+        &["invoke:", "stream:", "tools:", "with_structured_output:"],
+    );
+}
