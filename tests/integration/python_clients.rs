@@ -151,3 +151,15 @@ fn langchain_openai_works() {
         &["invoke:", "stream:", "tools:", "with_structured_output:"],
     );
 }
+
+#[test]
+fn llm_cli_works() {
+    let Some(python) = python_with(&["llm", "jsonschema"], "llm jsonschema") else {
+        return;
+    };
+    run_client(
+        &python,
+        "llm_cli.py",
+        &["models:", "prompt:", "schema:", "completion:", "wrong key:"],
+    );
+}
