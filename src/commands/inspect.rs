@@ -105,6 +105,11 @@ fn print_text(
         c.rms_norm_eps,
         c.hidden_act.as_str(),
         match (c.tie_word_embeddings, file.entry("output").map(|e| e.kind)) {
+            (false, Some(TensorKind::Int8R16))
+                if file.entry(bitnet_format::OUTPUT_EXACT).is_some() =>
+            {
+                "untied, int8 (per-row scales) with its exact rows (`output_exact`)"
+            }
             (_, Some(TensorKind::Int8R16)) => "int8 (per-row scales)",
             (true, _) => "tied",
             (false, _) => "untied",

@@ -407,7 +407,10 @@ fn inspect_rejects_truncated_corrupt_and_foreign_files() {
     inspect_fails(
         &v,
         &[
-            "unsupported .bitnet version 9.0",
+            &format!(
+                "unsupported .bitnet version 9.{}",
+                bitnet_format::VERSION_MINOR
+            ),
             "reads major versions 1 to 2",
         ],
     );

@@ -126,6 +126,20 @@ pub fn convert(
                     source: p.hf.clone(),
                     shape: p.shape.clone(),
                 });
+                // The untied head's exact rows too (the tied head has them in token_embd): the rescored
+                // head recomputes its candidates from them (SPEC.md 6.2).
+                total += ck.data(src).len() as u64;
+                let exact = PlannedTensor {
+                    name: bitnet_format::OUTPUT_EXACT.to_string(),
+                    ..p
+                };
+                specs.push(spec(
+                    &exact.name,
+                    exact_float(src.dtype),
+                    &exact.shape,
+                    &exact.hf,
+                ));
+                jobs.push(Job::Plain(exact));
                 continue;
             }
             Role::LmHead => exact_float(src.dtype),

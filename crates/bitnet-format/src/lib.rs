@@ -37,8 +37,11 @@ pub const MAGIC: [u8; 8] = *b"\x89BITNET\n";
 pub const VERSION_MAJOR: u16 = 2;
 /// The oldest major version this build reads (version 1 files have an implied feature list).
 pub const VERSION_MAJOR_MIN: u16 = 1;
-/// The minor version this build writes.
-pub const VERSION_MINOR: u16 = 0;
+/// The minor version this build writes (2.1 added the optional tensor [`OUTPUT_EXACT`]).
+pub const VERSION_MINOR: u16 = 1;
+/// The exact rows of an untied LM head stored beside its int8 copy `output` (SPEC.md 5), so the rescored
+/// head (SPEC.md 6.2) works for untied models too.
+pub const OUTPUT_EXACT: &str = "output_exact";
 /// Length of the fixed preamble.
 pub const PREAMBLE_LEN: usize = 64;
 /// Every tensor offset (and the data section) is a multiple of this.

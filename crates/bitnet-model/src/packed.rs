@@ -267,11 +267,39 @@ impl PackedModel {
             })
         };
         let embed = float("token_embd")?;
-        let (exact_head, int8_head) = match file.entry("output").map(|e| e.kind) {
+        let output = file.entry("output").map(|e| e.kind);
+        let untied_int8 = output == Some(TensorKind::Int8R16) && !c.tie_word_embeddings;
+        if let Some(e) = file.entry(bitnet_format::OUTPUT_EXACT)
+            && !untied_int8
+        {
+            return Err(ModelError::BadTensor {
+                name: e.name.clone(),
+                expected: "only beside an untied int8 `output` (the exact rows of that head)"
+                    .into(),
+                found: format!(
+                    "{} next to {}",
+                    shape_str(e.kind, &e.shape),
+                    match output {
+                        None => "no `output` (the head is the tied embedding)".to_string(),
+                        Some(TensorKind::Int8R16) =>
+                            "the int8 copy of the tied embedding".to_string(),
+                        Some(k) => format!("an exact `output` ({})", k.as_str()),
+                    }
+                ),
+            });
+        }
+        let (exact_head, int8_head) = match output {
             None => (Some(embed.clone()), None),
             Some(TensorKind::Int8R16) => {
                 let r = entry("output", TensorKind::Int8R16, &[v, h])?;
-                (c.tie_word_embeddings.then(|| embed.clone()), Some(r))
+                let exact = if c.tie_word_embeddings {
+                    Some(embed.clone())
+                } else if file.entry(bitnet_format::OUTPUT_EXACT).is_some() {
+                    Some(float(bitnet_format::OUTPUT_EXACT)?)
+                } else {
+                    None
+                };
+                (exact, Some(r))
             }
             Some(_) => (Some(float("output")?), None),
         };
@@ -321,8 +349,8 @@ impl PackedModel {
                     "the file has no int8 LM head: convert with `--lm-head int8` to add one, or use the exact head"
                 }
                 HeadKind::Exact => {
-                    "the file has no exact LM head (its untied head is stored as int8 only): convert with \
-                     `--lm-head bf16` for one, or use the int8 head"
+                    "the file has no exact LM head (its untied head is stored as int8 only, as files made \
+                     before format 2.1 store it): convert again for one, or use the int8 head"
                 }
                 HeadKind::Rescored if self.int8_head.is_none() => {
                     "the rescored head needs an int8 LM head beside the exact one: convert with \
@@ -330,7 +358,8 @@ impl PackedModel {
                 }
                 HeadKind::Rescored => {
                     "the rescored head needs the exact LM head's rows, and this file's untied head is stored \
-                     as int8 only: use the int8 head, or convert with `--lm-head bf16` for the exact head"
+                     as int8 only (files made before format 2.1 have no `output_exact`): use the int8 head, \
+                     or convert again"
                 }
             }));
         }

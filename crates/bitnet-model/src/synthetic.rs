@@ -207,8 +207,21 @@ fn bf16_bytes(n: usize, std: f32, seed: u64) -> Vec<u8> {
 }
 
 /// Writes a model of `family`'s shape with seeded random weights to `path`; with `int8_head`, the head is
-/// an int8 copy (beside the tied embedding, or instead of an untied bf16 head). Returns the file length.
+/// an int8 copy (beside the tied embedding, or of an untied head whose exact rows follow as `output_exact`,
+/// as `bitnet convert --lm-head int8` writes them). Returns the file length.
 pub fn write(path: &Path, family: &Family, seed: u64, int8_head: bool) -> Result<u64> {
+    let exact_rows = int8_head && !family.config.tie_word_embeddings;
+    write_with(path, family, seed, int8_head, exact_rows)
+}
+
+/// [`write`], with `output_exact` present or absent at will (tests of the reader's checks use this).
+pub fn write_with(
+    path: &Path,
+    family: &Family,
+    seed: u64,
+    int8_head: bool,
+    exact_rows: bool,
+) -> Result<u64> {
     let c = &family.config;
     let features = family.features;
     let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
@@ -246,6 +259,13 @@ pub fn write(path: &Path, family: &Family, seed: u64, int8_head: bool) -> Result
         spec("output".into(), TensorKind::Int8R16, vec![v, h]);
     } else if !c.tie_word_embeddings {
         spec("output".into(), TensorKind::Bf16, vec![v, h]);
+    }
+    if exact_rows {
+        spec(
+            bitnet_format::OUTPUT_EXACT.into(),
+            TensorKind::Bf16,
+            vec![v, h],
+        );
     }
     let header = Header {
         architecture: bitnet_format::ARCHITECTURE.into(),
@@ -291,6 +311,11 @@ pub fn write(path: &Path, family: &Family, seed: u64, int8_head: bool) -> Result
                     &ternary_bytes(layout::ternary_len(r, k), seed),
                     Some(scale),
                 )?;
+            }
+            TensorKind::Bf16 if s.name == bitnet_format::OUTPUT_EXACT => {
+                // The rows the int8 head (written just before) copies: `token_embd`'s, two specs back.
+                let emb_seed = seed.wrapping_sub(2 * 7919);
+                w.write_tensor(&s.name, &bf16_bytes(r * k, 1.0, emb_seed), None)?
             }
             TensorKind::Bf16 => w.write_tensor(&s.name, &bf16_bytes(r * k, 1.0, seed), None)?,
             TensorKind::Int8R16 => {
@@ -362,8 +387,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_family_without_sub_norms_writes_a_file_the_model_loads() {
+    /// Falcon3-1B's family (untied, no sub-norms) at toy dimensions.
+    fn tiny_falcon3() -> Family {
         let mut fam = family("falcon3-1b").unwrap();
         let c = &mut fam.config;
         (
@@ -373,6 +398,12 @@ mod tests {
             c.num_layers,
         ) = (64, 48, 72, 2);
         (c.num_heads, c.num_kv_heads, c.head_dim) = (4, 2, 16);
+        fam
+    }
+
+    #[test]
+    fn a_family_without_sub_norms_writes_a_file_the_model_loads() {
+        let fam = tiny_falcon3();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.bitnet");
         write(&path, &fam, 1, false).unwrap();
@@ -397,5 +428,40 @@ mod tests {
             model.hidden_states(&[1, 64]).is_err(),
             "an id past the vocabulary"
         );
+    }
+
+    #[test]
+    fn output_exact_gives_untied_int8_files_the_rescored_head_and_is_refused_elsewhere() {
+        let fam = tiny_falcon3();
+        assert!(!fam.config.tie_word_embeddings);
+        let dir = tempfile::tempdir().unwrap();
+        let load = |name: &str, fam: &Family, int8: bool, exact: bool| {
+            let path = dir.path().join(name);
+            write_with(&path, fam, 1, int8, exact).unwrap();
+            let file = std::sync::Arc::new(bitnet_format::BitnetFile::open(&path).unwrap());
+            crate::PackedModel::load(file)
+        };
+        let m = load("untied-int8.bitnet", &fam, true, true).unwrap();
+        assert_eq!(m.default_head(), crate::HeadKind::Rescored);
+        let old = load("untied-int8-only.bitnet", &fam, true, false).unwrap();
+        assert_eq!(old.default_head(), crate::HeadKind::Int8);
+        let err = load("untied-exact.bitnet", &fam, false, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("output_exact") && err.contains("an exact `output`"),
+            "{err}"
+        );
+        let mut tied = fam.clone();
+        tied.config.tie_word_embeddings = true;
+        for (int8, what) in [
+            (true, "int8 copy of the tied embedding"),
+            (false, "no `output`"),
+        ] {
+            let err = load("tied.bitnet", &tied, int8, true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("output_exact") && err.contains(what), "{err}");
+        }
     }
 }

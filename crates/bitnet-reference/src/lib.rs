@@ -283,7 +283,13 @@ impl ReferenceModel {
         let head = match file.entry("output").map(|e| e.kind) {
             Some(TensorKind::Bf16 | TensorKind::F32) => Some(floats("output")?),
             Some(_) if !c.tie_word_embeddings => {
-                return Err(bad("output", "the untied head is only stored as int8"));
+                if file.entry(bitnet_format::OUTPUT_EXACT).is_none() {
+                    return Err(bad(
+                        "output",
+                        "the untied head is only stored as int8 (no `output_exact`)",
+                    ));
+                }
+                Some(floats(bitnet_format::OUTPUT_EXACT)?)
             }
             _ => None,
         };

@@ -31,8 +31,10 @@ pub fn totals(file: &BitnetFile) -> Totals {
             continue;
         }
         t.model_bytes += e.length;
-        // An int8 head beside a tied embedding is a copy, not more parameters.
-        let copy = e.name == "output" && h.config.tie_word_embeddings;
+        // An int8 head beside a tied embedding, or an untied head's exact rows beside its int8 copy,
+        // is a copy, not more parameters.
+        let copy = (e.name == "output" && h.config.tie_word_embeddings)
+            || e.name == bitnet_format::OUTPUT_EXACT;
         if !copy {
             t.parameters += e.num_elements();
         }

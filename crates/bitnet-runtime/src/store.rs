@@ -302,7 +302,8 @@ fn has_exact_head(path: &Path) -> bool {
         return false;
     };
     let int8_only = file.entry("output").map(|e| e.kind) == Some(TensorKind::Int8R16)
-        && !file.header().config.tie_word_embeddings;
+        && !file.header().config.tie_word_embeddings
+        && file.entry(bitnet_format::OUTPUT_EXACT).is_none();
     !int8_only
 }
 

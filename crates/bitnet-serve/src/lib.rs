@@ -434,6 +434,19 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// The constraint `tool_choice: "auto"` decodes under for `tools` (a request's JSON array): what
+/// benches/tool_grammar.rs measures.
+#[doc(hidden)]
+pub fn auto_tool_constraint(
+    tools: serde_json::Value,
+) -> Result<bitnet_grammar::ConstraintSpec, String> {
+    let tools: Vec<tools::Tool> = serde_json::from_value(tools).map_err(|e| e.to_string())?;
+    let setup = tools::ToolSetup::new(Some(&tools), Some(&tools::ToolChoice::Auto), None)
+        .map_err(|e| format!("{e:?}"))?
+        .ok_or("no tools")?;
+    Ok(setup.constraint_spec(None))
+}
+
 /// One input of the request fuzz target, shared with the replay test CI runs on stable: the body of a
 /// chat or text completion request through the parsers every request meets, a value or a 400, never a
 /// panic.

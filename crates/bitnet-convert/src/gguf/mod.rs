@@ -192,6 +192,16 @@ pub fn convert_gguf(
             shape: t.shape.iter().map(|&d| d as u64).collect(),
             source: Some(t.info.name.clone()),
         });
+        if t.role == Role::LmHead && opts.lm_head == LmHead::Int8 {
+            // The untied head's exact rows beside its int8 copy, for the rescored head (SPEC.md 6.2).
+            total += t.info.len;
+            specs.push(TensorSpec {
+                name: bitnet_format::OUTPUT_EXACT.into(),
+                kind: exact_kind(t.info.ggml_type),
+                shape: t.shape.iter().map(|&d| d as u64).collect(),
+                source: Some(t.info.name.clone()),
+            });
+        }
     }
     let int8_tied = m.config.tie_word_embeddings && opts.lm_head == LmHead::Int8;
     if int8_tied {
@@ -239,23 +249,16 @@ pub fn convert_gguf(
             Role::Norm => {
                 writer.write_tensor(&t.name, &f32_bytes(&floats(data, t.info.ggml_type)), None)?
             }
-            Role::LmHead if opts.lm_head == LmHead::Int8 => write_int8(
-                &mut writer,
-                "output",
-                &floats(data, t.info.ggml_type),
-                &t.shape,
-            )?,
-            Role::Embedding | Role::LmHead => {
-                if t.info.ggml_type == GgmlType::Bf16 {
-                    writer.write_tensor(&t.name, data, None)?;
-                } else {
-                    writer.write_tensor(
-                        &t.name,
-                        &f32_bytes(&floats(data, t.info.ggml_type)),
-                        None,
-                    )?;
-                }
+            Role::LmHead if opts.lm_head == LmHead::Int8 => {
+                write_int8(
+                    &mut writer,
+                    "output",
+                    &floats(data, t.info.ggml_type),
+                    &t.shape,
+                )?;
+                write_exact(&mut writer, bitnet_format::OUTPUT_EXACT, t, data)?;
             }
+            Role::Embedding | Role::LmHead => write_exact(&mut writer, &t.name, t, data)?,
         }
         progress(Progress::Advance {
             bytes: t.info.len,
@@ -303,6 +306,16 @@ fn write_int8(writer: &mut FileWriter, name: &str, w: &[f32], shape: &[usize]) -
     scales.resize(layout::pad16(rows), 0.0);
     packed.extend_from_slice(&f32_bytes(&scales));
     writer.write_tensor(name, &packed, None)?;
+    Ok(())
+}
+
+/// A float tensor as the file stores it: bf16 as it is, every other type as f32.
+fn write_exact(writer: &mut FileWriter, name: &str, t: &Planned, data: &[u8]) -> Result<()> {
+    if t.info.ggml_type == GgmlType::Bf16 {
+        writer.write_tensor(name, data, None)?;
+    } else {
+        writer.write_tensor(name, &f32_bytes(&floats(data, t.info.ggml_type)), None)?;
+    }
     Ok(())
 }
 
