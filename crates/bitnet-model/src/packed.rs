@@ -94,6 +94,8 @@ pub struct PackedModel {
     kernels: Kernels,
     pool: Pool,
     rescore_counter: rescore::RescoreCounter,
+    /// Candidate rows per token from which the pool's threads share the rescoring.
+    rescore_parallel_rows: usize,
 }
 
 impl std::fmt::Debug for PackedModel {
@@ -322,6 +324,7 @@ impl PackedModel {
             kernels,
             pool: Pool::new(threads),
             rescore_counter: Default::default(),
+            rescore_parallel_rows: rescore::PARALLEL_ROWS,
         })
     }
 

@@ -30,6 +30,8 @@ pub struct Scratch {
 pub struct HeadScratch {
     pub(crate) quantized: Vec<bitnet_kernels::scalar::BlockQuantized>,
     pub(crate) candidates: Vec<u32>,
+    /// The candidates' exact logits, filled by the pool's threads before they replace the int8 ones.
+    pub(crate) exact: Vec<f32>,
 }
 
 /// The KV cache of one sequence: per layer, keys and values in f32, head-major (`[kv_heads, max_ctx,

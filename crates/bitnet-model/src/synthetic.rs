@@ -464,4 +464,44 @@ mod tests {
             assert!(err.contains("output_exact") && err.contains(what), "{err}");
         }
     }
+
+    #[test]
+    fn rescoring_on_the_pool_gives_the_exact_heads_values() {
+        // Every token's candidates shared by two threads, in runs of consecutive rows; a vocabulary of
+        // 4096 random rows.
+        let mut fam = tiny_falcon3();
+        fam.config.vocab_size = 4096;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flat.bitnet");
+        write(&path, &fam, 3, true).unwrap();
+        let file = std::sync::Arc::new(bitnet_format::BitnetFile::open(&path).unwrap());
+        let kernels = bitnet_kernels::dispatch::Kernels::detect();
+        let mut model = crate::PackedModel::load_with(file, kernels, 2).unwrap();
+        model.rescore_on_the_pool_always();
+        let hidden = model.hidden_states(&[1, 2, 3, 4]).unwrap();
+        let (exact, int8, rescored) = (
+            model.head_logits(&hidden, crate::HeadKind::Exact).unwrap(),
+            model.head_logits(&hidden, crate::HeadKind::Int8).unwrap(),
+            model
+                .head_logits(&hidden, crate::HeadKind::Rescored)
+                .unwrap(),
+        );
+        let rows = model.rescore_stats().rows as usize;
+        assert!(rows >= 8, "only {rows} rows rescored over 4 tokens");
+        let mut equal_exact = 0;
+        for (r, ((&x, &e), &i)) in rescored.iter().zip(&exact).zip(&int8).enumerate() {
+            assert!(
+                x == e || x == i,
+                "row {r}: rescored {x}, exact {e}, int8 {i}"
+            );
+            equal_exact += usize::from(x.to_bits() == e.to_bits());
+        }
+        assert!(
+            equal_exact >= rows,
+            "{equal_exact} rows equal the exact head's, {rows} rescored"
+        );
+        for (t, (l, e)) in rescored.chunks(4096).zip(exact.chunks(4096)).enumerate() {
+            assert_eq!(crate::argmax(l), crate::argmax(e), "token {t}");
+        }
+    }
 }

@@ -6,12 +6,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bitnet_format::TensorKind;
+use bitnet_kernels::pool::SharedMut;
 use bitnet_kernels::rescore::{HeadBound, candidates};
-use bitnet_kernels::{Bf16Matrix, pad16, scalar};
+use bitnet_kernels::{Bf16Matrix, Pool, pad16, scalar};
 
 use super::PackedModel;
 use crate::error::{ModelError, Result};
 use crate::session::HeadScratch;
+
+/// Below this many candidate rows a token's rescoring stays on the calling thread (a trained model has a
+/// handful); above it the pool's threads share them (a model with flat logits can have thousands).
+pub(super) const PARALLEL_ROWS: usize = 256;
 
 /// How much exact work the rescored head has done since load.
 #[derive(Debug, Default)]
@@ -74,21 +79,53 @@ impl PackedModel {
         {
             let bound = HeadBound::new(x, bq);
             candidates(out, scales, &bound, &mut head.candidates);
-            for &r in &head.candidates {
-                let r = r as usize;
-                let o = &mut out[r..r + 1];
-                match exact.kind {
-                    TensorKind::Bf16 => (self.kernels.bf16)(&bm, x, r..r + 1, o),
-                    _ => scalar::f32_matvec(data, exact.cols, x, r..r + 1, o),
+            let cands = &head.candidates;
+            head.exact.resize(cands.len(), 0.0);
+            // Each candidate's exact logit, over runs of consecutive rows (one kernel call per run).
+            let rows_of = |part: &[u32], o: &mut [f32]| {
+                let mut i = 0;
+                while i < part.len() {
+                    let start = part[i] as usize;
+                    let mut n = 1;
+                    while i + n < part.len() && part[i + n] as usize == start + n {
+                        n += 1;
+                    }
+                    let (rows, o) = (start..start + n, &mut o[i..i + n]);
+                    match exact.kind {
+                        TensorKind::Bf16 => (self.kernels.bf16)(&bm, x, rows, o),
+                        _ => scalar::f32_matvec(data, exact.cols, x, rows, o),
+                    }
+                    i += n;
                 }
+            };
+            let threads = self.pool.threads();
+            if cands.len() < self.rescore_parallel_rows || threads == 1 {
+                rows_of(cands, &mut head.exact);
+            } else {
+                let shared = SharedMut::new(&mut head.exact);
+                self.pool.run(&|tid| {
+                    let part = Pool::split(cands.len(), threads, tid, 1);
+                    // SAFETY: `split` gives each thread its own disjoint part of the candidates.
+                    let o = unsafe { shared.range(part.clone()) };
+                    rows_of(&cands[part], o);
+                });
             }
-            rows += head.candidates.len() as u64;
+            for (&r, &e) in cands.iter().zip(&head.exact) {
+                out[r as usize] = e;
+            }
+            rows += cands.len() as u64;
         }
         let c = &self.rescore_counter;
         c.tokens
             .fetch_add((hidden.len() / h) as u64, Ordering::Relaxed);
         c.rows.fetch_add(rows, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Shares every token's rescoring between the pool's threads, however few its candidates (tests).
+    #[cfg(test)]
+    pub(crate) fn rescore_on_the_pool_always(&mut self) {
+        self.rescore_parallel_rows = 1;
     }
 
     /// Tokens scored by the rescored head and rows it recomputed exactly, since load.
