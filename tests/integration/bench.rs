@@ -293,3 +293,29 @@ fn ab_mode_alternates_two_setups_and_reports_per_round_ratios() {
         stderr(&o)
     );
 }
+
+#[test]
+fn the_rescored_heads_bytes_include_the_rows_it_recomputed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = convert(
+        &fixture("bitnet-tiny-tied"),
+        tmp.path(),
+        &["--lm-head", "int8"],
+    );
+    let i = bench_json(&file, &["--head", "int8"]);
+    let r = bench_json(&file, &["--head", "rescored"]);
+    let rows = r["rescored_rows_per_token"].as_f64().unwrap();
+    assert!(rows >= 1.0, "{r}");
+    // The tied head's exact rows are the bf16 embedding's: hidden_size x 2 bytes each.
+    let c: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("bitnet-tiny-tied").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let row_bytes = 2.0 * c["hidden_size"].as_f64().unwrap();
+    let want = i["bytes_per_token"].as_u64().unwrap() as f64 + (rows * row_bytes).round();
+    assert_eq!(
+        r["bytes_per_token"].as_u64().unwrap() as f64,
+        want,
+        "{i}\n{r}"
+    );
+}

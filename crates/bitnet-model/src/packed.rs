@@ -438,8 +438,16 @@ impl PackedModel {
         parts
     }
 
+    /// Bytes of one row of the exact LM head (what the rescored head reads per recomputed row).
+    pub fn exact_head_row_bytes(&self) -> Option<u64> {
+        self.exact_head
+            .as_ref()
+            .map(|m| (m.range.len() / m.rows.max(1)) as u64)
+    }
+
     /// Bytes of weights one decoded token reads: every ternary matrix, the norms, and the head in use (for
-    /// the rescored head the int8 copy; its few exact rows are counted by [`PackedModel::rescore_stats`]).
+    /// the rescored head the int8 copy; the exact rows it recomputes are counted by
+    /// [`PackedModel::rescore_stats`], and `bitnet bench` adds them with [`PackedModel::exact_head_row_bytes`]).
     pub fn weight_bytes_per_token(&self) -> u64 {
         let ternary: usize = self
             .layers

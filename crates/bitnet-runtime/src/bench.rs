@@ -83,7 +83,8 @@ pub struct BackendReport {
     pub prefill_tok_s_spread: Spread,
     /// Over runs.
     pub decode_tok_s_spread: Spread,
-    /// Weight bytes a decoded token reads.
+    /// Weight bytes a decoded token reads (with the rescored head, the exact rows it recomputed too, on
+    /// average over the timed runs).
     pub bytes_per_token: u64,
     /// How fast these threads stream those bytes.
     pub bandwidth_gb_s: f64,
@@ -307,7 +308,11 @@ pub fn bench_packed(
             })
         }
     };
-    let bytes = model.weight_bytes_per_token();
+    // The rescored head also reads the exact rows it recomputes: on average over the timed runs.
+    let rescored_bytes = rescored_rows_per_token
+        .zip(model.exact_head_row_bytes())
+        .map_or(0, |(rows, row)| (rows * row as f64).round() as u64);
+    let bytes = model.weight_bytes_per_token() + rescored_bytes;
     let c = model.config();
     let per_position = c.num_layers * c.num_kv_heads * c.head_dim;
     let kv_bytes = 2 * 4 * per_position * (o.prompt_tokens + o.gen_tokens);
