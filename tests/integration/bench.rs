@@ -16,6 +16,12 @@ const KEYS: &[&str] = &[
     "kernel",
 ];
 
+/// config.json of the tied fixture the bench tests measure.
+fn tiny_tied_config() -> Value {
+    let text = std::fs::read_to_string(fixture("bitnet-tiny-tied").join("config.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 fn bench_json(file: &std::path::Path, extra: &[&str]) -> Value {
     let mut args = vec![
         "bench",
@@ -78,10 +84,7 @@ fn bench_reports_every_figure_for_every_kernel() {
         assert!((1.0..512.0).contains(&rows), "{rows}");
         // Keys and values read per decoded token: f32, both, every layer and kv head, over the average
         // context of the 4 generated tokens after the 8-token prompt (8 + 5 / 2 positions).
-        let c: Value = serde_json::from_str(
-            &std::fs::read_to_string(fixture("bitnet-tiny-tied").join("config.json")).unwrap(),
-        )
-        .unwrap();
+        let c = tiny_tied_config();
         let n = |k: &str| c[k].as_f64().unwrap();
         let hd = n("hidden_size") / n("num_attention_heads");
         let want = 2.0 * 4.0 * n("num_hidden_layers") * n("num_key_value_heads") * hd * 10.5;
@@ -307,11 +310,7 @@ fn the_rescored_heads_bytes_include_the_rows_it_recomputed() {
     let rows = r["rescored_rows_per_token"].as_f64().unwrap();
     assert!(rows >= 1.0, "{r}");
     // The tied head's exact rows are the bf16 embedding's: hidden_size x 2 bytes each.
-    let c: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("bitnet-tiny-tied").join("config.json")).unwrap(),
-    )
-    .unwrap();
-    let row_bytes = 2.0 * c["hidden_size"].as_f64().unwrap();
+    let row_bytes = 2.0 * tiny_tied_config()["hidden_size"].as_f64().unwrap();
     let want = i["bytes_per_token"].as_u64().unwrap() as f64 + (rows * row_bytes).round();
     assert_eq!(
         r["bytes_per_token"].as_u64().unwrap() as f64,

@@ -193,8 +193,8 @@ pub fn convert_gguf(
             source: Some(t.info.name.clone()),
         });
         if t.role == Role::LmHead && opts.lm_head == LmHead::Int8 {
-            // The untied head's exact rows beside its int8 copy, for the rescored head (SPEC.md 6.2).
-            total += t.info.len;
+            // The untied head's exact rows beside its int8 copy, for the rescored head (SPEC.md 6.2),
+            // written from the same source bytes (counted once in the progress total).
             specs.push(TensorSpec {
                 name: bitnet_format::OUTPUT_EXACT.into(),
                 kind: exact_kind(t.info.ggml_type),
