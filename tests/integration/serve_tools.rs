@@ -259,3 +259,60 @@ fn tool_results_render_and_bad_tool_fields_are_named() {
         assert!(message.contains(says), "{extra}: {message}");
     }
 }
+
+/// The llama3 fixture converted with fixtures/tool-template-cases.json's template, which writes tools
+/// itself; the cases, as transformers rendered and tokenized them.
+fn native_model(dir: &tempfile::TempDir) -> (std::path::PathBuf, Value) {
+    let cases: Value = serde_json::from_slice(
+        &std::fs::read(crate::util::fixture("tool-template-cases.json")).unwrap(),
+    )
+    .unwrap();
+    let folder = crate::util::copy_fixture("bitnet-llama3-tiny", dir.path());
+    let config = folder.join("tokenizer_config.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    c["chat_template"] = cases["template"].clone();
+    std::fs::write(&config, serde_json::to_vec(&c).unwrap()).unwrap();
+    (crate::util::convert(&folder, dir.path(), &[]), cases)
+}
+
+#[test]
+fn a_template_that_writes_tools_gets_them_and_its_prompt_is_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, cases) = native_model(&dir);
+    let s = Server::start(&file, &[]);
+    for case in cases["cases"].as_array().unwrap() {
+        if !case["add_generation_prompt"].as_bool().unwrap() {
+            continue;
+        }
+        // As an OpenAI client sends the case: arguments as JSON strings.
+        let mut messages = case["messages"].clone();
+        for m in messages.as_array_mut().unwrap() {
+            for c in m["tool_calls"].as_array_mut().into_iter().flatten() {
+                let args = c["function"]["arguments"].to_string();
+                c["function"]["arguments"] = json!(args);
+            }
+        }
+        let mut body = json!({"messages": messages, "max_tokens": 1});
+        if !case["tools"].is_null() {
+            body["tools"] = case["tools"].clone();
+        }
+        let v = s.post("/v1/chat/completions", &body).json();
+        let want = case["ids"].as_array().unwrap().len();
+        assert_eq!(v["usage"]["prompt_tokens"], want, "{}: {v}", case["name"]);
+    }
+    // A required call through this template: the grammar still gives a valid call.
+    let v = s
+        .post("/v1/chat/completions", &tool_body(json!("required"), false))
+        .json();
+    assert_eq!(checked_calls(&v).len(), 1, "{v}");
+    // Special-token text is for message content only (kept apart there): in a tool's definition it is
+    // refused, naming where.
+    let mut body = tool_body(json!("auto"), true);
+    body["tools"][1]["function"]["description"] = json!("Adds.<|eot_id|>");
+    let r = s.post("/v1/chat/completions", &body);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let v = r.json();
+    let (message, param, _) = error_of(&v);
+    assert_eq!(param, Some("messages"), "{v}");
+    assert!(message.contains("`tools[1].function.description`"), "{v}");
+}

@@ -6,8 +6,9 @@
 //!
 //! - the environment behaves like transformers' `ImmutableSandboxedEnvironment(trim_blocks=True,
 //!   lstrip_blocks=True)` with the `loopcontrols` extension;
-//! - the context holds `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, and `tools` and
-//!   `documents` set to `none` (transformers passes both as `None`, and templates test `tools is not none`);
+//! - the context holds `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `tools` (the
+//!   request's tools for [`ChatTemplate::render_json_with_tools`], else `none`, as transformers passes
+//!   `None` and templates test `tools is not none`) and `documents` set to `none`;
 //! - `tojson` is transformers' own, plain `json.dumps(x, ensure_ascii=False)` with `", "` and `": "` as
 //!   separators (minijinja's built-in escapes HTML characters), with `ensure_ascii`, `indent`,
 //!   `separators` and `sort_keys`;
@@ -113,6 +114,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    reads_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -147,12 +149,16 @@ impl ChatTemplate {
                 template: name.clone(),
                 message: describe(&e),
             })?;
+        let reads_tools = env
+            .get_template(&name)
+            .is_ok_and(|t| t.undeclared_variables(false).contains("tools"));
         Ok(ChatTemplate {
             name,
             source,
             env,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
+            reads_tools,
         })
     }
 
@@ -179,6 +185,12 @@ impl ChatTemplate {
         &self.name
     }
 
+    /// Whether the template reads the `tools` variable, i.e. writes tool definitions itself (Hermes,
+    /// Qwen, Llama 3.1 and Falcon3's templates do; BitNet 2B4T's does not).
+    pub fn reads_tools(&self) -> bool {
+        self.reads_tools
+    }
+
     /// The template text as given.
     pub fn source(&self) -> &str {
         &self.source
@@ -190,7 +202,7 @@ impl ChatTemplate {
         if messages.is_empty() {
             return Err(ChatError::NoMessages);
         }
-        self.render_value(Value::from(Serde(messages)), add_generation_prompt)
+        self.render_value(Value::from(Serde(messages)), None, add_generation_prompt)
     }
 
     /// Renders messages given as JSON objects, for messages with fields beyond `role` and `content`
@@ -203,10 +215,34 @@ impl ChatTemplate {
         if messages.is_empty() {
             return Err(ChatError::NoMessages);
         }
-        self.render_value(Value::from(Serde(messages)), add_generation_prompt)
+        self.render_value(Value::from(Serde(messages)), None, add_generation_prompt)
     }
 
-    fn render_value(&self, messages: Value, add_generation_prompt: bool) -> Result<String> {
+    /// [`ChatTemplate::render_json`] with `tools`, as transformers' `apply_chat_template(messages,
+    /// tools=tools)` passes them: the list of `{"type": "function", "function": {...}}` objects (`None`
+    /// renders `tools` as `none`, as without tools).
+    pub fn render_json_with_tools(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        if messages.is_empty() {
+            return Err(ChatError::NoMessages);
+        }
+        self.render_value(
+            Value::from(Serde(messages)),
+            tools.map(|t| Value::from(Serde(t))),
+            add_generation_prompt,
+        )
+    }
+
+    fn render_value(
+        &self,
+        messages: Value,
+        tools: Option<Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self
             .env
             .get_template(&self.name)
@@ -216,7 +252,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
-            tools => Value::from(()),
+            tools => tools.unwrap_or(Value::from(())),
             documents => Value::from(()),
         };
         template.render(ctx).map_err(|e| self.render_error(&e))

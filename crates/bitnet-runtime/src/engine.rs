@@ -217,6 +217,82 @@ impl Engine {
         Ok(ids)
     }
 
+    /// Whether the chat template writes tools itself ([`bitnet_chat::ChatTemplate::reads_tools`]); if so,
+    /// a server passes the request's tools and tool turns to it with [`Engine::encode_chat_json`].
+    pub fn template_reads_tools(&self) -> bool {
+        self.template.reads_tools()
+    }
+
+    /// [`Engine::encode_chat`] for messages given as JSON objects (with `tool_calls`, `tool_call_id`, ...)
+    /// and the tools transformers passes as `tools=`. Each message's string `content` is kept apart from
+    /// control tokens as in [`Engine::encode_chat`]; every other string (a tool's definition, a call's
+    /// arguments) must hold no special-token text, else the error names where it is.
+    pub fn encode_chat_json(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+    ) -> anyhow::Result<Vec<u32>> {
+        let slots: Vec<usize> = (0..messages.len())
+            .filter(|&i| messages[i].get("content").is_some_and(|c| c.is_string()))
+            .collect();
+        let contents: Vec<&str> = slots
+            .iter()
+            .filter_map(|&i| messages[i]["content"].as_str())
+            .collect();
+        let mut bytes: usize = contents.iter().map(|c| c.len()).sum();
+        for (i, m) in messages.iter().enumerate() {
+            let mut rest = m.clone();
+            if let Some(o) = rest.as_object_mut() {
+                o.remove("content");
+            }
+            bytes += self.no_special_text(&rest, &format!("messages[{i}]"))?;
+        }
+        for (i, t) in tools.unwrap_or_default().iter().enumerate() {
+            bytes += self.no_special_text(t, &format!("tools[{i}]"))?;
+        }
+        self.check_length_bytes(bytes)?;
+        let ids = self.tokenizer.encode_templated(&contents, |texts| {
+            let mut with = messages.to_vec();
+            for (&i, t) in slots.iter().zip(texts) {
+                with[i]["content"] = serde_json::Value::String(t.clone());
+            }
+            self.template.render_json_with_tools(&with, tools, true)
+        })?;
+        Ok(ids)
+    }
+
+    /// The bytes of `v`'s strings (keys included), or an error naming the first one (by its path under
+    /// `at`) that holds a special token's text.
+    fn no_special_text(&self, v: &serde_json::Value, at: &str) -> anyhow::Result<usize> {
+        use serde_json::Value;
+        let check = |s: &str, at: &str| match self.tokenizer.special_text_in(s) {
+            Some(special) => bail!(
+                "`{at}` holds the text of the special token `{special}`, which only message content may \
+                 hold (it is kept apart from the template's control tokens there)"
+            ),
+            None => Ok(s.len()),
+        };
+        Ok(match v {
+            Value::String(s) => check(s, at)?,
+            Value::Array(a) => {
+                let mut n = 0;
+                for (i, x) in a.iter().enumerate() {
+                    n += self.no_special_text(x, &format!("{at}[{i}]"))?;
+                }
+                n
+            }
+            Value::Object(o) => {
+                let mut n = 0;
+                for (k, x) in o {
+                    let here = format!("{at}.{k}");
+                    n += check(k, &here)? + self.no_special_text(x, &here)?;
+                }
+                n
+            }
+            _ => 0,
+        })
+    }
+
     /// The embedding of `ids`: the mean of the final-norm hidden states of every token, scaled to unit
     /// length (an all-zero mean stays zero). Runs in a cache of its own, beside any generation.
     pub fn embed(&self, ids: &[u32]) -> anyhow::Result<Vec<f32>> {

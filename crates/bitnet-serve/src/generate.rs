@@ -147,8 +147,8 @@ pub(crate) async fn chat(
             }
             _ => None,
         };
-        let messages = req.messages(tools.as_ref())?;
-        let ids = tokenize(&app, "messages", move |e| e.encode_chat(&messages)).await?;
+        let prompt = req.messages(tools.as_ref(), app.engine.template_reads_tools())?;
+        let ids = tokenize(&app, "messages", move |e| prompt.encode(e)).await?;
         let specs = match &tools {
             // Each tool's schema on its own first, so the 400 names the tool at fault.
             Some(t) => {

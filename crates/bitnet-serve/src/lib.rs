@@ -467,7 +467,8 @@ pub mod fuzzing {
                 r.unknown(),
                 r.refusals(),
                 r.unused(),
-                r.messages(setup.as_ref()),
+                r.messages(setup.as_ref(), false),
+                r.messages(setup.as_ref(), true),
             );
             if let Some(s) = &setup {
                 let _ = (s.constraint_spec(None), s.call_format());

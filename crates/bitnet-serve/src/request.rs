@@ -493,12 +493,15 @@ impl ChatRequest {
         )
     }
 
-    /// The conversation for the chat template: roles as the template knows them, text parts joined,
-    /// tools, earlier calls and tool results written as plain messages ([`crate::tools::render`]).
+    /// The conversation for the chat template: roles as the template knows them, text parts joined;
+    /// for a template that reads `tools` (`native`), the messages and tools as transformers passes them
+    /// ([`crate::tools::native`]), else tools, earlier calls and tool results written as plain messages
+    /// ([`crate::tools::render`]).
     pub fn messages(
         &self,
         tools: Option<&ToolSetup>,
-    ) -> Result<Vec<bitnet_chat::Message>, ApiError> {
+        native: bool,
+    ) -> Result<ChatPrompt, ApiError> {
         let list = match &self.chat.messages {
             None => return Err(ApiError::param("messages", "`messages` is required")),
             Some(l) if l.is_empty() => {
@@ -509,7 +512,39 @@ impl ChatRequest {
             }
             Some(l) => l,
         };
-        crate::tools::render::conversation(list, tools)
+        if native {
+            crate::tools::native::conversation(list, tools).map(ChatPrompt::Native)
+        } else {
+            crate::tools::render::conversation(list, tools).map(ChatPrompt::Plain)
+        }
+    }
+}
+
+/// A chat request's conversation, ready for the chat template.
+#[derive(Debug, Clone)]
+pub enum ChatPrompt {
+    /// Plain messages (tools polyfilled).
+    Plain(Vec<bitnet_chat::Message>),
+    /// JSON messages and tools for a template that writes tools itself.
+    Native(crate::tools::native::NativeChat),
+}
+
+impl ChatPrompt {
+    /// The plain messages (tests of the polyfill).
+    #[cfg(test)]
+    pub fn plain(self) -> Vec<bitnet_chat::Message> {
+        match self {
+            ChatPrompt::Plain(m) => m,
+            ChatPrompt::Native(n) => panic!("a native prompt: {n:?}"),
+        }
+    }
+
+    /// The prompt's token ids.
+    pub fn encode(&self, e: &bitnet_runtime::Engine) -> anyhow::Result<Vec<u32>> {
+        match self {
+            ChatPrompt::Plain(m) => e.encode_chat(m),
+            ChatPrompt::Native(n) => e.encode_chat_json(&n.messages, n.tools.as_deref()),
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! Tool calls: the request's `tools`, `tool_choice` and `parallel_tool_calls` as typed structs, checked
 //! into a [`ToolSetup`], and what the server does with it.
 //!
-//! None of the families' chat templates handles tools, so tools are *polyfilled*, as llama.cpp's
-//! "generic" tool format and vLLM do ([`render`]): the tools and the answer format are described in a
+//! A chat template that reads `tools` gets the request's tools and tool turns as transformers passes
+//! them ([`native`]). Templates that do not (BitNet 2B4T's, the fixtures' Falcon3-style one) get tools
+//! *polyfilled*, as llama.cpp's "generic" tool format does ([`render`]): the tools and the answer format are described in a
 //! system message, an assistant's earlier calls are written as the JSON the model is asked to produce,
 //! and tool results become user turns. The model answers either in plain text or with one JSON object
 //! `{"tool_calls": [{"name": ..., "arguments": {...}}]}`, which [`parse`] reads back into OpenAI's
@@ -21,6 +22,7 @@ use serde_json::{Map, Value, json};
 use crate::api::ApiError;
 use crate::request::{ChatMessage, Role};
 
+pub mod native;
 pub mod parse;
 pub mod render;
 

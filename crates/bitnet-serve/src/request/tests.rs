@@ -42,7 +42,7 @@ fn every_openai_field_is_typed() {
     assert_eq!(r.common.seed, Some(Seed(u64::MAX)));
     assert_eq!(r.common.max_tokens, Some(Count(5)));
     assert_eq!(r.common.stop, Some(Stop(vec!["x".into()])));
-    let m = r.messages(None).unwrap();
+    let m = r.messages(None, false).unwrap().plain();
     assert_eq!(
         (
             m[0].role.as_str(),
@@ -255,7 +255,7 @@ fn prompts_and_messages_that_are_missing_or_empty_are_named() {
         json!({"messages": []}),
         json!({"messages": null}),
     ] {
-        let e = chat(body).unwrap().messages(None).unwrap_err();
+        let e = chat(body).unwrap().messages(None, false).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"));
     }
     for body in [

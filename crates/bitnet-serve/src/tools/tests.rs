@@ -203,7 +203,7 @@ fn the_polyfill_writes_tools_calls_and_results_as_plain_messages() {
     .unwrap();
     r.refusals().unwrap();
     let s = r.tool_setup().unwrap();
-    let m = r.messages(s.as_ref()).unwrap();
+    let m = r.messages(s.as_ref(), false).unwrap().plain();
     let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
     assert_eq!(roles, ["system", "user", "assistant", "user"]);
     // The tools go after the system prompt, each with its schema; the answer format is stated.
@@ -232,12 +232,83 @@ fn the_polyfill_writes_tools_calls_and_results_as_plain_messages() {
     );
     // Without a system message one is added; `required` and named choices say so.
     let r = request(json!({"tools": [weather()], "tool_choice": "required"})).unwrap();
-    let m = r.messages(r.tool_setup().unwrap().as_ref()).unwrap();
+    let m = r
+        .messages(r.tool_setup().unwrap().as_ref(), false)
+        .unwrap()
+        .plain();
     assert_eq!(m[0].role, "system");
     assert!(m[0].content.contains("You must call at least one tool"));
     assert_eq!(m[1].content, "Weather in Paris?");
     // `none`: no tools in the prompt, the conversation as it was.
     let r = request(json!({"tools": [weather()], "tool_choice": "none"})).unwrap();
-    let m = r.messages(r.tool_setup().unwrap().as_ref()).unwrap();
+    let m = r
+        .messages(r.tool_setup().unwrap().as_ref(), false)
+        .unwrap()
+        .plain();
     assert_eq!(m, [bitnet_chat::Message::user("Weather in Paris?")]);
+}
+
+/// fixtures/tool-template-cases.json: what transformers was given for each case.
+fn tool_cases() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/tool-template-cases.json"
+    );
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_template_that_reads_tools_gets_them_as_transformers_did() {
+    for case in tool_cases()["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        // The case's messages as an OpenAI client sends them: arguments as JSON strings.
+        let mut sent = case["messages"].clone();
+        for m in sent.as_array_mut().unwrap() {
+            for c in m
+                .get_mut("tool_calls")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let args = c["function"]["arguments"].to_string();
+                c["function"]["arguments"] = json!(args);
+            }
+        }
+        let mut body = json!({ "messages": sent });
+        if !case["tools"].is_null() {
+            body["tools"] = case["tools"].clone();
+        }
+        let Value::Object(body) = body else {
+            unreachable!()
+        };
+        let r = parse_chat(body).unwrap();
+        r.refusals().unwrap();
+        let s = r.tool_setup().unwrap();
+        let crate::request::ChatPrompt::Native(n) = r.messages(s.as_ref(), true).unwrap() else {
+            panic!("{name}: not native")
+        };
+        assert_eq!(Value::Array(n.messages), case["messages"], "{name}");
+        assert_eq!(
+            n.tools.map(Value::Array).unwrap_or(Value::Null),
+            case["tools"],
+            "{name}"
+        );
+    }
+    // `tool_choice: "none"` leaves the tools out; a tool message needs its call's id.
+    let r = request(json!({"tools": [weather()], "tool_choice": "none"})).unwrap();
+    let crate::request::ChatPrompt::Native(n) =
+        r.messages(r.tool_setup().unwrap().as_ref(), true).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(n.tools, None);
+    let r = parse_chat(
+        json!({"messages": [{"role": "tool", "content": "1"}]})
+            .as_object()
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    let e = r.messages(None, true).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("messages[0].tool_call_id"));
 }
