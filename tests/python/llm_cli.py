@@ -6,7 +6,8 @@ Usage: llm_cli.py BASE_URL API_KEY MODEL_ID
 Runs the real `llm` command (the venv's console script beside this Python, else `python -m llm`) as a
 subprocess and checks: the model is listed by `llm models`; a prompt prints text, streamed (the default) and
 with `--no-stream` the same greedy text; `--schema` with a JSON schema and with llm's concise syntax
-(`'name, age int'`) prints JSON that validates; a `completion: true` entry answers through /v1/completions;
+(`'name, age int'`) prints JSON that validates; `--functions` runs a Python function the model calls and sends
+its result back (a tool-result turn); a `completion: true` entry answers through /v1/completions;
 the key comes from `llm keys set` (`api_key_name`) or from `--key`, and a wrong key is an error exit.
 Run by tests/integration/python_clients.rs, which also refuses any connection beyond 127.0.0.1
 (tests/python/netguard, inherited by the `llm` process).
@@ -58,7 +59,7 @@ class Llm:
 def configure(user_path, base_url, api_key, model_id, llm):
     entries = [
         {"model_id": CHAT_ID, "model_name": model_id, "api_base": base_url + "/v1", "api_key_name": KEY_NAME,
-         "supports_schema": True},
+         "supports_schema": True, "supports_tools": True},
         {"model_id": COMPLETION_ID, "model_name": model_id, "api_base": base_url + "/v1",
          "api_key_name": KEY_NAME, "completion": True},
     ]
@@ -119,6 +120,40 @@ def schemas(llm, base_url, api_key):
     ok("schema", f"JSON schema {bounded}, 'name, age int' {concise}")
 
 
+# llm turns every top-level callable of the code into a tool, so `typing` is imported as a module.
+FUNCTIONS = """import typing
+
+
+def unit_of(country: typing.Literal["FR", "US"]) -> str:
+    \"\"\"The temperature unit a country uses.\"\"\"
+    return {"FR": "celsius", "US": "fahrenheit"}[country]
+"""
+
+
+def functions(llm, base_url, api_key):
+    """`llm --functions`: llm sends the function as a tool (`tool_choice` auto), reads the streamed call, runs the
+    function and sends its result back as a `tool` message. The random-weight model is biased towards `{`, `}`
+    and `]}` to stand in for one that calls the tool and ends each call; the grammar still decides which tokens
+    are allowed (a call of `unit_of` with a valid `country`). Biased that way it calls again after the result
+    too, so llm's chain limit (2) ends the run with an error: that second call is the proof that the result
+    turn was accepted and answered."""
+    bias = {token_id(base_url, api_key, "{"): 100, token_id(base_url, api_key, "}"): 50,
+            token_id(base_url, api_key, "]}"): 60}
+    proc = llm(
+        "-m", CHAT_ID, "-o", "temperature", "0", "-o", "max_tokens", "100", "-o", "logit_bias", json.dumps(bias),
+        "--functions", FUNCTIONS, "--td", "--cl", "2", "Which temperature unit does France use?", expect_ok=False,
+    )
+    out = proc.stdout + proc.stderr
+    calls = [line for line in out.splitlines() if line.startswith("Tool call: unit_of(")]
+    check(len(calls) == 1, f"--functions: expected one executed call of unit_of:\n{out}")
+    check(calls[0] in ("Tool call: unit_of({'country': 'FR'})", "Tool call: unit_of({'country': 'US'})"), calls[0])
+    result = out.splitlines()[out.splitlines().index(calls[0]) + 1].strip()
+    check(result in ("celsius", "fahrenheit"), f"--functions: the function's result {result!r}:\n{out}")
+    check(proc.returncode != 0 and "Chain limit of 2 exceeded" in proc.stderr,
+          f"--functions: expected the second call to reach the chain limit:\n{out}")
+    ok("functions", f"{calls[0][len('Tool call: '):]} -> {result}, then a call after the result (chain limit)")
+
+
 def completion(llm):
     out = llm("-m", COMPLETION_ID, "-o", "temperature", "0", "-o", "max_tokens", "8", "The capital of France is")
     check(out.stdout.strip(), f"completion: no text printed: {out.stdout!r}")
@@ -139,6 +174,7 @@ def main(base_url, api_key, model_id):
         configure(Path(user_path), base_url, api_key, model_id, llm)
         prompt(llm)
         schemas(llm, base_url, api_key)
+        functions(llm, base_url, api_key)
         completion(llm)
         wrong_key(llm)
 
