@@ -120,6 +120,24 @@ pub fn split_repo_spec(spec: &str) -> (&str, &str) {
     }
 }
 
+/// The files besides the weights that a conversion may read.
+pub const SMALL_FILES: [&str; 9] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "model.safetensors.index.json",
+];
+
+/// Whether a repo file is one a conversion reads (top-level files only).
+pub fn wanted(name: &str) -> bool {
+    SMALL_FILES.contains(&name) || (name.ends_with(".safetensors") && !name.contains('/'))
+}
+
 /// Resolves `input` from the local disk only: an existing folder is taken as is; otherwise
 /// `org/name[@revision]` is looked up in the cache.
 pub fn resolve(input: &str, env: &HubEnv) -> Result<ResolvedModel> {
@@ -142,14 +160,22 @@ pub fn resolve(input: &str, env: &HubEnv) -> Result<ResolvedModel> {
         )));
     }
     let (repo, revision) = split_repo_spec(input);
-    let fetch_hint = format!(
-        "fetch it first, e.g. `bitnet pull {repo}` or `huggingface-cli download {repo}`{}, or pass the model folder",
-        if env.offline {
-            " (HF_HUB_OFFLINE is set, so nothing is downloaded)"
-        } else {
-            ""
-        }
-    );
+    let fetch_hint = if cfg!(feature = "download") {
+        format!(
+            "fetch it first, e.g. `bitnet pull {repo}` or `huggingface-cli download {repo}`{}, or pass the model \
+             folder",
+            if env.offline {
+                " (HF_HUB_OFFLINE is set, so nothing is downloaded)"
+            } else {
+                ""
+            }
+        )
+    } else {
+        format!(
+            "this build of bitnet has no downloader (built without the `download` feature): fetch it with \
+             `huggingface-cli download {repo}`, or pass the model folder"
+        )
+    };
     let Some(cache) = env.cache_dir() else {
         return Err(HubError::NotFound(format!(
             "{repo}: no Hugging Face cache folder (set HF_HUB_CACHE or HF_HOME); {fetch_hint}"

@@ -27,27 +27,10 @@ use crate::cache::{
     RepoCache, ResolvedModel, is_commit_hash, missing_files, shards_of_index, split_repo_spec,
     write_ref, write_snapshot,
 };
+pub use crate::cache::{SMALL_FILES, wanted};
 use crate::client::{HubClient, Sibling};
 use crate::error::{HubError, Result};
 use crate::transfer::{Fetcher, retrying};
-
-/// The files besides the weights that a conversion may read.
-pub const SMALL_FILES: [&str; 9] = [
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "model.safetensors.index.json",
-];
-
-/// Whether a repo file is one a conversion reads (top-level files only).
-pub fn wanted(name: &str) -> bool {
-    SMALL_FILES.contains(&name) || (name.ends_with(".safetensors") && !name.contains('/'))
-}
 
 /// What a download is doing, for a progress display.
 #[derive(Debug, Clone, Copy)]

@@ -25,11 +25,14 @@ pub struct Quiet;
 
 impl Provider for Quiet {
     fn download(&self, spec: &str, env: &HubEnv) -> anyhow::Result<ResolvedModel> {
-        Ok(bitnet_hub::download::resolve_or_download(
+        #[cfg(feature = "download")]
+        return Ok(bitnet_hub::download::resolve_or_download(
             spec,
             env,
             &mut |_| {},
-        )?)
+        )?);
+        #[cfg(not(feature = "download"))]
+        cache_only(spec, env)
     }
 
     fn convert(&self, input: &str, out: &Path, head: HeadVariant) -> anyhow::Result<()> {
@@ -50,6 +53,12 @@ impl Provider for Quiet {
         .with_context(|| format!("converting {input}"))?;
         Ok(())
     }
+}
+
+/// `org/name[@revision]` from the cache only, for a build without the `download` feature (bitnet-hub's
+/// error then says that this build has no downloader and how to fetch the repo).
+pub fn cache_only(spec: &str, env: &HubEnv) -> anyhow::Result<ResolvedModel> {
+    Ok(bitnet_hub::resolve(spec, env)?)
 }
 
 /// The `.bitnet` file for `model`: the file itself, or the converted copy of a GGUF file, a Hugging Face
@@ -86,4 +95,35 @@ pub fn resolve_model(
 /// Whether `head` needs the exact head's rows (the rescored head rescores from them).
 fn want_exact(head: Option<HeadKind>) -> bool {
     matches!(head, Some(HeadKind::Exact | HeadKind::Rescored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_only_reads_a_complete_snapshot_and_names_a_missing_repo() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = HubEnv {
+            hf_hub_cache: Some(tmp.path().to_path_buf()),
+            ..HubEnv::default()
+        };
+        let e = format!("{:#}", cache_only("org/missing", &env).unwrap_err());
+        assert!(
+            e.contains("org/missing: not in the local Hugging Face cache"),
+            "{e}"
+        );
+        let commit = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
+        let repo = tmp.path().join("models--org--cached");
+        std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), commit).unwrap();
+        std::fs::write(
+            repo.join("snapshots").join(commit).join("config.json"),
+            "{}",
+        )
+        .unwrap();
+        let r = cache_only("org/cached", &env).unwrap();
+        assert_eq!(r.dir, repo.join("snapshots").join(commit));
+    }
 }

@@ -326,7 +326,7 @@ fn stamps(dir: &Path) -> anyhow::Result<Vec<Stamp>> {
     for e in entries {
         let e = e.with_context(|| format!("reading {}", dir.display()))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if !bitnet_hub::download::wanted(&name) {
+        if !bitnet_hub::cache::wanted(&name) {
             continue;
         }
         let meta = std::fs::metadata(e.path())
