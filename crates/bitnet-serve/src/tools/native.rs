@@ -5,10 +5,10 @@
 //! - `tools` is the list of `{"type": "function", "function": {"name", "description", "parameters"}}`
 //!   objects (`description` left out when not given), or absent when the prompt shows no tools.
 //! - Messages keep their role (`developer` as `system`), their text (parts joined; `null` stays
-//!   `null`), a given `name`, an assistant's `tool_calls` with each call's `arguments` parsed into the
+//!   `null`), an assistant's `tool_calls` with each call's `arguments` parsed into the
 //!   JSON value the string holds (transformers' templates expect an object; a string that is not JSON
 //!   stays a string), and a `tool` message's `tool_call_id`. Nothing is added that the client did not
-//!   send.
+//!   send; a message's `name` is left out, as everywhere in this server (accepted with a warning).
 //!
 //! The model answers in the template's own format; [`super::parse`] reads `<tool_call>` tags and bare
 //! call objects as well as the polyfill's object. A required or named call is constrained to the
@@ -46,9 +46,6 @@ pub fn conversation(
                 some => json!(text_of(some.as_ref())),
             },
         );
-        if let Some(name) = &m.name {
-            o.insert("name".into(), json!(name));
-        }
         if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_empty()) {
             let calls: Vec<Value> = calls
                 .iter()

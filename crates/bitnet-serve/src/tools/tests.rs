@@ -311,4 +311,19 @@ fn a_template_that_reads_tools_gets_them_as_transformers_did() {
     .unwrap();
     let e = r.messages(None, true).unwrap_err();
     assert_eq!(e.param.as_deref(), Some("messages[0].tool_call_id"));
+    // A message's `name` is accepted with a warning and not rendered, here as with the polyfill.
+    let r = parse_chat(
+        json!({"messages": [{"role": "developer", "content": "Be brief.", "name": "ops"}]})
+            .as_object()
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    let crate::request::ChatPrompt::Native(n) = r.messages(None, true).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        n.messages,
+        [json!({"role": "system", "content": "Be brief."})]
+    );
 }
