@@ -241,11 +241,12 @@ impl Engine {
             .collect();
         let mut bytes: usize = contents.iter().map(|c| c.len()).sum();
         for (i, m) in messages.iter().enumerate() {
-            let mut rest = m.clone();
-            if let Some(o) = rest.as_object_mut() {
-                o.remove("content");
+            // Every field but the content, which is kept apart from control tokens instead.
+            for (k, v) in m.as_object().into_iter().flatten() {
+                if k != "content" {
+                    bytes += self.no_special_text(v, &format!("messages[{i}].{k}"))?;
+                }
             }
-            bytes += self.no_special_text(&rest, &format!("messages[{i}]"))?;
         }
         for (i, t) in tools.unwrap_or_default().iter().enumerate() {
             bytes += self.no_special_text(t, &format!("tools[{i}]"))?;

@@ -17,7 +17,7 @@
 use serde_json::{Map, Value, json};
 
 use super::ToolSetup;
-use super::render::text_of;
+use super::render::{arguments_value, text_of};
 use crate::api::ApiError;
 use crate::request::{ChatMessage, Role};
 
@@ -50,8 +50,7 @@ pub fn conversation(
             let calls: Vec<Value> = calls
                 .iter()
                 .map(|c| {
-                    let args = serde_json::from_str::<Value>(&c.function.arguments)
-                        .unwrap_or_else(|_| json!(c.function.arguments));
+                    let args = arguments_value(&c.function.arguments);
                     json!({"id": c.id, "type": "function",
                            "function": {"name": c.function.name, "arguments": args}})
                 })

@@ -98,16 +98,17 @@ pub fn instructions(setup: &ToolSetup) -> String {
     s
 }
 
+/// A call's `arguments` string as the JSON value it holds, or as a string if it is not JSON.
+pub fn arguments_value(arguments: &str) -> Value {
+    serde_json::from_str(arguments).unwrap_or_else(|_| json!(arguments))
+}
+
 /// An assistant's earlier calls as the JSON object the model writes: arguments that parse as JSON go in
 /// as that value, others as a string.
 pub fn calls_json(calls: &[MessageToolCall]) -> String {
     let list: Vec<Value> = calls
         .iter()
-        .map(|c| {
-            let args = serde_json::from_str::<Value>(&c.function.arguments)
-                .unwrap_or_else(|_| json!(c.function.arguments));
-            json!({"name": c.function.name, "arguments": args})
-        })
+        .map(|c| json!({"name": c.function.name, "arguments": arguments_value(&c.function.arguments)}))
         .collect();
     spaced_json(&json!({"tool_calls": list}))
 }
